@@ -1,0 +1,173 @@
+//! [`JournalBuilder`]: how a journal is opened, with documented defaults.
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::journal::Journal;
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// fsync on every group commit: an acknowledged append survives a crash (G1). The default.
+    #[default]
+    Immediate,
+    /// No fsync: acknowledged appends may be lost on a crash or power loss (never torn: what
+    /// survives is a prefix of committed transactions). For tests and users who ask for it.
+    /// A journal opened this way is exclusive: read-only handles in other processes (the CLI)
+    /// are refused while it is open.
+    None,
+}
+
+/// Default number of key groups of a new journal.
+pub const DEFAULT_KEY_GROUPS: u32 = 1024;
+/// Default largest event payload, in bytes (1 MiB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+/// Default largest snapshot payload, in bytes (16 MiB).
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 16 << 20;
+
+/// Configures and opens a [`Journal`]. Every setter documents its default.
+///
+/// ```no_run
+/// # fn main() -> Result<(), stateline_journal::JournalError> {
+/// use stateline_journal::{Durability, Journal};
+/// let journal = Journal::builder()
+///     .key_groups(1024)
+///     .durability(Durability::Immediate)
+///     .open("bank.redb")?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct JournalBuilder {
+    pub(crate) key_groups: Option<u32>,
+    pub(crate) durability: Durability,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) max_snapshot_bytes: usize,
+    pub(crate) segment_events: u64,
+    pub(crate) pack_step_events: usize,
+    pub(crate) max_chunk_bytes: usize,
+    pub(crate) max_batch_events: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) cache_bytes: usize,
+    pub(crate) create: bool,
+    pub(crate) verify_on_open: bool,
+}
+
+impl Default for JournalBuilder {
+    fn default() -> Self {
+        Self {
+            key_groups: None,
+            durability: Durability::Immediate,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            segment_events: 65_536,
+            pack_step_events: 8_192,
+            max_chunk_bytes: 256 << 10,
+            max_batch_events: 16_384,
+            queue_capacity: 65_536,
+            cache_bytes: 256 << 20,
+            create: true,
+            verify_on_open: false,
+        }
+    }
+}
+
+impl JournalBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of key groups. Default: unset, which creates a new journal with
+    /// [`DEFAULT_KEY_GROUPS`] (1024) and opens an existing one with the count it stores. When set,
+    /// opening a journal created with another count fails with
+    /// [`crate::JournalError::ConfigMismatch`] (never a silent remap). Values below 1 become 1.
+    pub fn key_groups(mut self, n: u32) -> Self {
+        self.key_groups = Some(n.max(1));
+        self
+    }
+
+    /// When appends are acknowledged. Default [`Durability::Immediate`].
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+
+    /// Largest accepted event payload in bytes; larger events are rejected. Default 1 MiB.
+    pub fn max_event_bytes(mut self, n: usize) -> Self {
+        self.max_event_bytes = n;
+        self
+    }
+
+    /// Largest accepted snapshot payload in bytes; larger ones are rejected. Default 16 MiB.
+    pub fn max_snapshot_bytes(mut self, n: usize) -> Self {
+        self.max_snapshot_bytes = n;
+        self
+    }
+
+    /// Events per log segment before a new segment starts and the old one is packed into
+    /// per-entity chunks. Default 65,536. Smaller values pack sooner (less memory for the tail
+    /// index, more chunks per entity).
+    pub fn segment_events(mut self, n: u64) -> Self {
+        self.segment_events = n.max(1);
+        self
+    }
+
+    /// Events packed per write transaction at least (the writer packs twice what it appended
+    /// in a transaction when that is more). Default 8,192.
+    pub fn pack_step_events(mut self, n: usize) -> Self {
+        self.pack_step_events = n.max(1);
+        self
+    }
+
+    /// Largest chunk row in bytes (an event larger than this gets a chunk of its own).
+    /// Default 256 KiB.
+    pub fn max_chunk_bytes(mut self, n: usize) -> Self {
+        self.max_chunk_bytes = n.max(1);
+        self
+    }
+
+    /// Most events one group commit takes. Default 16,384.
+    pub fn max_batch_events(mut self, n: usize) -> Self {
+        self.max_batch_events = n.max(1);
+        self
+    }
+
+    /// Requests that may wait for the writer; appenders wait (asynchronously) beyond that.
+    /// Default 65,536.
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// redb page cache in bytes. Default 256 MiB.
+    pub fn cache_bytes(mut self, n: usize) -> Self {
+        self.cache_bytes = n;
+        self
+    }
+
+    /// Whether a missing file is created. Default `true`; with `false` a missing or empty file
+    /// is [`crate::JournalError::NotAJournal`].
+    pub fn create(mut self, yes: bool) -> Self {
+        self.create = yes;
+        self
+    }
+
+    /// Verify the checksum of every page on open (reads the whole file). Default `false`:
+    /// redb verifies after an unclean shutdown anyway, and every record carries a CRC.
+    pub fn verify_on_open(mut self, yes: bool) -> Self {
+        self.verify_on_open = yes;
+        self
+    }
+
+    /// Opens (or creates) the journal at `path` and starts its writer thread. Blocking: call it
+    /// outside async code or through `spawn_blocking`.
+    ///
+    /// # Errors
+    /// [`crate::JournalError::NotAJournal`], [`crate::JournalError::UnsupportedFormat`],
+    /// [`crate::JournalError::ConfigMismatch`], [`crate::JournalError::Locked`],
+    /// [`crate::JournalError::Corrupted`], [`crate::JournalError::Io`].
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Journal> {
+        Journal::open_with(self, path.as_ref())
+    }
+}

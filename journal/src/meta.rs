@@ -1,0 +1,79 @@
+//! Rows that describe the journal rather than hold events: the header written at creation, the
+//! writer state, per-entity rows and packed-generation rows. All are sealed rmp values.
+
+use serde::{Deserialize, Serialize};
+
+/// On-disk format version this build writes. Older versions keep opening (G9); newer ones are
+/// refused with [`crate::JournalError::UnsupportedFormat`].
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Written once when the journal is created, checked on every open.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub format_version: u32,
+    pub journal_id: [u8; 16],
+    pub created_at_micros: i64,
+    pub key_groups: u32,
+    pub hash: String,
+}
+
+/// The writer's durable state, rewritten in every write transaction (one small row).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub(crate) struct State {
+    /// Offset the next appended event gets.
+    pub next_offset: u64,
+    /// Unpacked log segments, oldest first. The last one receives appends.
+    pub segments: Vec<SegmentInfo>,
+    /// Number of the next segment to open.
+    pub next_segment: u64,
+    /// Entity key up to which (exclusive) the oldest segment has been packed, if a pack is
+    /// under way.
+    pub pack_cursor: Option<Vec<u8>>,
+}
+
+/// An unpacked log segment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentInfo {
+    /// Segment number; also the generation its chunks get when packed.
+    pub number: u64,
+    /// Offset of its first event.
+    pub first_offset: u64,
+    /// Number of events appended to it.
+    pub events: u64,
+}
+
+/// A chunk row of one entity: events `first_seq..=last_seq` packed in `generation`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkRef {
+    pub generation: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub events: u32,
+    pub bytes: u32,
+}
+
+/// Per-persistence-id row, written when its events are packed and on deletes and snapshots.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub(crate) struct EntityRow {
+    /// Highest seq ever appended (never decreases, also after deletes).
+    pub highest_seq: u64,
+    /// Events with seq ≤ this are deleted.
+    pub deleted_to: u64,
+    /// Packed chunks, ascending seq.
+    pub chunks: Vec<ChunkRef>,
+    /// Newest snapshot seq, 0 if none.
+    pub snapshot_seq: u64,
+    /// Number of stored snapshots.
+    pub snapshots: u32,
+    /// Time of the last append that has been packed (µs since the epoch, UTC).
+    pub last_write_micros: i64,
+}
+
+/// A packed generation: the offsets its chunks hold.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GenerationRow {
+    pub generation: u64,
+    pub first_offset: u64,
+    /// Exclusive.
+    pub end_offset: u64,
+}

@@ -1,0 +1,785 @@
+//! [`JournalReader`]: reads of one persistence id (streamed), snapshots, the list of persistence
+//! ids, and the global changelog. Reads run in redb read transactions and never block the
+//! writer; a read-only handle can inspect a journal another process is writing.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use tokio::sync::watch;
+
+use crate::codec;
+use crate::error::{JournalError, Result};
+use crate::ids::{KeyGroup, Offset, PersistenceId, Seq};
+use crate::journal::{guard, open_error, probe_file, read_header, FileKind};
+use crate::keys;
+use crate::meta::{ChunkRef, EntityRow, GenerationRow, Header, State};
+use crate::record::{EventRecord, SnapshotRecord};
+use crate::tail::{Shared, TailRef};
+use crate::writer::{decode_row, rebuild_tail};
+
+/// The redb handle behind a reader.
+#[derive(Clone)]
+pub(crate) enum Db {
+    Write(Arc<redb::Database>),
+    ReadOnly(Arc<redb::ReadOnlyDatabase>),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<ReadTransaction> {
+        Ok(match self {
+            Db::Write(d) => d.begin_read()?,
+            Db::ReadOnly(d) => d.begin_read()?,
+        })
+    }
+}
+
+/// Facts about a journal, from its header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalInfo {
+    /// On-disk format version.
+    pub format_version: u32,
+    /// Unique id of this journal, assigned at creation.
+    pub journal_id: uuid::Uuid,
+    /// When the journal was created.
+    pub created_at: DateTime<Utc>,
+    /// Number of key groups.
+    pub key_groups: u32,
+    /// Name of the key-group hash.
+    pub hash: String,
+}
+
+/// What the journal holds for one persistence id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntitySummary {
+    /// The persistence id.
+    pub persistence_id: PersistenceId,
+    /// Its key group.
+    pub key_group: KeyGroup,
+    /// Highest seq ever appended (never decreases).
+    pub highest_seq: Seq,
+    /// Events with seq at or below this are deleted.
+    pub deleted_to: Seq,
+    /// Stored events (`highest_seq - deleted_to`).
+    pub events: u64,
+    /// Bytes of the stored events (envelopes included).
+    pub bytes: u64,
+    /// Seq of the newest snapshot, if any.
+    pub snapshot_seq: Option<Seq>,
+    /// Number of stored snapshots.
+    pub snapshots: u32,
+    /// Time of the newest stored event, if known.
+    pub last_write: Option<DateTime<Utc>>,
+}
+
+/// Read access to a journal. Obtained from [`crate::Journal`] (which dereferences to it) or
+/// opened read-only with [`JournalReader::open_read_only`]. Cheap to clone.
+#[derive(Clone)]
+pub struct JournalReader {
+    db: Db,
+    shared: Arc<Shared>,
+    header: Header,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for JournalReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalReader").field("path", &self.path).finish()
+    }
+}
+
+impl JournalReader {
+    pub(crate) fn new(db: Db, shared: Arc<Shared>, header: Header, path: PathBuf) -> Self {
+        Self {
+            db,
+            shared,
+            header,
+            path,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Opens a journal for reading only, without taking the writer's lock: a journal that a
+    /// running application has open (with the default durability) can be inspected. What is
+    /// read is the state as of this open plus later commits for changelog reads.
+    ///
+    /// # Errors
+    /// [`JournalError::NotAJournal`] for a missing, empty or foreign file;
+    /// [`JournalError::UnsupportedFormat`]; [`JournalError::Locked`] if a writer holds it
+    /// exclusively; [`JournalError::Corrupted`]; [`JournalError::Io`] (also when the file needs
+    /// the recovery that only a writable open performs).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<JournalReader> {
+        let path = path.as_ref();
+        match probe_file(path)? {
+            FileKind::Redb => {}
+            FileKind::Missing => {
+                return Err(JournalError::NotAJournal {
+                    path: path.to_path_buf(),
+                    detail: "no such file".into(),
+                })
+            }
+            FileKind::Empty => {
+                return Err(JournalError::NotAJournal {
+                    path: path.to_path_buf(),
+                    detail: "empty file".into(),
+                })
+            }
+        }
+        guard(path, || {
+            let mut b = redb::Builder::new();
+            b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+            b.set_cache_size(64 << 20);
+            let db = b.open_read_only(path).map_err(|e| open_error(path, e))?;
+            let db = Db::ReadOnly(Arc::new(db));
+            let rtx = db.begin_read()?;
+            let meta = match rtx.open_table(keys::META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Err(JournalError::NotAJournal {
+                        path: path.to_path_buf(),
+                        detail: "a redb file without stateline metadata".into(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let header = read_header(&meta, path)?;
+            let state = read_state(&meta)?;
+            drop(meta);
+            drop(rtx);
+            let (tail, _, committed) = match &db {
+                Db::ReadOnly(d) => rebuild_tail(d.as_ref(), &state, header.key_groups)?,
+                Db::Write(d) => rebuild_tail(d.as_ref(), &state, header.key_groups)?,
+            };
+            let shared = Arc::new(Shared::new(tail, committed, header.key_groups));
+            Ok(JournalReader::new(db, shared, header, path.to_path_buf()))
+        })
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of key groups of this journal.
+    pub fn key_groups(&self) -> u32 {
+        self.header.key_groups
+    }
+
+    /// The key group of a persistence id in this journal.
+    pub fn key_group_of(&self, pid: &PersistenceId) -> KeyGroup {
+        pid.key_group(self.header.key_groups)
+    }
+
+    /// Header facts: format version, id, creation time, key groups, hash.
+    pub fn info(&self) -> JournalInfo {
+        JournalInfo {
+            format_version: self.header.format_version,
+            journal_id: uuid::Uuid::from_bytes(self.header.journal_id),
+            created_at: DateTime::<Utc>::from_timestamp_micros(self.header.created_at_micros)
+                .unwrap_or_default(),
+            key_groups: self.header.key_groups,
+            hash: self.header.hash.clone(),
+        }
+    }
+
+    /// Highest committed offset (0 if nothing was ever appended) as known to this handle.
+    pub fn committed_offset(&self) -> Offset {
+        Offset(*self.shared.committed.borrow())
+    }
+
+    /// A receiver that changes whenever appends commit (the highest committed offset): the
+    /// live tail of the changelog. Only a writable [`crate::Journal`] publishes commits; a
+    /// read-only handle polls [`Self::changelog`] instead.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.committed.subscribe()
+    }
+
+    /// Waits until an event with offset ≥ `offset` is committed, or the journal closes.
+    pub async fn wait_for_offset(&self, offset: Offset) {
+        let mut rx = self.subscribe();
+        let _ = rx.wait_for(|c| *c >= offset.0).await;
+    }
+
+    fn read_txn(&self) -> Result<ReadTransaction> {
+        self.db.begin_read()
+    }
+
+    fn row(&self, rtx: &ReadTransaction, ek: &[u8]) -> Result<Option<EntityRow>> {
+        let t = rtx.open_table(keys::ENTITIES)?;
+        match t.get(ek)? {
+            Some(v) => Ok(Some(decode_row(ek, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A consistent view of one entity: its row in a read transaction plus its tail refs,
+    /// retried if a pack completed in between (so no event falls between the two).
+    fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailRef>)> {
+        loop {
+            let v1 = self.shared.pack_version.load(Ordering::SeqCst);
+            let rtx = self.read_txn()?;
+            let row = self.row(&rtx, ek)?.unwrap_or_default();
+            let tail = self.shared.tail_of(ek);
+            if self.shared.pack_version.load(Ordering::SeqCst) == v1 {
+                return Ok((rtx, row, tail));
+            }
+        }
+    }
+
+    /// Highest seq ever appended to `pid` (0 if none). Never decreases, also after deletes.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupted`] or [`JournalError::Io`].
+    pub fn highest_seq(&self, pid: &PersistenceId) -> Result<Seq> {
+        let ek = keys::entity_key(pid, self.header.key_groups);
+        guard(&self.path, || {
+            let (_rtx, row, tail) = self.entity_view(&ek)?;
+            Ok(Seq(tail.last().map_or(0, |r| r.seq).max(row.highest_seq)))
+        })
+    }
+
+    /// Streams the events of `pid` with `from <= seq <= to`, at most `max` of them, in seq
+    /// order, chunk by chunk (never the whole history in memory). Deleted events are skipped.
+    ///
+    /// # Errors
+    /// Opening the stream fails with [`JournalError::Io`]; each item may be
+    /// [`JournalError::Corrupted`] (naming the location), after which the stream ends.
+    pub fn events(
+        &self,
+        pid: &PersistenceId,
+        from: Seq,
+        to: Seq,
+        max: u64,
+    ) -> Result<EventIter> {
+        let ek = keys::entity_key(pid, self.header.key_groups);
+        guard(&self.path, || {
+            let (rtx, row, tail) = self.entity_view(&ek)?;
+            let from = from.0.max(row.deleted_to + 1).max(1);
+            let covered = row.chunks.last().map_or(0, |c| c.last_seq);
+            let chunks: VecDeque<ChunkRef> = row
+                .chunks
+                .iter()
+                .filter(|c| c.last_seq >= from && c.first_seq <= to.0)
+                .copied()
+                .collect();
+            let tail: VecDeque<TailRef> = tail
+                .into_iter()
+                .filter(|r| r.seq > covered && r.seq >= from && r.seq <= to.0)
+                .collect();
+            let chunk_table = if chunks.is_empty() {
+                None
+            } else {
+                Some(rtx.open_table(keys::CHUNKS)?)
+            };
+            Ok(EventIter {
+                rtx,
+                path: self.path.clone(),
+                pid: pid.clone(),
+                ek,
+                chunk_table,
+                logs: HashMap::new(),
+                chunks,
+                tail,
+                buffer: VecDeque::new(),
+                from,
+                to: to.0,
+                remaining: max,
+                expect: None,
+                done: false,
+            })
+        })
+    }
+
+    /// All events of `pid`, collected (convenience for small histories and tests).
+    ///
+    /// # Errors
+    /// As [`Self::events`].
+    pub fn all_events(&self, pid: &PersistenceId) -> Result<Vec<EventRecord>> {
+        self.events(pid, Seq(1), Seq(u64::MAX), u64::MAX)?.collect()
+    }
+
+    /// Seqs of the stored snapshots of `pid`, ascending.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupted`] or [`JournalError::Io`].
+    pub fn snapshot_seqs(&self, pid: &PersistenceId) -> Result<Vec<Seq>> {
+        let ek = keys::entity_key(pid, self.header.key_groups);
+        guard(&self.path, || {
+            let rtx = self.read_txn()?;
+            let t = rtx.open_table(keys::SNAPSHOTS)?;
+            let lo = keys::snapshot_key(&ek, Seq(0));
+            let hi = keys::snapshot_key(&ek, Seq(u64::MAX));
+            let mut out = Vec::new();
+            for item in t.range(lo.as_slice()..=hi.as_slice())? {
+                let (k, _) = item?;
+                out.push(keys::snapshot_key_seq(k.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// The snapshot of `pid` at exactly `seq`, if stored.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupted`] if it does not decode; [`JournalError::Io`].
+    pub fn snapshot_at(&self, pid: &PersistenceId, seq: Seq) -> Result<Option<SnapshotRecord>> {
+        let ek = keys::entity_key(pid, self.header.key_groups);
+        guard(&self.path, || {
+            let rtx = self.read_txn()?;
+            let t = rtx.open_table(keys::SNAPSHOTS)?;
+            let key = keys::snapshot_key(&ek, seq);
+            match t.get(key.as_slice())? {
+                None => Ok(None),
+                Some(v) => decode_snapshot_for(pid, seq, v.value()).map(Some),
+            }
+        })
+    }
+
+    /// The newest snapshot of `pid` at or below `max_seq`.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupted`] if it does not decode (use [`Self::snapshot_seqs`] and
+    /// [`Self::snapshot_at`] to fall back to older ones); [`JournalError::Io`].
+    pub fn load_snapshot(
+        &self,
+        pid: &PersistenceId,
+        max_seq: Seq,
+    ) -> Result<Option<SnapshotRecord>> {
+        let ek = keys::entity_key(pid, self.header.key_groups);
+        guard(&self.path, || {
+            let rtx = self.read_txn()?;
+            let t = rtx.open_table(keys::SNAPSHOTS)?;
+            let lo = keys::snapshot_key(&ek, Seq(0));
+            let hi = keys::snapshot_key(&ek, max_seq);
+            let newest = t.range(lo.as_slice()..=hi.as_slice())?.next_back();
+            match newest {
+                None => Ok(None),
+                Some(item) => {
+                    let (k, v) = item?;
+                    let seq = keys::snapshot_key_seq(k.value())?;
+                    decode_snapshot_for(pid, seq, v.value()).map(Some)
+                }
+            }
+        })
+    }
+
+    /// The persistence ids stored in key groups `key_groups` (all when `None`), in key order,
+    /// with what the journal holds for each. Fully deleted entities without snapshots are left
+    /// out.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupted`] or [`JournalError::Io`].
+    pub fn entities(&self, key_groups: Option<Range<u32>>) -> Result<Vec<EntitySummary>> {
+        guard(&self.path, || {
+            let kg = key_groups.clone().unwrap_or(0..u32::MAX);
+            let lo = keys::key_group_start(kg.start);
+            let hi = keys::key_group_start(kg.end);
+            // Same retry rule as `entity_view`, for every entity at once.
+            let (rows, tail) = loop {
+                let v1 = self.shared.pack_version.load(Ordering::SeqCst);
+                let rtx = self.read_txn()?;
+                let t = rtx.open_table(keys::ENTITIES)?;
+                let mut rows: std::collections::BTreeMap<Vec<u8>, EntityRow> = Default::default();
+                for item in t.range(lo.as_slice()..hi.as_slice())? {
+                    let (k, v) = item?;
+                    rows.insert(k.value().to_vec(), decode_row(k.value(), v.value())?);
+                }
+                let tail: HashMap<Vec<u8>, Vec<TailRef>> = {
+                    let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
+                    tail.entries
+                        .iter()
+                        .filter(|(k, _)| k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice())
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                };
+                if self.shared.pack_version.load(Ordering::SeqCst) == v1 {
+                    break (rows, tail);
+                }
+            };
+            let mut all = rows;
+            for k in tail.keys() {
+                all.entry(k.clone()).or_default();
+            }
+            let mut out = Vec::with_capacity(all.len());
+            for (ek, row) in all {
+                let (key_group, pid) = keys::parse_entity_key(&ek)?;
+                let refs = tail.get(&ek).map(Vec::as_slice).unwrap_or(&[]);
+                let covered = row.chunks.last().map_or(0, |c| c.last_seq);
+                let highest = refs.last().map_or(0, |r| r.seq).max(row.highest_seq);
+                let live_refs = refs.iter().filter(|r| r.seq > covered && r.seq > row.deleted_to);
+                let tail_bytes: u64 = live_refs.clone().map(|r| u64::from(r.bytes)).sum();
+                let tail_last = live_refs.map(|r| r.timestamp_micros).max();
+                let bytes = row.chunks.iter().map(|c| u64::from(c.bytes)).sum::<u64>() + tail_bytes;
+                let last = tail_last.unwrap_or(row.last_write_micros);
+                let events = highest.saturating_sub(row.deleted_to);
+                if events == 0 && row.snapshots == 0 {
+                    continue;
+                }
+                out.push(EntitySummary {
+                    persistence_id: pid,
+                    key_group,
+                    highest_seq: Seq(highest),
+                    deleted_to: Seq(row.deleted_to),
+                    events,
+                    bytes,
+                    snapshot_seq: (row.snapshot_seq > 0).then_some(Seq(row.snapshot_seq)),
+                    snapshots: row.snapshots,
+                    last_write: (last != 0)
+                        .then(|| DateTime::<Utc>::from_timestamp_micros(last))
+                        .flatten(),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every stored event with offset ≥ `from`, in global offset order, as committed when
+    /// the iterator is created. For a live tail, wait with [`Self::wait_for_offset`] and call
+    /// again from the next offset.
+    ///
+    /// # Errors
+    /// Opening fails with [`JournalError::Io`]/[`JournalError::Corrupted`]; items may be
+    /// [`JournalError::Corrupted`], after which the iterator ends.
+    pub fn changelog(&self, from: Offset) -> Result<ChangelogIter> {
+        guard(&self.path, || {
+            let rtx = self.read_txn()?;
+            let meta = rtx.open_table(keys::META)?;
+            let state = read_state(&meta)?;
+            let gens = rtx.open_table(keys::GENERATIONS)?;
+            let entities = rtx.open_table(keys::ENTITIES)?;
+            Ok(ChangelogIter {
+                path: self.path.clone(),
+                key_groups: self.header.key_groups,
+                pos: from.0.max(1),
+                end: state.next_offset,
+                segments: state.segments.clone(),
+                gens,
+                entities,
+                chunks: None,
+                rtx,
+                deleted: HashMap::new(),
+                buffer: VecDeque::new(),
+                done: false,
+            })
+        })
+    }
+}
+
+fn decode_snapshot_for(pid: &PersistenceId, seq: Seq, bytes: &[u8]) -> Result<SnapshotRecord> {
+    let rec = codec::decode_snapshot(bytes)
+        .map_err(|e| JournalError::corrupted(format!("snapshot {pid} seq {seq}"), e))?;
+    if rec.persistence_id != *pid || rec.seq != seq {
+        return Err(JournalError::corrupted(
+            format!("snapshot {pid} seq {seq}"),
+            format!("record says {} seq {}", rec.persistence_id, rec.seq),
+        ));
+    }
+    Ok(rec)
+}
+
+pub(crate) fn read_state(meta: &ReadOnlyTable<&'static str, &'static [u8]>) -> Result<State> {
+    match meta.get(keys::META_STATE)? {
+        Some(v) => codec::decode_meta::<State>(v.value())
+            .map_err(|e| JournalError::corrupted("meta/state", e)),
+        None => Err(JournalError::corrupted("meta/state", "missing")),
+    }
+}
+
+/// Streams one persistence id's events; see [`JournalReader::events`].
+pub struct EventIter {
+    rtx: ReadTransaction,
+    path: PathBuf,
+    pid: PersistenceId,
+    ek: Vec<u8>,
+    chunk_table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    logs: HashMap<u64, ReadOnlyTable<u64, &'static [u8]>>,
+    chunks: VecDeque<ChunkRef>,
+    tail: VecDeque<TailRef>,
+    buffer: VecDeque<EventRecord>,
+    from: u64,
+    to: u64,
+    remaining: u64,
+    expect: Option<u64>,
+    done: bool,
+}
+
+impl EventIter {
+    fn corrupted(&mut self, seq: u64, detail: impl ToString) -> JournalError {
+        self.done = true;
+        JournalError::corrupted(format!("{} seq {seq}", self.pid), detail)
+    }
+
+    /// Checks a decoded record against what the index says it is.
+    fn accept(&mut self, rec: EventRecord, want_seq: Option<u64>) -> Result<Option<EventRecord>> {
+        if rec.persistence_id != self.pid || want_seq.is_some_and(|s| s != rec.seq.0) {
+            let seq = want_seq.unwrap_or(rec.seq.0);
+            let detail = format!("record is {} seq {}", rec.persistence_id, rec.seq);
+            return Err(self.corrupted(seq, detail));
+        }
+        if rec.seq.0 < self.from || rec.seq.0 > self.to {
+            return Ok(None);
+        }
+        if let Some(e) = self.expect {
+            if rec.seq.0 != e {
+                let detail = format!("expected seq {e}, found {} (gap or duplicate)", rec.seq);
+                return Err(self.corrupted(e, detail));
+            }
+        }
+        self.expect = Some(rec.seq.0 + 1);
+        Ok(Some(rec))
+    }
+
+    fn fill(&mut self) -> Result<bool> {
+        if let Some(c) = self.chunks.pop_front() {
+            let key = keys::chunk_key(c.generation, &self.ek, c.first_seq);
+            let Some(table) = self.chunk_table.as_ref() else {
+                return Err(self.corrupted(c.first_seq, "chunk table missing"));
+            };
+            let Some(v) = table.get(key.as_slice())? else {
+                return Err(self.corrupted(c.first_seq, format!("chunk of generation {} missing", c.generation)));
+            };
+            let mut decoded = Vec::with_capacity(c.events as usize);
+            for frame in codec::Frames::new(v.value()) {
+                let rec = frame.and_then(codec::decode_event);
+                decoded.push(rec);
+            }
+            drop(v);
+            for rec in decoded {
+                let rec = rec.map_err(|e| self.corrupted(c.first_seq, format!("chunk {}: {e}", c.generation)))?;
+                if let Some(rec) = self.accept(rec, None)? {
+                    self.buffer.push_back(rec);
+                }
+            }
+            return Ok(true);
+        }
+        // Tail refs: look up a batch of them in their log segments.
+        let mut any = false;
+        while let Some(r) = self.tail.pop_front() {
+            if !self.logs.contains_key(&r.segment) {
+                let name = keys::segment_table_name(r.segment);
+                match self.rtx.open_table(keys::segment_table(&name)) {
+                    Ok(t) => {
+                        self.logs.insert(r.segment, t);
+                    }
+                    // Appended after this read began: the stream ends at the snapshot.
+                    Err(redb::TableError::TableDoesNotExist(_)) => {
+                        self.tail.clear();
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some(table) = self.logs.get(&r.segment) else {
+                break;
+            };
+            let Some(v) = table.get(r.offset)? else {
+                // Committed after this read transaction began.
+                self.tail.clear();
+                break;
+            };
+            let rec = codec::decode_event(v.value());
+            drop(v);
+            let rec = rec.map_err(|e| self.corrupted(r.seq, format!("log offset {}: {e}", r.offset)))?;
+            if rec.offset.0 != r.offset {
+                return Err(self.corrupted(r.seq, format!("log offset {} holds offset {}", r.offset, rec.offset)));
+            }
+            if let Some(rec) = self.accept(rec, Some(r.seq))? {
+                self.buffer.push_back(rec);
+                any = true;
+            }
+            if self.buffer.len() >= 256 {
+                break;
+            }
+        }
+        Ok(any || !self.tail.is_empty())
+    }
+}
+
+impl Iterator for EventIter {
+    type Item = Result<EventRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done || self.remaining == 0 {
+                return None;
+            }
+            if let Some(rec) = self.buffer.pop_front() {
+                self.remaining -= 1;
+                return Some(Ok(rec));
+            }
+            let path = self.path.clone();
+            match guard(&path, || self.fill()) {
+                Ok(true) => continue,
+                Ok(false) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Streams the global changelog; see [`JournalReader::changelog`].
+pub struct ChangelogIter {
+    path: PathBuf,
+    key_groups: u32,
+    pos: u64,
+    end: u64,
+    segments: Vec<crate::meta::SegmentInfo>,
+    gens: ReadOnlyTable<u64, &'static [u8]>,
+    entities: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    chunks: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    rtx: ReadTransaction,
+    deleted: HashMap<Vec<u8>, u64>,
+    buffer: VecDeque<EventRecord>,
+    done: bool,
+}
+
+impl ChangelogIter {
+    /// The offset the next call continues from (one past the last event returned, or past the
+    /// end of what was committed when the iterator was made).
+    pub fn position(&self) -> Offset {
+        Offset(self.buffer.front().map_or(self.pos, |r| r.offset.0))
+    }
+
+    fn deleted_to(&mut self, pid: &PersistenceId) -> Result<u64> {
+        let ek = keys::entity_key(pid, self.key_groups);
+        if let Some(d) = self.deleted.get(&ek) {
+            return Ok(*d);
+        }
+        let d = match self.entities.get(ek.as_slice())? {
+            Some(v) => decode_row(&ek, v.value())?.deleted_to,
+            None => 0,
+        };
+        self.deleted.insert(ek, d);
+        Ok(d)
+    }
+
+    fn fill(&mut self) -> Result<bool> {
+        if self.pos >= self.end {
+            return Ok(false);
+        }
+        let first_unpacked = self.segments.first().map_or(self.end, |s| s.first_offset);
+        let mut batch = Vec::new();
+        if self.pos < first_unpacked {
+            // A packed generation: load all its chunks, order by offset.
+            let gen = match self.gens.range(..=self.pos)?.next_back() {
+                Some(item) => {
+                    let (_, v) = item?;
+                    codec::decode_meta::<GenerationRow>(v.value())
+                        .map_err(|e| JournalError::corrupted("generations", e))?
+                }
+                None => match self.gens.range(self.pos..)?.next() {
+                    Some(item) => {
+                        let (_, v) = item?;
+                        codec::decode_meta::<GenerationRow>(v.value())
+                            .map_err(|e| JournalError::corrupted("generations", e))?
+                    }
+                    None => {
+                        self.pos = first_unpacked;
+                        return Ok(true);
+                    }
+                },
+            };
+            if gen.end_offset <= self.pos {
+                // A hole between generations: nothing stored there.
+                self.pos = match self.gens.range(self.pos..)?.next() {
+                    Some(item) => item?.0.value(),
+                    None => first_unpacked,
+                };
+                return Ok(true);
+            }
+            if self.chunks.is_none() {
+                self.chunks = Some(self.rtx.open_table(keys::CHUNKS)?);
+            }
+            let lo = gen.generation.to_be_bytes();
+            let hi = (gen.generation + 1).to_be_bytes();
+            let mut recs = Vec::new();
+            if let Some(chunks) = self.chunks.as_ref() {
+                for item in chunks.range(&lo[..]..&hi[..])? {
+                    let (k, v) = item?;
+                    for frame in codec::Frames::new(v.value()) {
+                        let rec = frame.and_then(codec::decode_event).map_err(|e| {
+                            JournalError::corrupted(format!("chunk {:?}", k.value()), e)
+                        })?;
+                        if rec.offset.0 >= self.pos && rec.offset.0 < gen.end_offset {
+                            recs.push(rec);
+                        }
+                    }
+                }
+            }
+            recs.sort_by_key(|r| r.offset);
+            batch = recs;
+            self.pos = gen.end_offset.max(gen.first_offset);
+        } else {
+            let seg_index = self
+                .segments
+                .iter()
+                .rposition(|s| s.first_offset <= self.pos)
+                .unwrap_or(0);
+            let seg = self.segments[seg_index].clone();
+            let seg_end = self.segments.get(seg_index + 1).map_or(self.end, |s| s.first_offset);
+            let name = keys::segment_table_name(seg.number);
+            match self.rtx.open_table(keys::segment_table(&name)) {
+                Ok(t) => {
+                    for item in t.range(self.pos..seg_end)?.take(1024) {
+                        let (k, v) = item?;
+                        let rec = codec::decode_event(v.value())
+                            .map_err(|e| JournalError::corrupted(format!("{name}/{}", k.value()), e))?;
+                        batch.push(rec);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.pos = match batch.last() {
+                Some(r) if batch.len() == 1024 => r.offset.0 + 1,
+                _ => seg_end,
+            };
+        }
+        for rec in batch {
+            if rec.seq.0 > self.deleted_to(&rec.persistence_id)? {
+                self.buffer.push_back(rec);
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Iterator for ChangelogIter {
+    type Item = Result<EventRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(rec) = self.buffer.pop_front() {
+                return Some(Ok(rec));
+            }
+            let path = self.path.clone();
+            match guard(&path, || self.fill()) {
+                Ok(true) => continue,
+                Ok(false) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,777 @@
+//! The group-commit writer: one thread drains every queued request into one redb write
+//! transaction, appends events in offset order to the current log segment, and packs sealed
+//! segments into per-entity chunk rows in bounded steps inside the same transactions. Replies
+//! go out only after the commit is durable. See `FORMAT.md` for the crash argument.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableTable, Table};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info};
+use uuid::Uuid;
+
+use crate::codec;
+use crate::config::{Durability, JournalBuilder};
+use crate::error::{JournalError, Rejected, Result};
+use crate::ids::{Offset, PersistenceId, Seq};
+use crate::journal::SnapshotCriteria;
+use crate::keys;
+use crate::meta::{ChunkRef, EntityRow, GenerationRow, SegmentInfo, State};
+use crate::record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord};
+use crate::tail::{Shared, Tail, TailRef};
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A request to the writer thread.
+pub(crate) enum Request {
+    Append {
+        pid: PersistenceId,
+        expected_seq: Seq,
+        events: Vec<NewEvent>,
+        reply: Reply<AppendAck>,
+    },
+    SaveSnapshot {
+        pid: PersistenceId,
+        seq: Seq,
+        manifest: Manifest,
+        payload: Vec<u8>,
+        timestamp: DateTime<Utc>,
+        reply: Reply<()>,
+    },
+    DeleteEventsTo {
+        pid: PersistenceId,
+        to_seq: Seq,
+        reply: Reply<Seq>,
+    },
+    DeleteSnapshots {
+        pid: PersistenceId,
+        criteria: SnapshotCriteria,
+        reply: Reply<usize>,
+    },
+    DeleteEntity {
+        pid: PersistenceId,
+        reply: Reply<()>,
+    },
+    Flush {
+        pack: bool,
+        reply: Reply<()>,
+    },
+}
+
+impl Request {
+    fn weight(&self) -> usize {
+        match self {
+            Request::Append { events, .. } => events.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// A reply computed inside a transaction, sent once the transaction's fate is known.
+enum Done {
+    Ack(Reply<AppendAck>, Result<AppendAck>),
+    Unit(Reply<()>, Result<()>),
+    Seq(Reply<Seq>, Result<Seq>),
+    Count(Reply<usize>, Result<usize>),
+}
+
+impl Done {
+    fn send(self) {
+        // A caller that stopped waiting is not an error of the journal.
+        match self {
+            Done::Ack(r, v) => drop(r.send(v)),
+            Done::Unit(r, v) => drop(r.send(v)),
+            Done::Seq(r, v) => drop(r.send(v)),
+            Done::Count(r, v) => drop(r.send(v)),
+        }
+    }
+
+    /// The transaction failed: writes are of unknown outcome, refusals stay refusals.
+    fn fail(self, msg: &str) {
+        let io = || JournalError::Io(msg.to_string());
+        match self {
+            Done::Ack(r, Ok(_)) => drop(r.send(Err(io()))),
+            Done::Unit(r, Ok(_)) => drop(r.send(Err(io()))),
+            Done::Seq(r, Ok(_)) => drop(r.send(Err(io()))),
+            Done::Count(r, Ok(_)) => drop(r.send(Err(io()))),
+            other => other.send(),
+        }
+    }
+}
+
+fn fail_request(req: Request, err: impl Fn() -> JournalError) {
+    match req {
+        Request::Append { reply, .. } => drop(reply.send(Err(err()))),
+        Request::SaveSnapshot { reply, .. } => drop(reply.send(Err(err()))),
+        Request::DeleteEventsTo { reply, .. } => drop(reply.send(Err(err()))),
+        Request::DeleteSnapshots { reply, .. } => drop(reply.send(Err(err()))),
+        Request::DeleteEntity { reply, .. } => drop(reply.send(Err(err()))),
+        Request::Flush { reply, .. } => drop(reply.send(Err(err()))),
+    }
+}
+
+fn encode_row(row: &EntityRow) -> Result<Vec<u8>> {
+    codec::encode_meta(row).map_err(|e| JournalError::Io(e.to_string()))
+}
+
+pub(crate) fn decode_row(ek: &[u8], bytes: &[u8]) -> Result<EntityRow> {
+    codec::decode_meta(bytes).map_err(|e| JournalError::corrupted(format!("entities/{ek:?}"), e))
+}
+
+/// What a committed transaction changes in memory.
+#[derive(Default)]
+struct Effects {
+    tail: Vec<(Vec<u8>, TailRef)>,
+    packed_segment: Option<u64>,
+    appended: usize,
+    packed: usize,
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Request>,
+    state: State,
+    highest: HashMap<Vec<u8>, u64>,
+    plan: Option<BTreeMap<Vec<u8>, Vec<TailRef>>>,
+    pack_waiters: Vec<Reply<()>>,
+    durability: Durability,
+    segment_events: u64,
+    pack_step_events: usize,
+    max_chunk_bytes: usize,
+    max_batch_events: usize,
+    key_groups: u32,
+    path: PathBuf,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        db: Arc<Database>,
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Request>,
+        state: State,
+        highest: HashMap<Vec<u8>, u64>,
+        cfg: &JournalBuilder,
+        path: PathBuf,
+    ) -> Self {
+        let key_groups = shared.key_groups;
+        Self {
+            db,
+            shared,
+            rx,
+            state,
+            highest,
+            plan: None,
+            pack_waiters: Vec::new(),
+            durability: cfg.durability,
+            segment_events: cfg.segment_events,
+            pack_step_events: cfg.pack_step_events,
+            max_chunk_bytes: cfg.max_chunk_bytes,
+            max_batch_events: cfg.max_batch_events,
+            key_groups,
+            path,
+        }
+    }
+
+    fn pack_pending(&self) -> bool {
+        self.state.segments.len() >= 2
+    }
+
+    /// The writer loop: runs until every `Journal` handle is dropped.
+    pub(crate) fn run(mut self) {
+        loop {
+            let mut batch = Vec::new();
+            let mut weight = 0;
+            if self.pack_pending() && !self.shared.is_poisoned() {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.blocking_recv() {
+                    Some(r) => batch.push(r),
+                    None => break,
+                }
+            }
+            weight += batch.iter().map(Request::weight).sum::<usize>();
+            while weight < self.max_batch_events {
+                match self.rx.try_recv() {
+                    Ok(r) => {
+                        weight += r.weight();
+                        batch.push(r);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.shared.is_poisoned() {
+                for r in batch {
+                    fail_request(r, || JournalError::Poisoned);
+                }
+                for w in self.pack_waiters.drain(..) {
+                    drop(w.send(Err(JournalError::Poisoned)));
+                }
+                continue;
+            }
+            self.commit(batch);
+        }
+        debug!(path = %self.path.display(), "journal writer stopped");
+    }
+
+    fn commit(&mut self, batch: Vec<Request>) {
+        let started = Instant::now();
+        let requests = batch.len();
+        let mut done = Vec::with_capacity(batch.len());
+        let state_before = self.state.clone();
+        let result = self.transact(batch, &mut done);
+        match result {
+            Ok(fx) => {
+                self.apply(&fx);
+                for d in done {
+                    d.send();
+                }
+                if !self.pack_pending() {
+                    for w in self.pack_waiters.drain(..) {
+                        drop(w.send(Ok(())));
+                    }
+                }
+                debug!(
+                    requests,
+                    events = fx.appended,
+                    packed = fx.packed,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "group commit"
+                );
+            }
+            Err(e) => {
+                // G8: the outcome is unknown; refuse everything until the journal is reopened.
+                self.shared.poisoned.store(true, Ordering::SeqCst);
+                self.state = state_before;
+                let msg = e.to_string();
+                error!(error = %msg, path = %self.path.display(), "journal write failed; poisoned");
+                for d in done {
+                    d.fail(&msg);
+                }
+                for w in self.pack_waiters.drain(..) {
+                    drop(w.send(Err(JournalError::Io(msg.clone()))));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, fx: &Effects) {
+        {
+            let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
+            for (ek, r) in &fx.tail {
+                tail.push(ek, *r);
+            }
+            if let Some(seg) = fx.packed_segment {
+                // Readers that saw the old entity rows retry when the version moves (read.rs).
+                self.shared.pack_version.fetch_add(1, Ordering::SeqCst);
+                tail.drop_segment(seg);
+            }
+        }
+        if fx.appended > 0 {
+            self.shared
+                .committed
+                .send_replace(self.state.next_offset.saturating_sub(1));
+        }
+        if let Some(seg) = fx.packed_segment {
+            info!(segment = seg, "log segment packed into chunks");
+        }
+    }
+
+    fn current_highest(&mut self, ek: &[u8], entities: &Table<&[u8], &[u8]>) -> Result<u64> {
+        if let Some(h) = self.highest.get(ek) {
+            return Ok(*h);
+        }
+        let h = match entities.get(ek)? {
+            Some(v) => decode_row(ek, v.value())?.highest_seq,
+            None => 0,
+        };
+        self.highest.insert(ek.to_vec(), h);
+        Ok(h)
+    }
+
+    fn transact(&mut self, batch: Vec<Request>, done: &mut Vec<Done>) -> Result<Effects> {
+        let mut txn = self.db.begin_write()?;
+        if self.durability == Durability::None {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        let mut fx = Effects::default();
+        let needs_segment = batch.iter().any(|r| matches!(r, Request::Append { .. }));
+        if needs_segment {
+            self.rotate_if_full();
+        }
+        {
+            let mut entities = txn.open_table(keys::ENTITIES)?;
+            let mut snapshots = txn.open_table(keys::SNAPSHOTS)?;
+            let mut chunks = txn.open_table(keys::CHUNKS)?;
+            let mut inserts: Vec<(u64, Vec<u8>)> = Vec::new();
+            let segment = self.state.segments.last().map(|s| s.number);
+            for req in batch {
+                match req {
+                    Request::Append {
+                        pid,
+                        expected_seq,
+                        events,
+                        reply,
+                    } => {
+                        let r = self.append(pid, expected_seq, events, segment, &entities, &mut inserts, &mut fx)?;
+                        done.push(Done::Ack(reply, r));
+                    }
+                    Request::SaveSnapshot {
+                        pid,
+                        seq,
+                        manifest,
+                        payload,
+                        timestamp,
+                        reply,
+                    } => {
+                        let rec = SnapshotRecord {
+                            persistence_id: pid,
+                            seq,
+                            timestamp,
+                            manifest,
+                            payload,
+                        };
+                        let r = self.save_snapshot(rec, &mut entities, &mut snapshots)?;
+                        done.push(Done::Unit(reply, r));
+                    }
+                    Request::DeleteEventsTo { pid, to_seq, reply } => {
+                        let r = self.delete_events_to(&pid, to_seq, &mut entities, &mut chunks)?;
+                        done.push(Done::Seq(reply, Ok(r)));
+                    }
+                    Request::DeleteSnapshots {
+                        pid,
+                        criteria,
+                        reply,
+                    } => {
+                        let r = self.delete_snapshots(&pid, criteria, &mut entities, &mut snapshots)?;
+                        done.push(Done::Count(reply, Ok(r)));
+                    }
+                    Request::DeleteEntity { pid, reply } => {
+                        self.delete_entity(&pid, &mut entities, &mut chunks, &mut snapshots)?;
+                        done.push(Done::Unit(reply, Ok(())));
+                    }
+                    Request::Flush { pack, reply } => {
+                        if pack && self.pack_pending() {
+                            self.pack_waiters.push(reply);
+                        } else {
+                            done.push(Done::Unit(reply, Ok(())));
+                        }
+                    }
+                }
+            }
+            if !inserts.is_empty() {
+                let seg = self.state.segments.last_mut().ok_or_else(|| {
+                    JournalError::Io("internal: no open segment for an append".into())
+                })?;
+                seg.events += inserts.len() as u64;
+                let name = keys::segment_table_name(seg.number);
+                let mut log = txn.open_table(keys::segment_table(&name))?;
+                let mut cursor = log.upper_bound_mut(Bound::<u64>::Unbounded)?;
+                for (offset, bytes) in &inserts {
+                    cursor.insert_before(*offset, bytes.as_slice())?;
+                }
+                cursor.close()?;
+            }
+            let budget = self.pack_step_events.max(2 * fx.appended);
+            self.pack_step(&txn, &mut entities, &mut chunks, budget, &mut fx)?;
+            let mut meta = txn.open_table(keys::META)?;
+            let state = codec::encode_meta(&self.state).map_err(|e| JournalError::Io(e.to_string()))?;
+            meta.insert(keys::META_STATE, state.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(fx)
+    }
+
+    fn rotate_if_full(&mut self) {
+        let full = match self.state.segments.last() {
+            None => true,
+            Some(s) => s.events >= self.segment_events,
+        };
+        if full {
+            let number = self.state.next_segment;
+            self.state.next_segment += 1;
+            self.state.segments.push(SegmentInfo {
+                number,
+                first_offset: self.state.next_offset,
+                events: 0,
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        &mut self,
+        pid: PersistenceId,
+        expected_seq: Seq,
+        events: Vec<NewEvent>,
+        segment: Option<u64>,
+        entities: &Table<&[u8], &[u8]>,
+        inserts: &mut Vec<(u64, Vec<u8>)>,
+        fx: &mut Effects,
+    ) -> Result<Result<AppendAck>> {
+        let ek = keys::entity_key(&pid, self.key_groups);
+        let current = self.current_highest(&ek, entities)?;
+        if expected_seq.0 != current + 1 {
+            return Ok(Err(JournalError::Conflict {
+                pid,
+                expected: expected_seq,
+                actual: Seq(current),
+            }));
+        }
+        let segment =
+            segment.ok_or_else(|| JournalError::Io("internal: no open segment".into()))?;
+        let now = Utc::now();
+        let micros = now.timestamp_micros();
+        let first_offset = self.state.next_offset;
+        let n = events.len() as u64;
+        let mut encoded = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            let rec = EventRecord {
+                persistence_id: pid.clone(),
+                seq: Seq(current + 1 + i as u64),
+                offset: Offset(first_offset + i as u64),
+                event_id: Uuid::now_v7(),
+                timestamp: now,
+                manifest: e.manifest,
+                payload: e.payload,
+            };
+            match codec::encode_event(&rec) {
+                Ok(b) => encoded.push((rec.seq.0, rec.offset.0, b)),
+                Err(e) => {
+                    return Ok(Err(Rejected::InvalidManifest(format!("cannot encode event: {e}")).into()))
+                }
+            }
+        }
+        for (seq, offset, bytes) in encoded {
+            fx.tail.push((
+                ek.clone(),
+                TailRef {
+                    seq,
+                    offset,
+                    segment,
+                    timestamp_micros: micros,
+                    bytes: bytes.len() as u32,
+                },
+            ));
+            inserts.push((offset, bytes));
+        }
+        self.state.next_offset += n;
+        self.highest.insert(ek, current + n);
+        fx.appended += n as usize;
+        Ok(Ok(AppendAck {
+            first_seq: Seq(current + 1),
+            last_seq: Seq(current + n),
+            first_offset: Offset(first_offset),
+            last_offset: Offset(first_offset + n - 1),
+        }))
+    }
+
+    fn load_row(&self, ek: &[u8], entities: &Table<&[u8], &[u8]>) -> Result<EntityRow> {
+        match entities.get(ek)? {
+            Some(v) => decode_row(ek, v.value()),
+            None => Ok(EntityRow::default()),
+        }
+    }
+
+    fn save_snapshot(
+        &mut self,
+        rec: SnapshotRecord,
+        entities: &mut Table<&[u8], &[u8]>,
+        snapshots: &mut Table<&[u8], &[u8]>,
+    ) -> Result<Result<()>> {
+        let ek = keys::entity_key(&rec.persistence_id, self.key_groups);
+        let highest = self.current_highest(&ek, entities)?;
+        if rec.seq.0 > highest {
+            return Ok(Err(Rejected::SnapshotAhead {
+                seq: rec.seq,
+                highest: Seq(highest),
+            }
+            .into()));
+        }
+        let bytes = match codec::encode_snapshot(&rec) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(Rejected::InvalidManifest(e.to_string()).into())),
+        };
+        let mut row = self.load_row(&ek, entities)?;
+        row.highest_seq = row.highest_seq.max(highest);
+        let existed = snapshots
+            .insert(keys::snapshot_key(&ek, rec.seq).as_slice(), bytes.as_slice())?
+            .is_some();
+        if !existed {
+            row.snapshots += 1;
+        }
+        row.snapshot_seq = row.snapshot_seq.max(rec.seq.0);
+        entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+        Ok(Ok(()))
+    }
+
+    fn delete_events_to(
+        &mut self,
+        pid: &PersistenceId,
+        to_seq: Seq,
+        entities: &mut Table<&[u8], &[u8]>,
+        chunks: &mut Table<&[u8], &[u8]>,
+    ) -> Result<Seq> {
+        let ek = keys::entity_key(pid, self.key_groups);
+        let highest = self.current_highest(&ek, entities)?;
+        let mut row = self.load_row(&ek, entities)?;
+        row.highest_seq = row.highest_seq.max(highest);
+        let to = to_seq.0.min(highest);
+        if to > row.deleted_to {
+            row.deleted_to = to;
+            for c in row.chunks.iter().filter(|c| c.last_seq <= to) {
+                chunks.remove(keys::chunk_key(c.generation, &ek, c.first_seq).as_slice())?;
+            }
+            row.chunks.retain(|c| c.last_seq > to);
+            entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+        }
+        Ok(Seq(row.deleted_to))
+    }
+
+    fn snapshot_seqs(&self, ek: &[u8], snapshots: &Table<&[u8], &[u8]>) -> Result<Vec<Seq>> {
+        let lo = keys::snapshot_key(ek, Seq(0));
+        let hi = keys::snapshot_key(ek, Seq(u64::MAX));
+        let mut seqs = Vec::new();
+        for item in snapshots.range(lo.as_slice()..=hi.as_slice())? {
+            let (k, _) = item?;
+            seqs.push(keys::snapshot_key_seq(k.value())?);
+        }
+        Ok(seqs)
+    }
+
+    fn delete_snapshots(
+        &mut self,
+        pid: &PersistenceId,
+        criteria: SnapshotCriteria,
+        entities: &mut Table<&[u8], &[u8]>,
+        snapshots: &mut Table<&[u8], &[u8]>,
+    ) -> Result<usize> {
+        let ek = keys::entity_key(pid, self.key_groups);
+        let seqs = self.snapshot_seqs(&ek, snapshots)?;
+        let protected = seqs.len().saturating_sub(criteria.keep_newest);
+        let mut deleted = 0;
+        let mut remaining = Vec::new();
+        for (i, s) in seqs.iter().enumerate() {
+            if i < protected && *s >= criteria.min_seq && *s <= criteria.max_seq {
+                snapshots.remove(keys::snapshot_key(&ek, *s).as_slice())?;
+                deleted += 1;
+            } else {
+                remaining.push(*s);
+            }
+        }
+        if deleted > 0 {
+            let mut row = self.load_row(&ek, entities)?;
+            row.snapshots = remaining.len() as u32;
+            row.snapshot_seq = remaining.last().map_or(0, |s| s.0);
+            entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+        }
+        Ok(deleted)
+    }
+
+    fn delete_entity(
+        &mut self,
+        pid: &PersistenceId,
+        entities: &mut Table<&[u8], &[u8]>,
+        chunks: &mut Table<&[u8], &[u8]>,
+        snapshots: &mut Table<&[u8], &[u8]>,
+    ) -> Result<()> {
+        let ek = keys::entity_key(pid, self.key_groups);
+        let highest = self.current_highest(&ek, entities)?;
+        let mut row = self.load_row(&ek, entities)?;
+        for c in &row.chunks {
+            chunks.remove(keys::chunk_key(c.generation, &ek, c.first_seq).as_slice())?;
+        }
+        for s in self.snapshot_seqs(&ek, snapshots)? {
+            snapshots.remove(keys::snapshot_key(&ek, s).as_slice())?;
+        }
+        row.highest_seq = row.highest_seq.max(highest);
+        row.deleted_to = row.highest_seq;
+        row.chunks.clear();
+        row.snapshots = 0;
+        row.snapshot_seq = 0;
+        entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Packs up to `budget` events of the oldest sealed segment into chunk rows; when the
+    /// segment is done, drops its log table and records its generation.
+    fn pack_step(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        entities: &mut Table<&[u8], &[u8]>,
+        chunks: &mut Table<&[u8], &[u8]>,
+        mut budget: usize,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        if !self.pack_pending() {
+            return Ok(());
+        }
+        let seg = self.state.segments[0].clone();
+        let plan = match self.plan.take() {
+            Some(p) => p,
+            None => self.build_plan(seg.number),
+        };
+        let mut plan = plan;
+        let name = keys::segment_table_name(seg.number);
+        {
+            let log = txn.open_table(keys::segment_table(&name))?;
+            let mut cursor = chunks.upper_bound_mut(Bound::<&[u8]>::Unbounded)?;
+            while budget > 0 {
+                let Some((ek, refs)) = plan.pop_first() else {
+                    break;
+                };
+                let mut row = match entities.get(ek.as_slice())? {
+                    Some(v) => decode_row(&ek, v.value())?,
+                    None => EntityRow::default(),
+                };
+                let mut buf: Vec<u8> = Vec::new();
+                let mut current: Option<ChunkRef> = None;
+                for r in &refs {
+                    row.highest_seq = row.highest_seq.max(r.seq);
+                    row.last_write_micros = row.last_write_micros.max(r.timestamp_micros);
+                    if r.seq <= row.deleted_to {
+                        continue;
+                    }
+                    let v = log.get(r.offset)?.ok_or_else(|| {
+                        JournalError::corrupted(format!("{name}/{}", r.offset), "event missing from log")
+                    })?;
+                    let v = v.value();
+                    if let Some(c) = current.as_mut() {
+                        if buf.len() + 4 + v.len() > self.max_chunk_bytes {
+                            let key = keys::chunk_key(seg.number, &ek, c.first_seq);
+                            cursor.insert_before(key.as_slice(), buf.as_slice())?;
+                            row.chunks.push(*c);
+                            buf.clear();
+                            current = None;
+                        }
+                    }
+                    let c = current.get_or_insert(ChunkRef {
+                        generation: seg.number,
+                        first_seq: r.seq,
+                        last_seq: r.seq,
+                        events: 0,
+                        bytes: 0,
+                    });
+                    c.last_seq = r.seq;
+                    c.events += 1;
+                    c.bytes += v.len() as u32;
+                    codec::push_frame(&mut buf, v);
+                }
+                if let Some(c) = current {
+                    let key = keys::chunk_key(seg.number, &ek, c.first_seq);
+                    cursor.insert_before(key.as_slice(), buf.as_slice())?;
+                    row.chunks.push(c);
+                }
+                entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+                budget = budget.saturating_sub(refs.len());
+                fx.packed += refs.len();
+                let mut next = ek;
+                next.push(0);
+                self.state.pack_cursor = Some(next);
+            }
+            cursor.close()?;
+        }
+        if plan.is_empty() {
+            txn.delete_table(keys::segment_table(&name))?;
+            let end_offset = self
+                .state
+                .segments
+                .get(1)
+                .map_or(self.state.next_offset, |s| s.first_offset);
+            let gen = GenerationRow {
+                generation: seg.number,
+                first_offset: seg.first_offset,
+                end_offset,
+            };
+            let mut gens = txn.open_table(keys::GENERATIONS)?;
+            let bytes = codec::encode_meta(&gen).map_err(|e| JournalError::Io(e.to_string()))?;
+            gens.insert(seg.first_offset, bytes.as_slice())?;
+            self.state.segments.remove(0);
+            self.state.pack_cursor = None;
+            fx.packed_segment = Some(seg.number);
+        } else {
+            self.plan = Some(plan);
+        }
+        Ok(())
+    }
+
+    /// The entities of `segment` still to pack, in key order, from the tail index.
+    fn build_plan(&self, segment: u64) -> BTreeMap<Vec<u8>, Vec<TailRef>> {
+        let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
+        let cursor = self.state.pack_cursor.as_deref();
+        let mut plan = BTreeMap::new();
+        for (ek, refs) in &tail.entries {
+            if cursor.is_some_and(|c| ek.as_slice() < c) {
+                continue;
+            }
+            let mine: Vec<TailRef> = refs.iter().filter(|r| r.segment == segment).copied().collect();
+            if !mine.is_empty() {
+                plan.insert(ek.clone(), mine);
+            }
+        }
+        plan
+    }
+}
+
+/// Rebuilds the tail index from the unpacked segments on open, checking each record and the
+/// contiguity of seqs within the tail. Returns the tail, the highest seq of every entity in it,
+/// and the highest committed offset.
+pub(crate) fn rebuild_tail(
+    db: &impl redb::ReadableDatabase,
+    state: &State,
+    key_groups: u32,
+) -> Result<(Tail, HashMap<Vec<u8>, u64>, u64)> {
+    let rtx = db.begin_read()?;
+    let mut tail = Tail::default();
+    let mut highest: HashMap<Vec<u8>, u64> = HashMap::new();
+    for seg in &state.segments {
+        let name = keys::segment_table_name(seg.number);
+        let table = match rtx.open_table(keys::segment_table(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) if seg.events == 0 => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for item in table.range::<u64>(..)? {
+            let (k, v) = item?;
+            let offset = k.value();
+            let loc = || format!("{name}/{offset}");
+            let rec = codec::decode_event(v.value()).map_err(|e| JournalError::corrupted(loc(), e))?;
+            if rec.offset.0 != offset {
+                return Err(JournalError::corrupted(loc(), format!("record says offset {}", rec.offset)));
+            }
+            let ek = keys::entity_key(&rec.persistence_id, key_groups);
+            if let Some(prev) = highest.get(&ek) {
+                if rec.seq.0 != prev + 1 {
+                    return Err(JournalError::corrupted(
+                        loc(),
+                        format!("{}: seq {} follows {prev}", rec.persistence_id, rec.seq),
+                    ));
+                }
+            }
+            highest.insert(ek.clone(), rec.seq.0);
+            tail.push(
+                &ek,
+                TailRef {
+                    seq: rec.seq.0,
+                    offset,
+                    segment: seg.number,
+                    timestamp_micros: rec.timestamp.timestamp_micros(),
+                    bytes: v.value().len() as u32,
+                },
+            );
+        }
+    }
+    debug!(tail_events = tail.len(), "tail index rebuilt");
+    Ok((tail, highest, state.next_offset.saturating_sub(1)))
+}
