@@ -1,0 +1,604 @@
+//! Conformance suite for the journal and snapshot store, modeled on Akka's persistence TCK:
+//! replay ranges and max counts, highest seq after deletes, delete-to semantics, atomic batches,
+//! conflicts and rejections that leave neighbours intact, changelog order, snapshots (newest
+//! at/below a seq, keep-N, criteria deletes), and format/config checks on open.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use stateline_journal::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    j: Journal,
+}
+
+fn fixture_with(b: JournalBuilder) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.redb");
+    let j = b.open(&path).unwrap();
+    Fixture { _dir: dir, path, j }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(Journal::builder())
+}
+
+fn pid(id: &str) -> PersistenceId {
+    PersistenceId::parse("account", id).unwrap()
+}
+
+fn ev(tag: &str) -> NewEvent {
+    NewEvent::new(Manifest::new("Tagged", 1), tag.as_bytes().to_vec())
+}
+
+fn evs(n: usize, prefix: &str) -> Vec<NewEvent> {
+    (0..n).map(|i| ev(&format!("{prefix}{i}"))).collect()
+}
+
+/// Appends `n` single-event commands to `p`, starting after its highest seq.
+async fn write_n(j: &Journal, p: &PersistenceId, n: u64) {
+    let h = j.highest_seq(p).unwrap().0;
+    for i in 0..n {
+        j.append(p, Seq(h + i + 1), vec![ev(&format!("e{}", h + i + 1))])
+            .await
+            .unwrap();
+    }
+}
+
+fn seqs(j: &JournalReader, p: &PersistenceId, from: u64, to: u64, max: u64) -> Vec<u64> {
+    j.events(p, Seq(from), Seq(to), max)
+        .unwrap()
+        .map(|r| r.unwrap().seq.0)
+        .collect()
+}
+
+fn payloads(j: &JournalReader, p: &PersistenceId) -> Vec<String> {
+    j.all_events(p)
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.payload).unwrap())
+        .collect()
+}
+
+// ---- journal: replay ----
+
+#[tokio::test]
+async fn replays_all_events_in_order() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 5).await;
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), vec![1, 2, 3, 4, 5]);
+    assert_eq!(payloads(&f.j, &a), vec!["e1", "e2", "e3", "e4", "e5"]);
+}
+
+#[tokio::test]
+async fn replays_from_a_seq() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 5).await;
+    assert_eq!(seqs(&f.j, &a, 3, u64::MAX, u64::MAX), vec![3, 4, 5]);
+}
+
+#[tokio::test]
+async fn replays_up_to_a_seq() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 5).await;
+    assert_eq!(seqs(&f.j, &a, 1, 3, u64::MAX), vec![1, 2, 3]);
+    assert_eq!(seqs(&f.j, &a, 2, 3, u64::MAX), vec![2, 3]);
+}
+
+#[tokio::test]
+async fn replays_at_most_max_events() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 5).await;
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, 3), vec![1, 2, 3]);
+    assert_eq!(seqs(&f.j, &a, 2, 3, 0), Vec::<u64>::new());
+    assert_eq!(seqs(&f.j, &a, 2, 5, 1), vec![2]);
+}
+
+#[tokio::test]
+async fn replays_nothing_for_an_empty_range_or_unknown_id() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 3).await;
+    assert!(seqs(&f.j, &a, 3, 2, u64::MAX).is_empty());
+    assert!(seqs(&f.j, &a, 4, u64::MAX, u64::MAX).is_empty());
+    assert!(seqs(&f.j, &pid("nobody"), 1, u64::MAX, u64::MAX).is_empty());
+}
+
+#[tokio::test]
+async fn keeps_persistence_ids_apart() {
+    let f = fixture();
+    let (a, b) = (pid("a"), pid("b"));
+    write_n(&f.j, &a, 3).await;
+    write_n(&f.j, &b, 2).await;
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), vec![1, 2, 3]);
+    assert_eq!(seqs(&f.j, &b, 1, u64::MAX, u64::MAX), vec![1, 2]);
+    // Same id, another entity type: another persistence id.
+    let other = PersistenceId::parse("order", "a").unwrap();
+    assert_eq!(f.j.highest_seq(&other).unwrap(), Seq(0));
+}
+
+#[tokio::test]
+async fn stores_the_envelope_fields() {
+    let f = fixture();
+    let a = pid("a");
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let ack = f
+        .j
+        .append(&a, Seq(1), vec![ev("x"), NewEvent::new(Manifest::new("Other", 3), vec![9])])
+        .await
+        .unwrap();
+    let got = f.j.all_events(&a).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].offset, ack.first_offset);
+    assert_eq!(got[1].offset, ack.last_offset);
+    assert_eq!(got[1].manifest, Manifest::new("Other", 3));
+    assert_eq!(got[1].payload, vec![9]);
+    assert_ne!(got[0].event_id, got[1].event_id);
+    assert!(got[0].timestamp >= before);
+    assert_eq!(got[0].persistence_id, a);
+}
+
+// ---- journal: highest seq and deletes ----
+
+#[tokio::test]
+async fn highest_seq_follows_appends() {
+    let f = fixture();
+    let a = pid("a");
+    assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(0));
+    write_n(&f.j, &a, 4).await;
+    assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(4));
+}
+
+#[tokio::test]
+async fn highest_seq_survives_deleting_all_events() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 4).await;
+    assert_eq!(f.j.delete_events_to(&a, Seq(4)).await.unwrap(), Seq(4));
+    assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(4));
+    assert!(f.j.all_events(&a).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn delete_to_hides_only_the_covered_events() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 5).await;
+    f.j.delete_events_to(&a, Seq(3)).await.unwrap();
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), vec![4, 5]);
+    assert_eq!(seqs(&f.j, &a, 2, 4, u64::MAX), vec![4]);
+    // Deleting less than already deleted changes nothing.
+    assert_eq!(f.j.delete_events_to(&a, Seq(1)).await.unwrap(), Seq(3));
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), vec![4, 5]);
+}
+
+#[tokio::test]
+async fn delete_to_beyond_highest_is_capped() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 2).await;
+    assert_eq!(f.j.delete_events_to(&a, Seq(100)).await.unwrap(), Seq(2));
+    // The next seq is still 3: seqs are never reused, none are skipped.
+    f.j.append(&a, Seq(3), vec![ev("after")]).await.unwrap();
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), vec![3]);
+}
+
+#[tokio::test]
+async fn delete_entity_removes_everything_but_keeps_seqs_unique() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 3).await;
+    f.j.save_snapshot(&a, Seq(2), Manifest::new("S", 1), vec![1]).await.unwrap();
+    f.j.delete_entity(&a).await.unwrap();
+    assert!(f.j.all_events(&a).unwrap().is_empty());
+    assert!(f.j.load_snapshot(&a, Seq(u64::MAX)).unwrap().is_none());
+    assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(3));
+    assert!(f.j.entities(None).unwrap().is_empty());
+    let err = f.j.append(&a, Seq(1), vec![ev("x")]).await.unwrap_err();
+    assert!(matches!(err, JournalError::Conflict { actual: Seq(3), .. }), "{err}");
+    f.j.append(&a, Seq(4), vec![ev("x")]).await.unwrap();
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), vec![4]);
+}
+
+// ---- journal: atomicity, conflicts, rejections ----
+
+#[tokio::test]
+async fn a_batch_is_stored_atomically_with_contiguous_seqs() {
+    let f = fixture();
+    let a = pid("a");
+    let ack = f.j.append(&a, Seq(1), evs(10, "b")).await.unwrap();
+    assert_eq!((ack.first_seq, ack.last_seq), (Seq(1), Seq(10)));
+    assert_eq!(ack.last_offset.0 - ack.first_offset.0, 9);
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), (1..=10).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_seq_conflict_writes_nothing() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 2).await;
+    for wrong in [1, 2, 4, 100] {
+        let err = f.j.append(&a, Seq(wrong), evs(3, "c")).await.unwrap_err();
+        match err {
+            JournalError::Conflict { expected, actual, .. } => {
+                assert_eq!(expected, Seq(wrong));
+                assert_eq!(actual, Seq(2));
+            }
+            other => panic!("expected a conflict, got {other}"),
+        }
+    }
+    assert_eq!(payloads(&f.j, &a), vec!["e1", "e2"]);
+}
+
+#[tokio::test]
+async fn a_rejected_event_leaves_its_batch_and_neighbours_intact() {
+    let f = fixture_with(Journal::builder().max_event_bytes(64));
+    let (a, b) = (pid("a"), pid("b"));
+    let big = NewEvent::new(Manifest::new("Big", 1), vec![0; 65]);
+    let (ra, rb, rbig) = tokio::join!(
+        f.j.append(&a, Seq(1), vec![ev("a1")]),
+        f.j.append(&b, Seq(1), vec![ev("b1")]),
+        f.j.append(&a, Seq(2), vec![ev("a2"), big]),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let err = rbig.unwrap_err();
+    assert!(
+        matches!(err, JournalError::Rejected(Rejected::EventTooLarge { size: 65, limit: 64 })),
+        "{err}"
+    );
+    assert!(err.is_rejected());
+    assert_eq!(payloads(&f.j, &a), vec!["a1"]);
+    assert_eq!(payloads(&f.j, &b), vec!["b1"]);
+    // The journal continues: the next append for `a` is seq 2.
+    f.j.append(&a, Seq(2), vec![ev("a2")]).await.unwrap();
+}
+
+#[tokio::test]
+async fn empty_appends_and_bad_manifests_are_rejected() {
+    let f = fixture();
+    let a = pid("a");
+    let err = f.j.append(&a, Seq(1), vec![]).await.unwrap_err();
+    assert!(matches!(err, JournalError::Rejected(Rejected::EmptyAppend)), "{err}");
+    let bad = NewEvent::new(Manifest::new("", 1), vec![]);
+    let err = f.j.append(&a, Seq(1), vec![bad]).await.unwrap_err();
+    assert!(matches!(err, JournalError::Rejected(Rejected::InvalidManifest(_))), "{err}");
+    assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(0));
+}
+
+#[tokio::test]
+async fn invalid_ids_are_refused_before_reaching_the_journal() {
+    assert!(matches!(PersistenceId::parse("account", ""), Err(InvalidId::Empty { .. })));
+    assert!(matches!(PersistenceId::parse("account", "a\0b"), Err(InvalidId::ContainsNul { .. })));
+    let long = "x".repeat(MAX_ENTITY_ID_LEN + 1);
+    assert!(matches!(PersistenceId::parse("account", &long), Err(InvalidId::TooLong { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appenders_are_group_committed() {
+    let f = fixture();
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let j = f.j.clone();
+        tasks.push(tokio::spawn(async move {
+            let p = pid(&format!("p{t}"));
+            for s in 1..=20 {
+                j.append(&p, Seq(s), vec![ev(&format!("{t}:{s}"))]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all: Vec<_> = f.j.changelog(Offset(1)).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(all.len(), 64 * 20);
+    for t in 0..64 {
+        assert_eq!(seqs(&f.j, &pid(&format!("p{t}")), 1, u64::MAX, u64::MAX).len(), 20);
+    }
+}
+
+// ---- journal: packing, reopen, listing, changelog ----
+
+fn small_segments() -> JournalBuilder {
+    Journal::builder().segment_events(16).pack_step_events(5).max_chunk_bytes(200)
+}
+
+#[tokio::test]
+async fn replay_is_the_same_before_and_after_packing_and_reopen() {
+    let f = fixture_with(small_segments());
+    let ids: Vec<_> = (0..5).map(|i| pid(&format!("k{i}"))).collect();
+    for _ in 0..30 {
+        for p in &ids {
+            write_n(&f.j, p, 1).await;
+        }
+    }
+    let before: Vec<_> = ids.iter().map(|p| f.j.all_events(p).unwrap()).collect();
+    f.j.flush(true).await.unwrap();
+    let packed: Vec<_> = ids.iter().map(|p| f.j.all_events(p).unwrap()).collect();
+    assert_eq!(before, packed);
+    let path = f.path.clone();
+    drop(f.j);
+    let j = small_segments().open(&path).unwrap();
+    let reopened: Vec<_> = ids.iter().map(|p| j.all_events(p).unwrap()).collect();
+    assert_eq!(before, reopened);
+    assert_eq!(seqs(&j, &ids[2], 7, 19, 5), vec![7, 8, 9, 10, 11]);
+}
+
+#[tokio::test]
+async fn deletes_apply_to_packed_and_unpacked_events() {
+    let f = fixture_with(small_segments());
+    let a = pid("a");
+    write_n(&f.j, &a, 40).await;
+    f.j.flush(true).await.unwrap();
+    f.j.delete_events_to(&a, Seq(25)).await.unwrap();
+    write_n(&f.j, &a, 40).await;
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), (26..=80).collect::<Vec<_>>());
+    f.j.flush(true).await.unwrap();
+    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), (26..=80).collect::<Vec<_>>());
+    assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(80));
+}
+
+#[tokio::test]
+async fn the_changelog_is_in_offset_order_from_any_offset() {
+    let f = fixture_with(small_segments());
+    let (a, b) = (pid("a"), pid("b"));
+    for _ in 0..25 {
+        write_n(&f.j, &a, 1).await;
+        write_n(&f.j, &b, 1).await;
+    }
+    f.j.flush(true).await.unwrap();
+    let all: Vec<_> = f.j.changelog(Offset(1)).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(all.len(), 50);
+    assert!(all.iter().enumerate().all(|(i, e)| e.offset.0 == i as u64 + 1));
+    let from: Vec<_> = f.j.changelog(Offset(31)).unwrap().map(|r| r.unwrap().offset.0).collect();
+    assert_eq!(from, (31..=50).collect::<Vec<_>>());
+    f.j.delete_events_to(&a, Seq(10)).await.unwrap();
+    let after: Vec<_> = f.j.changelog(Offset(1)).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(after.len(), 40);
+    assert!(after.iter().all(|e| e.persistence_id != a || e.seq.0 > 10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_tail_wakes_on_commit() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 1).await;
+    let next = Offset(f.j.committed_offset().0 + 1);
+    let reader = f.j.reader();
+    let waiter = tokio::spawn(async move {
+        reader.wait_for_offset(next).await;
+        reader.changelog(next).unwrap().map(|r| r.unwrap().seq).collect::<Vec<_>>()
+    });
+    write_n(&f.j, &a, 1).await;
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, vec![Seq(2)]);
+}
+
+#[tokio::test]
+async fn lists_persistence_ids_by_key_group_range() {
+    let f = fixture_with(small_segments().key_groups(8));
+    let ids: Vec<_> = (0..40).map(|i| pid(&format!("n{i}"))).collect();
+    for p in &ids {
+        write_n(&f.j, p, 2).await;
+    }
+    let all = f.j.entities(None).unwrap();
+    assert_eq!(all.len(), 40);
+    assert!(all.iter().all(|e| e.events == 2 && e.highest_seq == Seq(2)));
+    let low = f.j.entities(Some(0..4)).unwrap();
+    let high = f.j.entities(Some(4..8)).unwrap();
+    assert_eq!(low.len() + high.len(), 40);
+    assert!(low.iter().all(|e| e.key_group.0 < 4));
+    assert!(high.iter().all(|e| e.key_group.0 >= 4));
+    for e in &low {
+        assert_eq!(e.key_group, e.persistence_id.key_group(8));
+    }
+}
+
+// ---- snapshots ----
+
+#[tokio::test]
+async fn loads_the_newest_snapshot() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 10).await;
+    for s in [3, 6, 9] {
+        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![s as u8]).await.unwrap();
+    }
+    let snap = f.j.load_snapshot(&a, Seq(u64::MAX)).unwrap().unwrap();
+    assert_eq!((snap.seq, snap.payload.clone()), (Seq(9), vec![9]));
+    assert_eq!(snap.manifest, Manifest::new("S", 1));
+    assert_eq!(f.j.snapshot_seqs(&a).unwrap(), vec![Seq(3), Seq(6), Seq(9)]);
+}
+
+#[tokio::test]
+async fn loads_the_newest_snapshot_at_or_below_a_seq() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 10).await;
+    for s in [3, 6, 9] {
+        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![s as u8]).await.unwrap();
+    }
+    assert_eq!(f.j.load_snapshot(&a, Seq(8)).unwrap().unwrap().seq, Seq(6));
+    assert_eq!(f.j.load_snapshot(&a, Seq(6)).unwrap().unwrap().seq, Seq(6));
+    assert!(f.j.load_snapshot(&a, Seq(2)).unwrap().is_none());
+    assert!(f.j.load_snapshot(&pid("b"), Seq(u64::MAX)).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_snapshot_ahead_of_the_journal_is_rejected() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 2).await;
+    let err = f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 1), vec![]).await.unwrap_err();
+    assert!(matches!(err, JournalError::Rejected(Rejected::SnapshotAhead { .. })), "{err}");
+    assert!(f.j.load_snapshot(&a, Seq(u64::MAX)).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_too_large_snapshot_is_rejected() {
+    let f = fixture_with(Journal::builder().max_snapshot_bytes(10));
+    let a = pid("a");
+    write_n(&f.j, &a, 1).await;
+    let err = f.j.save_snapshot(&a, Seq(1), Manifest::new("S", 1), vec![0; 11]).await.unwrap_err();
+    assert!(
+        matches!(err, JournalError::Rejected(Rejected::SnapshotTooLarge { size: 11, limit: 10 })),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn keeps_the_newest_n_snapshots() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 10).await;
+    for s in 1..=10 {
+        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![]).await.unwrap();
+    }
+    assert_eq!(f.j.delete_snapshots(&a, SnapshotCriteria::keep_newest(3)).await.unwrap(), 7);
+    assert_eq!(f.j.snapshot_seqs(&a).unwrap(), vec![Seq(8), Seq(9), Seq(10)]);
+    let e = &f.j.entities(None).unwrap()[0];
+    assert_eq!((e.snapshots, e.snapshot_seq), (3, Some(Seq(10))));
+}
+
+#[tokio::test]
+async fn deletes_snapshots_by_criteria() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 10).await;
+    for s in [2, 4, 6, 8, 10] {
+        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![]).await.unwrap();
+    }
+    assert_eq!(f.j.delete_snapshots(&a, SnapshotCriteria::up_to(Seq(4))).await.unwrap(), 2);
+    assert_eq!(f.j.snapshot_seqs(&a).unwrap(), vec![Seq(6), Seq(8), Seq(10)]);
+    let crit = SnapshotCriteria {
+        min_seq: Seq(7),
+        max_seq: Seq(10),
+        keep_newest: 1,
+    };
+    assert_eq!(f.j.delete_snapshots(&a, crit).await.unwrap(), 1);
+    assert_eq!(f.j.snapshot_seqs(&a).unwrap(), vec![Seq(6), Seq(10)]);
+}
+
+#[tokio::test]
+async fn a_snapshot_at_the_same_seq_is_replaced() {
+    let f = fixture();
+    let a = pid("a");
+    write_n(&f.j, &a, 3).await;
+    f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 1), vec![1]).await.unwrap();
+    f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 2), vec![2]).await.unwrap();
+    let s = f.j.snapshot_at(&a, Seq(3)).unwrap().unwrap();
+    assert_eq!((s.payload, s.manifest.version), (vec![2], 2));
+    assert_eq!(f.j.snapshot_seqs(&a).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn snapshots_survive_packing_and_reopen() {
+    let f = fixture_with(small_segments());
+    let a = pid("a");
+    write_n(&f.j, &a, 50).await;
+    f.j.save_snapshot(&a, Seq(40), Manifest::new("S", 1), b"state".to_vec()).await.unwrap();
+    f.j.flush(true).await.unwrap();
+    let path = f.path.clone();
+    drop(f.j);
+    let j = Journal::open(&path).unwrap();
+    let s = j.load_snapshot(&a, Seq(u64::MAX)).unwrap().unwrap();
+    assert_eq!((s.seq, s.payload), (Seq(40), b"state".to_vec()));
+    assert_eq!(seqs(&j, &a, 41, u64::MAX, u64::MAX), (41..=50).collect::<Vec<_>>());
+}
+
+// ---- open: metadata, format, configuration ----
+
+#[test]
+fn a_new_journal_records_its_metadata() {
+    let f = fixture_with(Journal::builder().key_groups(64));
+    let info = f.j.info();
+    assert_eq!(info.format_version, FORMAT_VERSION);
+    assert_eq!(info.key_groups, 64);
+    assert_eq!(info.hash, KEY_GROUP_HASH);
+    assert!(info.created_at <= chrono::Utc::now());
+    let id = info.journal_id;
+    let path = f.path.clone();
+    drop(f.j);
+    // Reopening without a key-group count adopts the stored one.
+    let j = Journal::open(&path).unwrap();
+    assert_eq!((j.info().journal_id, j.key_groups()), (id, 64));
+}
+
+#[test]
+fn another_key_group_count_is_refused() {
+    let f = fixture_with(Journal::builder().key_groups(64));
+    let path = f.path.clone();
+    drop(f.j);
+    let err = Journal::builder().key_groups(128).open(&path).unwrap_err();
+    assert!(matches!(err, JournalError::ConfigMismatch { .. }), "{err}");
+    Journal::builder().key_groups(64).open(&path).unwrap();
+}
+
+/// Rewrites the header as a newer format would: version bumped and one more field.
+fn write_newer_header(path: &Path) {
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("stateline.meta");
+    let db = redb::Database::create(path).unwrap();
+    let w = db.begin_write().unwrap();
+    {
+        let mut t = w.open_table(META).unwrap();
+        let body = rmp_serde::to_vec(&(FORMAT_VERSION + 1, "future", 7u8)).unwrap();
+        let mut sealed = crc32fast::hash(&body).to_le_bytes().to_vec();
+        sealed.extend_from_slice(&body);
+        t.insert("header", sealed.as_slice()).unwrap();
+    }
+    w.commit().unwrap();
+}
+
+#[test]
+fn a_newer_format_is_refused() {
+    let f = fixture();
+    let path = f.path.clone();
+    drop(f.j);
+    write_newer_header(&path);
+    let err = Journal::open(&path).unwrap_err();
+    assert!(
+        matches!(err, JournalError::UnsupportedFormat { found, supported } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
+        "{err}"
+    );
+    let err = JournalReader::open_read_only(&path).unwrap_err();
+    assert!(matches!(err, JournalError::UnsupportedFormat { .. }), "{err}");
+}
+
+#[test]
+fn a_second_writer_is_locked_out_but_readers_are_not() {
+    let f = fixture();
+    let err = Journal::open(&f.path).unwrap_err();
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    f.j.append_blocking(&pid("a"), Seq(1), vec![ev("x")]).unwrap();
+    let r = JournalReader::open_read_only(&f.path).unwrap();
+    assert_eq!(r.all_events(&pid("a")).unwrap().len(), 1);
+}
+
+#[test]
+fn foreign_files_are_not_journals() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "hello, not a database").unwrap();
+    assert!(matches!(Journal::open(&text), Err(JournalError::NotAJournal { .. })));
+    let other = dir.path().join("other.redb");
+    {
+        let db = redb::Database::create(&other).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<u64, u64>::new("x")).unwrap();
+        w.commit().unwrap();
+    }
+    assert!(matches!(Journal::open(&other), Err(JournalError::NotAJournal { .. })));
+    assert!(matches!(Journal::open(dir.path()), Err(JournalError::NotAJournal { .. })));
+    let missing = dir.path().join("missing.redb");
+    let err = Journal::builder().create(false).open(&missing).unwrap_err();
+    assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");
+}
