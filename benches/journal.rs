@@ -1,1 +1,593 @@
-fn main(){}
+//! Journal benchmarks, each compared with a raw-redb baseline measured in the same run.
+//!
+//! - `persist`: durable appends of ~100-byte rmp-serde events to 10,000 persistence ids from
+//!   1,024 concurrent appenders (each awaits its ack before the next append), ≥ 1M events so
+//!   that background packing of sealed segments is part of the run. Baseline: the same payloads
+//!   through a minimal group-commit writer thread into one redb table keyed by a u64 offset.
+//! - `replay`: warm reads of all events of 1,000 random persistence ids written by `persist`,
+//!   decoding every payload. Baseline: a redb table keyed `entity key ‖ seq (u64 BE)` holding
+//!   the same payloads contiguously per entity, read with one range scan per entity.
+//!
+//! Each scenario prints one `RESULT <scenario> key=value ...` line on stdout (parsed by other
+//! tools) and a human header and details on stderr.
+//!
+//! Run: `cargo bench --bench journal`. Sizes and settings (env vars, defaults in brackets):
+//! `STATELINE_BENCH_EVENTS` [1048576], `STATELINE_BENCH_IDS` [10000],
+//! `STATELINE_BENCH_APPENDERS` [1024], `STATELINE_BENCH_REPLAY_IDS` [1000],
+//! `STATELINE_BENCH_MAX_BATCH` [16384] (both writers), `STATELINE_BENCH_SEGMENT_EVENTS` and
+//! `STATELINE_BENCH_PACK_STEP_EVENTS` [journal defaults], `STATELINE_BENCH_SCENARIOS`
+//! [persist,replay] (replay needs persist), `STATELINE_BENCH_DIR` [system temp dir],
+//! `STATELINE_BENCH_BASELINE_CURSOR` [0] (1: the persist baseline appends through a redb cursor
+//! instead of `Table::insert`). With `RUST_LOG` set, the journal's tracing output goes to stderr.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use redb::{ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+use stateline_journal::{Durability, Journal, Manifest, NewEvent, PersistenceId, Seq};
+use tokio::sync::{mpsc, oneshot};
+
+/// Target payload size in bytes.
+const PAYLOAD_BYTES: usize = 100;
+/// Entity type of every persistence id.
+const ENTITY_TYPE: &str = "account";
+
+/// Persist baseline: `offset → payload`.
+const BASE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Replay baseline: `entity key ‖ seq (u64 BE) → payload`.
+const BASE_EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
+
+/// The benchmark event, encoded with rmp-serde (named fields, as `NewEvent::encode` does).
+#[derive(Serialize, Deserialize, Debug)]
+struct Deposited {
+    account: String,
+    seq: u64,
+    amount: u64,
+    currency: String,
+    #[serde(with = "serde_bytes")]
+    memo: Vec<u8>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+fn env_opt<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().map(|v| {
+        v.replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value"))
+    })
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    events: u64,
+    ids: usize,
+    appenders: usize,
+    replay_ids: usize,
+    max_batch: usize,
+    segment_events: Option<u64>,
+    pack_step_events: Option<usize>,
+    persist: bool,
+    replay: bool,
+    baseline_cursor: bool,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let scenarios: String = env_or("STATELINE_BENCH_SCENARIOS", "persist,replay".to_string());
+        let replay = scenarios.split(',').any(|s| s.trim() == "replay");
+        let persist = replay || scenarios.split(',').any(|s| s.trim() == "persist");
+        let ids: usize = env_or("STATELINE_BENCH_IDS", 10_000usize).max(1);
+        Self {
+            events: env_or("STATELINE_BENCH_EVENTS", 1_048_576u64).max(1),
+            ids,
+            appenders: env_or("STATELINE_BENCH_APPENDERS", 1_024usize).clamp(1, ids),
+            replay_ids: env_or("STATELINE_BENCH_REPLAY_IDS", 1_000usize).clamp(1, ids),
+            max_batch: env_or("STATELINE_BENCH_MAX_BATCH", 16_384usize).max(1),
+            segment_events: env_opt("STATELINE_BENCH_SEGMENT_EVENTS"),
+            pack_step_events: env_opt("STATELINE_BENCH_PACK_STEP_EVENTS"),
+            persist,
+            replay,
+            baseline_cursor: env_or("STATELINE_BENCH_BASELINE_CURSOR", 0u8) != 0,
+        }
+    }
+}
+
+/// Fixed-width entity ids, so index order is key order in both journal and baseline.
+fn entity_id(i: usize) -> String {
+    format!("id-{i:07}")
+}
+
+/// Baseline entity key: `type NUL id` (ids contain no NUL, fixed width: prefix-free).
+fn entity_key(i: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ENTITY_TYPE.len() + 1 + 10);
+    k.extend_from_slice(ENTITY_TYPE.as_bytes());
+    k.push(0);
+    k.extend_from_slice(entity_id(i).as_bytes());
+    k
+}
+
+fn event_key(ek: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ek.len() + 8);
+    k.extend_from_slice(ek);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The payload of event `seq` of entity `i`: deterministic, so the replay baseline can store
+/// exactly the bytes the persist scenario appended. `memo_len` pads it to ~100 bytes.
+fn payload(i: usize, seq: u64, memo_len: usize) -> Vec<u8> {
+    let mix =
+        (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let ev = Deposited {
+        account: entity_id(i),
+        seq,
+        amount: mix % 1_000_000,
+        currency: "EUR".to_string(),
+        memo: (0..memo_len)
+            .map(|k| (mix >> ((k % 8) * 8)) as u8)
+            .collect(),
+    };
+    rmp_serde::to_vec_named(&ev).expect("payload encodes")
+}
+
+/// Memo length that makes the encoded payload `PAYLOAD_BYTES` long (for large numbers).
+fn memo_len() -> usize {
+    let base = payload(9_999_999, u64::from(u32::MAX), 0).len();
+    PAYLOAD_BYTES.saturating_sub(base)
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+fn per_sec(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+/// What one appender task did.
+struct AppenderResult {
+    hist: Histogram<u64>,
+    /// `(entity index, highest seq appended)`.
+    highest: Vec<(usize, u64)>,
+}
+
+/// The entities appender `task` owns (disjoint across tasks) and how many events it appends.
+fn assignment(cfg: &Config, task: usize) -> (Vec<usize>, u64) {
+    let owned: Vec<usize> = (task..cfg.ids).step_by(cfg.appenders).collect();
+    let tasks = cfg.appenders as u64;
+    let n = cfg.events / tasks + u64::from((task as u64) < cfg.events % tasks);
+    (owned, n)
+}
+
+/// Runs the appenders against `append` and returns elapsed time, merged latencies and the
+/// highest seq of every entity.
+async fn run_appenders<F, Fut>(cfg: &Config, append: F) -> (Duration, Histogram<u64>, Vec<u64>)
+where
+    F: Fn(usize, u64, Vec<u8>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let memo = memo_len();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(cfg.appenders);
+    for task in 0..cfg.appenders {
+        let (owned, n) = assignment(cfg, task);
+        let append = append.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_histogram();
+            let mut next: Vec<u64> = vec![1; owned.len()];
+            for k in 0..n as usize {
+                let slot = k % owned.len();
+                let i = owned[slot];
+                let seq = next[slot];
+                let bytes = payload(i, seq, memo);
+                let t0 = Instant::now();
+                append(i, seq, bytes).await;
+                hist.record(t0.elapsed().as_micros().max(1) as u64)
+                    .expect("latency in histogram range");
+                next[slot] += 1;
+            }
+            AppenderResult {
+                hist,
+                highest: owned
+                    .into_iter()
+                    .zip(next.into_iter().map(|s| s - 1))
+                    .collect(),
+            }
+        }));
+    }
+    let mut hist = new_histogram();
+    let mut highest = vec![0u64; cfg.ids];
+    for t in tasks {
+        let r = t.await.expect("appender task panicked");
+        hist.add(&r.hist).expect("histograms merge");
+        for (i, h) in r.highest {
+            highest[i] = h;
+        }
+    }
+    (started.elapsed(), hist, highest)
+}
+
+/// One request to the baseline writer.
+struct BaseReq {
+    payload: Vec<u8>,
+    reply: oneshot::Sender<u64>,
+}
+
+/// The raw-redb group-commit writer: drains the queue into one write transaction (default
+/// durability: Immediate), appends with increasing u64 keys, replies after the commit.
+fn baseline_writer(
+    db: redb::Database,
+    mut rx: mpsc::Receiver<BaseReq>,
+    max_batch: usize,
+    cursor: bool,
+) {
+    let mut next: u64 = 1;
+    let mut commits: u64 = 0;
+    let mut largest = 0usize;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Vec::with_capacity(max_batch.min(4096));
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let first_offset = next;
+        let txn = db.begin_write().expect("baseline begin_write");
+        {
+            let mut log = txn.open_table(BASE_LOG).expect("baseline open log");
+            if cursor {
+                let mut c = log
+                    .upper_bound_mut(std::ops::Bound::<u64>::Unbounded)
+                    .expect("baseline cursor");
+                for r in &batch {
+                    c.insert_before(next, r.payload.as_slice())
+                        .expect("baseline insert");
+                    next += 1;
+                }
+                c.close().expect("baseline cursor close");
+            } else {
+                for r in &batch {
+                    log.insert(next, r.payload.as_slice())
+                        .expect("baseline insert");
+                    next += 1;
+                }
+            }
+        }
+        txn.commit().expect("baseline commit");
+        commits += 1;
+        largest = largest.max(batch.len());
+        for (k, r) in batch.into_iter().enumerate() {
+            let _ = r.reply.send(first_offset + k as u64);
+        }
+    }
+    eprintln!(
+        "  baseline writer: {commits} commits, {:.0} events/commit on average, largest {largest}",
+        (next - 1) as f64 / commits.max(1) as f64
+    );
+}
+
+fn redb_builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    // Same page cache as the journal's default.
+    b.set_cache_size(256 << 20);
+    b
+}
+
+fn file_mib(path: &Path) -> f64 {
+    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64)
+}
+
+struct Persisted {
+    journal: Journal,
+    pids: Arc<Vec<PersistenceId>>,
+    highest: Vec<u64>,
+}
+
+fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> Persisted {
+    eprintln!(
+        "== persist: {} events (~{PAYLOAD_BYTES} B payloads), {} persistence ids, {} concurrent \
+         appenders, Durability::Immediate, max batch {}; journal segment_events={} \
+         pack_step_events={}",
+        cfg.events,
+        cfg.ids,
+        cfg.appenders,
+        cfg.max_batch,
+        cfg.segment_events
+            .map_or("default(65536)".to_string(), |v| v.to_string()),
+        cfg.pack_step_events
+            .map_or("default(8192)".to_string(), |v| v.to_string()),
+    );
+    eprintln!("  payload: {} bytes", payload(0, 1, memo_len()).len());
+
+    // Raw-redb baseline first; its file stays until the end (same filesystem as the journal).
+    let base_path = dir.join("baseline-log.redb");
+    let base_db = redb_builder().create(&base_path).expect("baseline create");
+    let (tx, rx) = mpsc::channel::<BaseReq>(65_536);
+    let max_batch = cfg.max_batch;
+    let cursor = cfg.baseline_cursor;
+    let writer = std::thread::Builder::new()
+        .name("baseline-writer".into())
+        .spawn(move || baseline_writer(base_db, rx, max_batch, cursor))
+        .expect("spawn baseline writer");
+    let (base_elapsed, base_hist, _) = rt.block_on(run_appenders(cfg, move |_i, _seq, bytes| {
+        let tx = tx.clone();
+        async move {
+            let (reply, rx) = oneshot::channel();
+            tx.send(BaseReq {
+                payload: bytes,
+                reply,
+            })
+            .await
+            .expect("baseline writer alive");
+            black_box(rx.await.expect("baseline reply"));
+        }
+    }));
+    writer.join().expect("baseline writer panicked");
+    let base_eps = per_sec(cfg.events, base_elapsed);
+    eprintln!(
+        "  baseline{}: {:.2} s, {base_eps:.0} events/s, ack p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms, \
+         file {:.0} MiB",
+        if cfg.baseline_cursor { " (cursor)" } else { "" },
+        base_elapsed.as_secs_f64(),
+        ms(base_hist.value_at_quantile(0.5)),
+        ms(base_hist.value_at_quantile(0.99)),
+        ms(base_hist.value_at_quantile(0.999)),
+        file_mib(&base_path),
+    );
+
+    // The journal.
+    let path = dir.join("journal.redb");
+    let mut builder = Journal::builder()
+        .durability(Durability::Immediate)
+        .max_batch_events(cfg.max_batch);
+    if let Some(n) = cfg.segment_events {
+        builder = builder.segment_events(n);
+    }
+    if let Some(n) = cfg.pack_step_events {
+        builder = builder.pack_step_events(n);
+    }
+    let journal = builder.open(&path).expect("open journal");
+    let pids: Arc<Vec<PersistenceId>> = Arc::new(
+        (0..cfg.ids)
+            .map(|i| PersistenceId::parse(ENTITY_TYPE, &entity_id(i)).expect("valid pid"))
+            .collect(),
+    );
+    let (j, p) = (journal.clone(), pids.clone());
+    let (elapsed, hist, highest) = rt.block_on(run_appenders(cfg, move |i, seq, bytes| {
+        let (j, p) = (j.clone(), p.clone());
+        async move {
+            let ev = NewEvent::new(Manifest::new("Deposited", 1), bytes);
+            let ack = j
+                .append(&p[i], Seq(seq), vec![ev])
+                .await
+                .expect("journal append");
+            debug_assert_eq!(ack.last_seq, Seq(seq));
+            black_box(ack);
+        }
+    }));
+    let eps = per_sec(cfg.events, elapsed);
+    let flush_started = Instant::now();
+    rt.block_on(journal.flush(true)).expect("journal flush");
+    let flush = flush_started.elapsed();
+    let (p50, p99, p999) = (
+        ms(hist.value_at_quantile(0.5)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.value_at_quantile(0.999)),
+    );
+    eprintln!(
+        "  journal: {:.2} s, {eps:.0} events/s, ack p50 {p50:.2} ms p99 {p99:.2} ms p99.9 \
+         {p999:.2} ms max {:.2} ms; flush(pack) afterwards {:.2} s; file {:.0} MiB",
+        elapsed.as_secs_f64(),
+        ms(hist.max()),
+        flush.as_secs_f64(),
+        file_mib(&path),
+    );
+    let ratio = eps / base_eps;
+    eprintln!(
+        "  targets: ratio {ratio:.3} >= 0.75 {}; {eps:.0} > 150k events/s {}; p99.9 {p999:.1} ms \
+         <= 100 ms {}",
+        met(ratio >= 0.75),
+        met(eps > 150_000.0),
+        met(p999 <= 100.0),
+    );
+    println!(
+        "RESULT persist events={} events_per_sec={eps:.0} ack_p50_ms={p50:.3} ack_p99_ms={p99:.3} \
+         ack_p999_ms={p999:.3} baseline_events_per_sec={base_eps:.0} ratio={ratio:.3}",
+        cfg.events
+    );
+    Persisted {
+        journal,
+        pids,
+        highest,
+    }
+}
+
+/// splitmix64: a fixed-seed sample of entities, reproducible across runs.
+fn sample(n: usize, k: usize, mut seed: u64) -> Vec<usize> {
+    let mut next = move || {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut all: Vec<usize> = (0..n).collect();
+    for j in 0..k {
+        let r = j + (next() % (n - j) as u64) as usize;
+        all.swap(j, r);
+    }
+    all.truncate(k);
+    all
+}
+
+fn replay_journal(p: &Persisted, ids: &[usize]) -> u64 {
+    let mut n = 0u64;
+    for &i in ids {
+        let mut seq = 0;
+        let iter = p
+            .journal
+            .events(&p.pids[i], Seq(1), Seq(u64::MAX), u64::MAX)
+            .expect("journal events");
+        for rec in iter {
+            let rec = rec.expect("journal event");
+            let ev: Deposited = rmp_serde::from_slice(&rec.payload).expect("payload decodes");
+            seq += 1;
+            assert_eq!(ev.seq, seq, "journal replay out of order");
+            black_box(&ev);
+        }
+        assert_eq!(seq, p.highest[i], "journal replay lost events");
+        n += seq;
+    }
+    n
+}
+
+fn replay_baseline(db: &redb::Database, ids: &[usize], highest: &[u64]) -> u64 {
+    let mut n = 0u64;
+    for &i in ids {
+        // One read transaction per entity, as the journal's `events` takes (one recovery).
+        let rtx = db.begin_read().expect("baseline begin_read");
+        let t = rtx.open_table(BASE_EVENTS).expect("baseline open table");
+        let ek = entity_key(i);
+        let lo = event_key(&ek, 0);
+        let hi = event_key(&ek, u64::MAX);
+        let mut seq = 0;
+        for item in t
+            .range(lo.as_slice()..=hi.as_slice())
+            .expect("baseline range")
+        {
+            let (_k, v) = item.expect("baseline item");
+            let ev: Deposited = rmp_serde::from_slice(v.value()).expect("payload decodes");
+            seq += 1;
+            assert_eq!(ev.seq, seq, "baseline replay out of order");
+            black_box(&ev);
+        }
+        assert_eq!(seq, highest[i], "baseline replay lost events");
+        n += seq;
+    }
+    n
+}
+
+fn scenario_replay(cfg: &Config, dir: &Path, p: &Persisted) {
+    let total: u64 = p.highest.iter().sum();
+    eprintln!(
+        "== replay: all events of {} random persistence ids (of {}, ~{:.0} events each, written \
+         interleaved by persist), rmp-serde decode of every payload; warm (one untimed pass, \
+         then the median of 3 timed passes)",
+        cfg.replay_ids,
+        cfg.ids,
+        total as f64 / cfg.ids as f64
+    );
+    // Baseline file: the same payloads, contiguous per entity, written in entity order.
+    let base_path = dir.join("baseline-events.redb");
+    let db = redb_builder().create(&base_path).expect("baseline create");
+    let memo = memo_len();
+    let mut txn = db.begin_write().expect("baseline begin_write");
+    let mut in_txn = 0u64;
+    for i in 0..cfg.ids {
+        let ek = entity_key(i);
+        {
+            let mut t = txn.open_table(BASE_EVENTS).expect("baseline open table");
+            for seq in 1..=p.highest[i] {
+                t.insert(
+                    event_key(&ek, seq).as_slice(),
+                    payload(i, seq, memo).as_slice(),
+                )
+                .expect("baseline insert");
+            }
+        }
+        in_txn += p.highest[i];
+        if in_txn >= 100_000 {
+            txn.commit().expect("baseline commit");
+            txn = db.begin_write().expect("baseline begin_write");
+            in_txn = 0;
+        }
+    }
+    txn.commit().expect("baseline commit");
+    eprintln!("  baseline file {:.0} MiB", file_mib(&base_path));
+
+    let ids = sample(cfg.ids, cfg.replay_ids, 0x5EED_0001);
+    let timed = |f: &dyn Fn() -> u64| -> (u64, Duration, Vec<f64>) {
+        let n = f(); // warm-up
+        let mut runs: Vec<Duration> = (0..3)
+            .map(|_| {
+                let t0 = Instant::now();
+                assert_eq!(f(), n);
+                t0.elapsed()
+            })
+            .collect();
+        runs.sort();
+        let each = runs.iter().map(|d| per_sec(n, *d)).collect();
+        (n, runs[1], each)
+    };
+    let (n, d, each) = timed(&|| replay_journal(p, &ids));
+    let eps = per_sec(n, d);
+    eprintln!("  journal: {n} events, {eps:.0} events/s (passes: {each:.0?})");
+    let (bn, bd, beach) = timed(&|| replay_baseline(&db, &ids, &p.highest));
+    assert_eq!(n, bn, "journal and baseline read different event counts");
+    let base_eps = per_sec(bn, bd);
+    eprintln!("  baseline: {bn} events, {base_eps:.0} events/s (passes: {beach:.0?})");
+    let ratio = eps / base_eps;
+    eprintln!("  target: ratio {ratio:.3} >= 0.7 {}", met(ratio >= 0.7));
+    println!(
+        "RESULT replay entities={} events={n} events_per_sec={eps:.0} \
+         baseline_events_per_sec={base_eps:.0} ratio={ratio:.3}",
+        ids.len()
+    );
+}
+
+fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let cfg = Config::from_env();
+    let dir = match std::env::var_os("STATELINE_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir");
+    eprintln!(
+        "stateline journal bench in {} ({cfg:?})",
+        dir.path().display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if cfg.persist {
+        let persisted = scenario_persist(&rt, &cfg, dir.path());
+        if cfg.replay {
+            scenario_replay(&cfg, dir.path(), &persisted);
+        }
+        drop(persisted);
+    }
+}

@@ -170,4 +170,18 @@ impl JournalBuilder {
     pub fn open(self, path: impl AsRef<Path>) -> Result<Journal> {
         Journal::open_with(self, path.as_ref())
     }
+
+    /// Opens (or creates) a journal on a custom redb storage backend: an in-memory journal
+    /// (`redb::backends::InMemoryBackend`) or a fault-injecting one in tests. `label` names it
+    /// in errors and traces. Always exclusive (no read-only handles from other processes).
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_with_backend(
+        self,
+        backend: impl redb::StorageBackend,
+        label: impl AsRef<Path>,
+    ) -> Result<Journal> {
+        Journal::open_backend(self, backend, label.as_ref())
+    }
 }

@@ -134,7 +134,8 @@ pub(crate) fn probe_file(path: &Path) -> Result<FileKind> {
         return Ok(FileKind::Empty);
     }
     let mut magic = [0u8; 9];
-    let mut f = fs::File::open(path).map_err(|e| JournalError::Io(format!("{}: {e}", path.display())))?;
+    let mut f =
+        fs::File::open(path).map_err(|e| JournalError::Io(format!("{}: {e}", path.display())))?;
     let n = f
         .read(&mut magic)
         .map_err(|e| JournalError::Io(format!("{}: {e}", path.display())))?;
@@ -218,6 +219,34 @@ impl Journal {
             FileKind::Redb => b.open(path).map_err(|e| open_error(path, e)),
             _ => b.create(path).map_err(|e| open_error(path, e)),
         })?;
+        Self::start(db, cfg, path, started)
+    }
+
+    pub(crate) fn open_backend(
+        cfg: JournalBuilder,
+        backend: impl redb::StorageBackend,
+        label: &Path,
+    ) -> Result<Journal> {
+        let span = info_span!("journal.open", path = %label.display());
+        let _g = span.enter();
+        let started = std::time::Instant::now();
+        let mut b = redb::Builder::new();
+        b.set_cache_size(cfg.cache_bytes);
+        b.set_check_integrity_on_open(cfg.verify_on_open);
+        b.set_concurrency_mode(redb::ConcurrencyMode::ExclusiveWriter);
+        let db = guard(label, || {
+            b.create_with_backend(backend)
+                .map_err(|e| open_error(label, e))
+        })?;
+        Self::start(db, cfg, label, started)
+    }
+
+    fn start(
+        db: redb::Database,
+        cfg: JournalBuilder,
+        path: &Path,
+        started: std::time::Instant,
+    ) -> Result<Journal> {
         let db = Arc::new(db);
         let (header, state) = guard(path, || init_or_check(&db, path, &cfg))?;
         let (tail, highest, committed) = guard(path, || {
@@ -305,7 +334,10 @@ impl Journal {
         self.await_reply(rx.blocking_recv())
     }
 
-    fn await_reply<T>(&self, r: std::result::Result<Result<T>, oneshot::error::RecvError>) -> Result<T> {
+    fn await_reply<T>(
+        &self,
+        r: std::result::Result<Result<T>, oneshot::error::RecvError>,
+    ) -> Result<T> {
         match r {
             Ok(r) => r,
             Err(_) if self.reader.shared().is_poisoned() => Err(JournalError::Poisoned),
@@ -483,7 +515,8 @@ impl Journal {
     /// I/O errors as [`Self::append`].
     pub async fn delete_entity(&self, pid: &PersistenceId) -> Result<()> {
         let pid = pid.clone();
-        self.call(|reply| Request::DeleteEntity { pid, reply }).await
+        self.call(|reply| Request::DeleteEntity { pid, reply })
+            .await
     }
 
     /// [`Self::delete_entity`] outside an async runtime.
@@ -514,7 +547,11 @@ impl Journal {
 }
 
 /// Creates the header of a new journal or checks the one found (G9, key groups, hash).
-fn init_or_check(db: &redb::Database, path: &Path, cfg: &JournalBuilder) -> Result<(Header, State)> {
+fn init_or_check(
+    db: &redb::Database,
+    path: &Path,
+    cfg: &JournalBuilder,
+) -> Result<(Header, State)> {
     {
         let rtx = db.begin_read()?;
         let has_tables = rtx.list_tables()?.next().is_some();
@@ -559,8 +596,18 @@ fn init_or_check(db: &redb::Database, path: &Path, cfg: &JournalBuilder) -> Resu
     let wtx = db.begin_write()?;
     {
         let mut meta = wtx.open_table(keys::META)?;
-        meta.insert(keys::META_HEADER, codec::encode_meta(&header).map_err(|e| JournalError::Io(e.to_string()))?.as_slice())?;
-        meta.insert(keys::META_STATE, codec::encode_meta(&state).map_err(|e| JournalError::Io(e.to_string()))?.as_slice())?;
+        meta.insert(
+            keys::META_HEADER,
+            codec::encode_meta(&header)
+                .map_err(|e| JournalError::Io(e.to_string()))?
+                .as_slice(),
+        )?;
+        meta.insert(
+            keys::META_STATE,
+            codec::encode_meta(&state)
+                .map_err(|e| JournalError::Io(e.to_string()))?
+                .as_slice(),
+        )?;
         wtx.open_table(keys::ENTITIES)?;
         wtx.open_table(keys::CHUNKS)?;
         wtx.open_table(keys::SNAPSHOTS)?;

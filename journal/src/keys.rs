@@ -123,6 +123,9 @@ mod tests {
         let pid = PersistenceId::parse("account", "a").expect("valid");
         let ek = entity_key(&pid, 16);
         assert!(snapshot_key(&ek, Seq(2)) < snapshot_key(&ek, Seq(10)));
-        assert_eq!(snapshot_key_seq(&snapshot_key(&ek, Seq(77))).expect("ok"), Seq(77));
+        assert_eq!(
+            snapshot_key_seq(&snapshot_key(&ek, Seq(77))).expect("ok"),
+            Seq(77)
+        );
     }
 }

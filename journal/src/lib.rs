@@ -37,8 +37,8 @@ pub use config::{
 };
 pub use error::{CodecError, InvalidId, JournalError, Rejected, Result};
 pub use ids::{
-    EntityId, EntityType, KeyGroup, Offset, PersistenceId, Seq, KEY_GROUP_HASH,
-    MAX_ENTITY_ID_LEN, MAX_TYPE_NAME_LEN,
+    EntityId, EntityType, KeyGroup, Offset, PersistenceId, Seq, KEY_GROUP_HASH, MAX_ENTITY_ID_LEN,
+    MAX_TYPE_NAME_LEN,
 };
 pub use journal::{Journal, SnapshotCriteria};
 pub use meta::FORMAT_VERSION;

@@ -88,7 +88,9 @@ pub struct JournalReader {
 
 impl std::fmt::Debug for JournalReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JournalReader").field("path", &self.path).finish()
+        f.debug_struct("JournalReader")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -251,13 +253,7 @@ impl JournalReader {
     /// # Errors
     /// Opening the stream fails with [`JournalError::Io`]; each item may be
     /// [`JournalError::Corrupted`] (naming the location), after which the stream ends.
-    pub fn events(
-        &self,
-        pid: &PersistenceId,
-        from: Seq,
-        to: Seq,
-        max: u64,
-    ) -> Result<EventIter> {
+    pub fn events(&self, pid: &PersistenceId, from: Seq, to: Seq, max: u64) -> Result<EventIter> {
         let ek = keys::entity_key(pid, self.header.key_groups);
         guard(&self.path, || {
             let (rtx, row, tail) = self.entity_view(&ek)?;
@@ -395,7 +391,9 @@ impl JournalReader {
                     let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
                     tail.entries
                         .iter()
-                        .filter(|(k, _)| k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice())
+                        .filter(|(k, _)| {
+                            k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice()
+                        })
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect()
                 };
@@ -413,7 +411,9 @@ impl JournalReader {
                 let refs = tail.get(&ek).map(Vec::as_slice).unwrap_or(&[]);
                 let covered = row.chunks.last().map_or(0, |c| c.last_seq);
                 let highest = refs.last().map_or(0, |r| r.seq).max(row.highest_seq);
-                let live_refs = refs.iter().filter(|r| r.seq > covered && r.seq > row.deleted_to);
+                let live_refs = refs
+                    .iter()
+                    .filter(|r| r.seq > covered && r.seq > row.deleted_to);
                 let tail_bytes: u64 = live_refs.clone().map(|r| u64::from(r.bytes)).sum();
                 let tail_last = live_refs.map(|r| r.timestamp_micros).max();
                 let bytes = row.chunks.iter().map(|c| u64::from(c.bytes)).sum::<u64>() + tail_bytes;
@@ -543,7 +543,10 @@ impl EventIter {
                 return Err(self.corrupted(c.first_seq, "chunk table missing"));
             };
             let Some(v) = table.get(key.as_slice())? else {
-                return Err(self.corrupted(c.first_seq, format!("chunk of generation {} missing", c.generation)));
+                return Err(self.corrupted(
+                    c.first_seq,
+                    format!("chunk of generation {} missing", c.generation),
+                ));
             };
             let mut decoded = Vec::with_capacity(c.events as usize);
             for frame in codec::Frames::new(v.value()) {
@@ -552,7 +555,9 @@ impl EventIter {
             }
             drop(v);
             for rec in decoded {
-                let rec = rec.map_err(|e| self.corrupted(c.first_seq, format!("chunk {}: {e}", c.generation)))?;
+                let rec = rec.map_err(|e| {
+                    self.corrupted(c.first_seq, format!("chunk {}: {e}", c.generation))
+                })?;
                 if let Some(rec) = self.accept(rec, None)? {
                     self.buffer.push_back(rec);
                 }
@@ -586,9 +591,13 @@ impl EventIter {
             };
             let rec = codec::decode_event(v.value());
             drop(v);
-            let rec = rec.map_err(|e| self.corrupted(r.seq, format!("log offset {}: {e}", r.offset)))?;
+            let rec =
+                rec.map_err(|e| self.corrupted(r.seq, format!("log offset {}: {e}", r.offset)))?;
             if rec.offset.0 != r.offset {
-                return Err(self.corrupted(r.seq, format!("log offset {} holds offset {}", r.offset, rec.offset)));
+                return Err(self.corrupted(
+                    r.seq,
+                    format!("log offset {} holds offset {}", r.offset, rec.offset),
+                ));
             }
             if let Some(rec) = self.accept(rec, Some(r.seq))? {
                 self.buffer.push_back(rec);
@@ -729,14 +738,18 @@ impl ChangelogIter {
                 .rposition(|s| s.first_offset <= self.pos)
                 .unwrap_or(0);
             let seg = self.segments[seg_index].clone();
-            let seg_end = self.segments.get(seg_index + 1).map_or(self.end, |s| s.first_offset);
+            let seg_end = self
+                .segments
+                .get(seg_index + 1)
+                .map_or(self.end, |s| s.first_offset);
             let name = keys::segment_table_name(seg.number);
             match self.rtx.open_table(keys::segment_table(&name)) {
                 Ok(t) => {
                     for item in t.range(self.pos..seg_end)?.take(1024) {
                         let (k, v) = item?;
-                        let rec = codec::decode_event(v.value())
-                            .map_err(|e| JournalError::corrupted(format!("{name}/{}", k.value()), e))?;
+                        let rec = codec::decode_event(v.value()).map_err(|e| {
+                            JournalError::corrupted(format!("{name}/{}", k.value()), e)
+                        })?;
                         batch.push(rec);
                     }
                 }

@@ -63,8 +63,8 @@ impl NewEvent {
         manifest: Manifest,
         value: &T,
     ) -> Result<Self, crate::CodecError> {
-        let payload = rmp_serde::to_vec_named(value)
-            .map_err(|e| crate::CodecError::Encode(e.to_string()))?;
+        let payload =
+            rmp_serde::to_vec_named(value).map_err(|e| crate::CodecError::Encode(e.to_string()))?;
         Ok(Self { manifest, payload })
     }
 }

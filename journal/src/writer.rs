@@ -324,7 +324,15 @@ impl Writer {
                         events,
                         reply,
                     } => {
-                        let r = self.append(pid, expected_seq, events, segment, &entities, &mut inserts, &mut fx)?;
+                        let r = self.append(
+                            pid,
+                            expected_seq,
+                            events,
+                            segment,
+                            &entities,
+                            &mut inserts,
+                            &mut fx,
+                        )?;
                         done.push(Done::Ack(reply, r));
                     }
                     Request::SaveSnapshot {
@@ -354,7 +362,8 @@ impl Writer {
                         criteria,
                         reply,
                     } => {
-                        let r = self.delete_snapshots(&pid, criteria, &mut entities, &mut snapshots)?;
+                        let r =
+                            self.delete_snapshots(&pid, criteria, &mut entities, &mut snapshots)?;
                         done.push(Done::Count(reply, Ok(r)));
                     }
                     Request::DeleteEntity { pid, reply } => {
@@ -386,7 +395,8 @@ impl Writer {
             let budget = self.pack_step_events.max(2 * fx.appended);
             self.pack_step(&txn, &mut entities, &mut chunks, budget, &mut fx)?;
             let mut meta = txn.open_table(keys::META)?;
-            let state = codec::encode_meta(&self.state).map_err(|e| JournalError::Io(e.to_string()))?;
+            let state =
+                codec::encode_meta(&self.state).map_err(|e| JournalError::Io(e.to_string()))?;
             meta.insert(keys::META_STATE, state.as_slice())?;
         }
         txn.commit()?;
@@ -449,7 +459,10 @@ impl Writer {
             match codec::encode_event(&rec) {
                 Ok(b) => encoded.push((rec.seq.0, rec.offset.0, b)),
                 Err(e) => {
-                    return Ok(Err(Rejected::InvalidManifest(format!("cannot encode event: {e}")).into()))
+                    return Ok(Err(Rejected::InvalidManifest(format!(
+                        "cannot encode event: {e}"
+                    ))
+                    .into()))
                 }
             }
         }
@@ -506,7 +519,10 @@ impl Writer {
         let mut row = self.load_row(&ek, entities)?;
         row.highest_seq = row.highest_seq.max(highest);
         let existed = snapshots
-            .insert(keys::snapshot_key(&ek, rec.seq).as_slice(), bytes.as_slice())?
+            .insert(
+                keys::snapshot_key(&ek, rec.seq).as_slice(),
+                bytes.as_slice(),
+            )?
             .is_some();
         if !existed {
             row.snapshots += 1;
@@ -644,7 +660,10 @@ impl Writer {
                         continue;
                     }
                     let v = log.get(r.offset)?.ok_or_else(|| {
-                        JournalError::corrupted(format!("{name}/{}", r.offset), "event missing from log")
+                        JournalError::corrupted(
+                            format!("{name}/{}", r.offset),
+                            "event missing from log",
+                        )
                     })?;
                     let v = v.value();
                     if let Some(c) = current.as_mut() {
@@ -715,7 +734,11 @@ impl Writer {
             if cursor.is_some_and(|c| ek.as_slice() < c) {
                 continue;
             }
-            let mine: Vec<TailRef> = refs.iter().filter(|r| r.segment == segment).copied().collect();
+            let mine: Vec<TailRef> = refs
+                .iter()
+                .filter(|r| r.segment == segment)
+                .copied()
+                .collect();
             if !mine.is_empty() {
                 plan.insert(ek.clone(), mine);
             }
@@ -746,9 +769,13 @@ pub(crate) fn rebuild_tail(
             let (k, v) = item?;
             let offset = k.value();
             let loc = || format!("{name}/{offset}");
-            let rec = codec::decode_event(v.value()).map_err(|e| JournalError::corrupted(loc(), e))?;
+            let rec =
+                codec::decode_event(v.value()).map_err(|e| JournalError::corrupted(loc(), e))?;
             if rec.offset.0 != offset {
-                return Err(JournalError::corrupted(loc(), format!("record says offset {}", rec.offset)));
+                return Err(JournalError::corrupted(
+                    loc(),
+                    format!("record says offset {}", rec.offset),
+                ));
             }
             let ek = keys::entity_key(&rec.persistence_id, key_groups);
             if let Some(prev) = highest.get(&ek) {

@@ -128,9 +128,12 @@ async fn stores_the_envelope_fields() {
     let f = fixture();
     let a = pid("a");
     let before = chrono::Utc::now() - chrono::Duration::seconds(1);
-    let ack = f
-        .j
-        .append(&a, Seq(1), vec![ev("x"), NewEvent::new(Manifest::new("Other", 3), vec![9])])
+    let ack =
+        f.j.append(
+            &a,
+            Seq(1),
+            vec![ev("x"), NewEvent::new(Manifest::new("Other", 3), vec![9])],
+        )
         .await
         .unwrap();
     let got = f.j.all_events(&a).unwrap();
@@ -194,14 +197,19 @@ async fn delete_entity_removes_everything_but_keeps_seqs_unique() {
     let f = fixture();
     let a = pid("a");
     write_n(&f.j, &a, 3).await;
-    f.j.save_snapshot(&a, Seq(2), Manifest::new("S", 1), vec![1]).await.unwrap();
+    f.j.save_snapshot(&a, Seq(2), Manifest::new("S", 1), vec![1])
+        .await
+        .unwrap();
     f.j.delete_entity(&a).await.unwrap();
     assert!(f.j.all_events(&a).unwrap().is_empty());
     assert!(f.j.load_snapshot(&a, Seq(u64::MAX)).unwrap().is_none());
     assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(3));
     assert!(f.j.entities(None).unwrap().is_empty());
     let err = f.j.append(&a, Seq(1), vec![ev("x")]).await.unwrap_err();
-    assert!(matches!(err, JournalError::Conflict { actual: Seq(3), .. }), "{err}");
+    assert!(
+        matches!(err, JournalError::Conflict { actual: Seq(3), .. }),
+        "{err}"
+    );
     f.j.append(&a, Seq(4), vec![ev("x")]).await.unwrap();
     assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), vec![4]);
 }
@@ -215,7 +223,10 @@ async fn a_batch_is_stored_atomically_with_contiguous_seqs() {
     let ack = f.j.append(&a, Seq(1), evs(10, "b")).await.unwrap();
     assert_eq!((ack.first_seq, ack.last_seq), (Seq(1), Seq(10)));
     assert_eq!(ack.last_offset.0 - ack.first_offset.0, 9);
-    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&f.j, &a, 1, u64::MAX, u64::MAX),
+        (1..=10).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -226,7 +237,9 @@ async fn a_seq_conflict_writes_nothing() {
     for wrong in [1, 2, 4, 100] {
         let err = f.j.append(&a, Seq(wrong), evs(3, "c")).await.unwrap_err();
         match err {
-            JournalError::Conflict { expected, actual, .. } => {
+            JournalError::Conflict {
+                expected, actual, ..
+            } => {
                 assert_eq!(expected, Seq(wrong));
                 assert_eq!(actual, Seq(2));
             }
@@ -250,7 +263,13 @@ async fn a_rejected_event_leaves_its_batch_and_neighbours_intact() {
     rb.unwrap();
     let err = rbig.unwrap_err();
     assert!(
-        matches!(err, JournalError::Rejected(Rejected::EventTooLarge { size: 65, limit: 64 })),
+        matches!(
+            err,
+            JournalError::Rejected(Rejected::EventTooLarge {
+                size: 65,
+                limit: 64
+            })
+        ),
         "{err}"
     );
     assert!(err.is_rejected());
@@ -265,19 +284,34 @@ async fn empty_appends_and_bad_manifests_are_rejected() {
     let f = fixture();
     let a = pid("a");
     let err = f.j.append(&a, Seq(1), vec![]).await.unwrap_err();
-    assert!(matches!(err, JournalError::Rejected(Rejected::EmptyAppend)), "{err}");
+    assert!(
+        matches!(err, JournalError::Rejected(Rejected::EmptyAppend)),
+        "{err}"
+    );
     let bad = NewEvent::new(Manifest::new("", 1), vec![]);
     let err = f.j.append(&a, Seq(1), vec![bad]).await.unwrap_err();
-    assert!(matches!(err, JournalError::Rejected(Rejected::InvalidManifest(_))), "{err}");
+    assert!(
+        matches!(err, JournalError::Rejected(Rejected::InvalidManifest(_))),
+        "{err}"
+    );
     assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(0));
 }
 
 #[tokio::test]
 async fn invalid_ids_are_refused_before_reaching_the_journal() {
-    assert!(matches!(PersistenceId::parse("account", ""), Err(InvalidId::Empty { .. })));
-    assert!(matches!(PersistenceId::parse("account", "a\0b"), Err(InvalidId::ContainsNul { .. })));
+    assert!(matches!(
+        PersistenceId::parse("account", ""),
+        Err(InvalidId::Empty { .. })
+    ));
+    assert!(matches!(
+        PersistenceId::parse("account", "a\0b"),
+        Err(InvalidId::ContainsNul { .. })
+    ));
     let long = "x".repeat(MAX_ENTITY_ID_LEN + 1);
-    assert!(matches!(PersistenceId::parse("account", &long), Err(InvalidId::TooLong { .. })));
+    assert!(matches!(
+        PersistenceId::parse("account", &long),
+        Err(InvalidId::TooLong { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,24 +323,36 @@ async fn concurrent_appenders_are_group_committed() {
         tasks.push(tokio::spawn(async move {
             let p = pid(&format!("p{t}"));
             for s in 1..=20 {
-                j.append(&p, Seq(s), vec![ev(&format!("{t}:{s}"))]).await.unwrap();
+                j.append(&p, Seq(s), vec![ev(&format!("{t}:{s}"))])
+                    .await
+                    .unwrap();
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    let all: Vec<_> = f.j.changelog(Offset(1)).unwrap().map(|r| r.unwrap()).collect();
+    let all: Vec<_> =
+        f.j.changelog(Offset(1))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
     assert_eq!(all.len(), 64 * 20);
     for t in 0..64 {
-        assert_eq!(seqs(&f.j, &pid(&format!("p{t}")), 1, u64::MAX, u64::MAX).len(), 20);
+        assert_eq!(
+            seqs(&f.j, &pid(&format!("p{t}")), 1, u64::MAX, u64::MAX).len(),
+            20
+        );
     }
 }
 
 // ---- journal: packing, reopen, listing, changelog ----
 
 fn small_segments() -> JournalBuilder {
-    Journal::builder().segment_events(16).pack_step_events(5).max_chunk_bytes(200)
+    Journal::builder()
+        .segment_events(16)
+        .pack_step_events(5)
+        .max_chunk_bytes(200)
 }
 
 #[tokio::test]
@@ -338,9 +384,15 @@ async fn deletes_apply_to_packed_and_unpacked_events() {
     f.j.flush(true).await.unwrap();
     f.j.delete_events_to(&a, Seq(25)).await.unwrap();
     write_n(&f.j, &a, 40).await;
-    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), (26..=80).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&f.j, &a, 1, u64::MAX, u64::MAX),
+        (26..=80).collect::<Vec<_>>()
+    );
     f.j.flush(true).await.unwrap();
-    assert_eq!(seqs(&f.j, &a, 1, u64::MAX, u64::MAX), (26..=80).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&f.j, &a, 1, u64::MAX, u64::MAX),
+        (26..=80).collect::<Vec<_>>()
+    );
     assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(80));
 }
 
@@ -353,13 +405,28 @@ async fn the_changelog_is_in_offset_order_from_any_offset() {
         write_n(&f.j, &b, 1).await;
     }
     f.j.flush(true).await.unwrap();
-    let all: Vec<_> = f.j.changelog(Offset(1)).unwrap().map(|r| r.unwrap()).collect();
+    let all: Vec<_> =
+        f.j.changelog(Offset(1))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
     assert_eq!(all.len(), 50);
-    assert!(all.iter().enumerate().all(|(i, e)| e.offset.0 == i as u64 + 1));
-    let from: Vec<_> = f.j.changelog(Offset(31)).unwrap().map(|r| r.unwrap().offset.0).collect();
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.offset.0 == i as u64 + 1));
+    let from: Vec<_> =
+        f.j.changelog(Offset(31))
+            .unwrap()
+            .map(|r| r.unwrap().offset.0)
+            .collect();
     assert_eq!(from, (31..=50).collect::<Vec<_>>());
     f.j.delete_events_to(&a, Seq(10)).await.unwrap();
-    let after: Vec<_> = f.j.changelog(Offset(1)).unwrap().map(|r| r.unwrap()).collect();
+    let after: Vec<_> =
+        f.j.changelog(Offset(1))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
     assert_eq!(after.len(), 40);
     assert!(after.iter().all(|e| e.persistence_id != a || e.seq.0 > 10));
 }
@@ -373,7 +440,11 @@ async fn the_live_tail_wakes_on_commit() {
     let reader = f.j.reader();
     let waiter = tokio::spawn(async move {
         reader.wait_for_offset(next).await;
-        reader.changelog(next).unwrap().map(|r| r.unwrap().seq).collect::<Vec<_>>()
+        reader
+            .changelog(next)
+            .unwrap()
+            .map(|r| r.unwrap().seq)
+            .collect::<Vec<_>>()
     });
     write_n(&f.j, &a, 1).await;
     let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
@@ -411,7 +482,9 @@ async fn loads_the_newest_snapshot() {
     let a = pid("a");
     write_n(&f.j, &a, 10).await;
     for s in [3, 6, 9] {
-        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![s as u8]).await.unwrap();
+        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![s as u8])
+            .await
+            .unwrap();
     }
     let snap = f.j.load_snapshot(&a, Seq(u64::MAX)).unwrap().unwrap();
     assert_eq!((snap.seq, snap.payload.clone()), (Seq(9), vec![9]));
@@ -425,12 +498,18 @@ async fn loads_the_newest_snapshot_at_or_below_a_seq() {
     let a = pid("a");
     write_n(&f.j, &a, 10).await;
     for s in [3, 6, 9] {
-        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![s as u8]).await.unwrap();
+        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![s as u8])
+            .await
+            .unwrap();
     }
     assert_eq!(f.j.load_snapshot(&a, Seq(8)).unwrap().unwrap().seq, Seq(6));
     assert_eq!(f.j.load_snapshot(&a, Seq(6)).unwrap().unwrap().seq, Seq(6));
     assert!(f.j.load_snapshot(&a, Seq(2)).unwrap().is_none());
-    assert!(f.j.load_snapshot(&pid("b"), Seq(u64::MAX)).unwrap().is_none());
+    assert!(f
+        .j
+        .load_snapshot(&pid("b"), Seq(u64::MAX))
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -438,8 +517,14 @@ async fn a_snapshot_ahead_of_the_journal_is_rejected() {
     let f = fixture();
     let a = pid("a");
     write_n(&f.j, &a, 2).await;
-    let err = f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 1), vec![]).await.unwrap_err();
-    assert!(matches!(err, JournalError::Rejected(Rejected::SnapshotAhead { .. })), "{err}");
+    let err =
+        f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 1), vec![])
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, JournalError::Rejected(Rejected::SnapshotAhead { .. })),
+        "{err}"
+    );
     assert!(f.j.load_snapshot(&a, Seq(u64::MAX)).unwrap().is_none());
 }
 
@@ -448,9 +533,18 @@ async fn a_too_large_snapshot_is_rejected() {
     let f = fixture_with(Journal::builder().max_snapshot_bytes(10));
     let a = pid("a");
     write_n(&f.j, &a, 1).await;
-    let err = f.j.save_snapshot(&a, Seq(1), Manifest::new("S", 1), vec![0; 11]).await.unwrap_err();
+    let err =
+        f.j.save_snapshot(&a, Seq(1), Manifest::new("S", 1), vec![0; 11])
+            .await
+            .unwrap_err();
     assert!(
-        matches!(err, JournalError::Rejected(Rejected::SnapshotTooLarge { size: 11, limit: 10 })),
+        matches!(
+            err,
+            JournalError::Rejected(Rejected::SnapshotTooLarge {
+                size: 11,
+                limit: 10
+            })
+        ),
         "{err}"
     );
 }
@@ -461,10 +555,20 @@ async fn keeps_the_newest_n_snapshots() {
     let a = pid("a");
     write_n(&f.j, &a, 10).await;
     for s in 1..=10 {
-        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![]).await.unwrap();
+        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![])
+            .await
+            .unwrap();
     }
-    assert_eq!(f.j.delete_snapshots(&a, SnapshotCriteria::keep_newest(3)).await.unwrap(), 7);
-    assert_eq!(f.j.snapshot_seqs(&a).unwrap(), vec![Seq(8), Seq(9), Seq(10)]);
+    assert_eq!(
+        f.j.delete_snapshots(&a, SnapshotCriteria::keep_newest(3))
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(
+        f.j.snapshot_seqs(&a).unwrap(),
+        vec![Seq(8), Seq(9), Seq(10)]
+    );
     let e = &f.j.entities(None).unwrap()[0];
     assert_eq!((e.snapshots, e.snapshot_seq), (3, Some(Seq(10))));
 }
@@ -475,10 +579,20 @@ async fn deletes_snapshots_by_criteria() {
     let a = pid("a");
     write_n(&f.j, &a, 10).await;
     for s in [2, 4, 6, 8, 10] {
-        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![]).await.unwrap();
+        f.j.save_snapshot(&a, Seq(s), Manifest::new("S", 1), vec![])
+            .await
+            .unwrap();
     }
-    assert_eq!(f.j.delete_snapshots(&a, SnapshotCriteria::up_to(Seq(4))).await.unwrap(), 2);
-    assert_eq!(f.j.snapshot_seqs(&a).unwrap(), vec![Seq(6), Seq(8), Seq(10)]);
+    assert_eq!(
+        f.j.delete_snapshots(&a, SnapshotCriteria::up_to(Seq(4)))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        f.j.snapshot_seqs(&a).unwrap(),
+        vec![Seq(6), Seq(8), Seq(10)]
+    );
     let crit = SnapshotCriteria {
         min_seq: Seq(7),
         max_seq: Seq(10),
@@ -493,8 +607,12 @@ async fn a_snapshot_at_the_same_seq_is_replaced() {
     let f = fixture();
     let a = pid("a");
     write_n(&f.j, &a, 3).await;
-    f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 1), vec![1]).await.unwrap();
-    f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 2), vec![2]).await.unwrap();
+    f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 1), vec![1])
+        .await
+        .unwrap();
+    f.j.save_snapshot(&a, Seq(3), Manifest::new("S", 2), vec![2])
+        .await
+        .unwrap();
     let s = f.j.snapshot_at(&a, Seq(3)).unwrap().unwrap();
     assert_eq!((s.payload, s.manifest.version), (vec![2], 2));
     assert_eq!(f.j.snapshot_seqs(&a).unwrap().len(), 1);
@@ -505,14 +623,19 @@ async fn snapshots_survive_packing_and_reopen() {
     let f = fixture_with(small_segments());
     let a = pid("a");
     write_n(&f.j, &a, 50).await;
-    f.j.save_snapshot(&a, Seq(40), Manifest::new("S", 1), b"state".to_vec()).await.unwrap();
+    f.j.save_snapshot(&a, Seq(40), Manifest::new("S", 1), b"state".to_vec())
+        .await
+        .unwrap();
     f.j.flush(true).await.unwrap();
     let path = f.path.clone();
     drop(f.j);
     let j = Journal::open(&path).unwrap();
     let s = j.load_snapshot(&a, Seq(u64::MAX)).unwrap().unwrap();
     assert_eq!((s.seq, s.payload), (Seq(40), b"state".to_vec()));
-    assert_eq!(seqs(&j, &a, 41, u64::MAX, u64::MAX), (41..=50).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&j, &a, 41, u64::MAX, u64::MAX),
+        (41..=50).collect::<Vec<_>>()
+    );
 }
 
 // ---- open: metadata, format, configuration ----
@@ -570,7 +693,10 @@ fn a_newer_format_is_refused() {
         "{err}"
     );
     let err = JournalReader::open_read_only(&path).unwrap_err();
-    assert!(matches!(err, JournalError::UnsupportedFormat { .. }), "{err}");
+    assert!(
+        matches!(err, JournalError::UnsupportedFormat { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -578,7 +704,8 @@ fn a_second_writer_is_locked_out_but_readers_are_not() {
     let f = fixture();
     let err = Journal::open(&f.path).unwrap_err();
     assert!(matches!(err, JournalError::Locked { .. }), "{err}");
-    f.j.append_blocking(&pid("a"), Seq(1), vec![ev("x")]).unwrap();
+    f.j.append_blocking(&pid("a"), Seq(1), vec![ev("x")])
+        .unwrap();
     let r = JournalReader::open_read_only(&f.path).unwrap();
     assert_eq!(r.all_events(&pid("a")).unwrap().len(), 1);
 }
@@ -588,16 +715,26 @@ fn foreign_files_are_not_journals() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "hello, not a database").unwrap();
-    assert!(matches!(Journal::open(&text), Err(JournalError::NotAJournal { .. })));
+    assert!(matches!(
+        Journal::open(&text),
+        Err(JournalError::NotAJournal { .. })
+    ));
     let other = dir.path().join("other.redb");
     {
         let db = redb::Database::create(&other).unwrap();
         let w = db.begin_write().unwrap();
-        w.open_table(redb::TableDefinition::<u64, u64>::new("x")).unwrap();
+        w.open_table(redb::TableDefinition::<u64, u64>::new("x"))
+            .unwrap();
         w.commit().unwrap();
     }
-    assert!(matches!(Journal::open(&other), Err(JournalError::NotAJournal { .. })));
-    assert!(matches!(Journal::open(dir.path()), Err(JournalError::NotAJournal { .. })));
+    assert!(matches!(
+        Journal::open(&other),
+        Err(JournalError::NotAJournal { .. })
+    ));
+    assert!(matches!(
+        Journal::open(dir.path()),
+        Err(JournalError::NotAJournal { .. })
+    ));
     let missing = dir.path().join("missing.redb");
     let err = Journal::builder().create(false).open(&missing).unwrap_err();
     assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");

@@ -9,8 +9,14 @@ fn ev(i: u64) -> NewEvent {
 async fn append_read_pack_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
-    let j = Journal::builder().segment_events(100).pack_step_events(30).open(&path).unwrap();
-    let pids: Vec<_> = (0..7).map(|i| PersistenceId::parse("t", &format!("e{i}")).unwrap()).collect();
+    let j = Journal::builder()
+        .segment_events(100)
+        .pack_step_events(30)
+        .open(&path)
+        .unwrap();
+    let pids: Vec<_> = (0..7)
+        .map(|i| PersistenceId::parse("t", &format!("e{i}")).unwrap())
+        .collect();
     for round in 0..60u64 {
         for p in &pids {
             j.append(p, Seq(round + 1), vec![ev(round)]).await.unwrap();
@@ -24,7 +30,11 @@ async fn append_read_pack_reopen() {
             assert_eq!(e.seq, Seq(i as u64 + 1));
         }
     }
-    let cl: Vec<_> = j.changelog(Offset(1)).unwrap().collect::<Result<_>>().unwrap();
+    let cl: Vec<_> = j
+        .changelog(Offset(1))
+        .unwrap()
+        .collect::<Result<_>>()
+        .unwrap();
     assert_eq!(cl.len(), 420);
     assert!(cl.windows(2).all(|w| w[0].offset.0 + 1 == w[1].offset.0));
     drop(j);
