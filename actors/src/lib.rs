@@ -1,1 +1,18 @@
-//! placeholder
+//! stateline's actor runtime on actix: the [`EventSourced`] programming model, entity actors
+//! that recover from the journal and persist before they reply, and the [`Shard`] actor that
+//! hosts them with passivation and backpressure. With the `testkit` feature,
+//! [`testkit::EventSourcedTestKit`] tests an entity type without actors.
+
+mod core;
+mod effect;
+mod entity;
+mod entity_actor;
+mod error;
+mod shard;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use effect::{Effect, Persist};
+pub use entity::{EventSourced, SnapshotPolicy};
+pub use error::{CommandError, RecoveryError};
+pub use shard::{Shard, ShardConfig, ShardRef, ShardStats};

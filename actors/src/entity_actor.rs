@@ -1,0 +1,282 @@
+//! The entity actor: one per live entity key. Recovers in `started` (its mailbox waits), runs
+//! one command at a time, persists with the mailbox held (`AtomicResponse`, Akka's stash while
+//! persisting), applies and replies only after the commit is durable (G1).
+
+use actix::prelude::*;
+use stateline_journal::{Journal, PersistenceId, Seq};
+use tokio::sync::oneshot;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::core::{encode_event, save_snapshot, EntityCore};
+use crate::effect::Kind;
+use crate::entity::EventSourced;
+use crate::error::{CommandError, RecoveryError};
+
+/// Where an entity's reply goes.
+pub(crate) type ReplyTo<S> =
+    oneshot::Sender<Result<<S as EventSourced>::Reply, CommandError<<S as EventSourced>::Command>>>;
+
+/// Reported to the shard after every command.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Processed {
+    pub id: String,
+    pub incarnation: u64,
+    pub persisted: u64,
+    pub stopped: bool,
+    pub state_bytes: Option<u64>,
+}
+
+/// Reported to the shard when a passivated entity has stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Passivated {
+    pub id: String,
+    pub incarnation: u64,
+}
+
+/// Run one command.
+pub(crate) struct Exec<S: EventSourced> {
+    pub command: S::Command,
+    pub reply_to: ReplyTo<S>,
+}
+
+impl<S: EventSourced> Message for Exec<S> {
+    type Result = ();
+}
+
+/// Stop after snapshotting if the policy asks for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Passivate;
+
+pub(crate) struct EntityActor<S: EventSourced> {
+    id: String,
+    incarnation: u64,
+    pid: PersistenceId,
+    journal: Journal,
+    core: Option<EntityCore<S>>,
+    failed: Option<RecoveryError>,
+    shard: Recipient<Processed>,
+    passivated: Recipient<Passivated>,
+    commands: u64,
+}
+
+impl<S: EventSourced> EntityActor<S> {
+    pub(crate) fn new(
+        id: String,
+        incarnation: u64,
+        pid: PersistenceId,
+        journal: Journal,
+        shard: Recipient<Processed>,
+        passivated: Recipient<Passivated>,
+    ) -> Self {
+        Self {
+            id,
+            incarnation,
+            pid,
+            journal,
+            core: None,
+            failed: None,
+            shard,
+            passivated,
+            commands: 0,
+        }
+    }
+
+    fn report(&self, persisted: u64, stopped: bool, state_bytes: Option<u64>) {
+        self.shard.do_send(Processed {
+            id: self.id.clone(),
+            incarnation: self.incarnation,
+            persisted,
+            stopped,
+            state_bytes,
+        });
+    }
+
+    fn state_bytes(&mut self) -> Option<u64> {
+        self.commands += 1;
+        // Measuring serializes the state: do it on the first command and every 16th.
+        if self.commands % 16 != 1 {
+            return None;
+        }
+        let core = self.core.as_ref()?;
+        crate::core::encode_state(&core.state)
+            .ok()
+            .map(|b| b.len() as u64)
+    }
+}
+
+impl<S: EventSourced> Actor for EntityActor<S> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        // Synchronous: the mailbox is not polled until recovery is done, so commands that
+        // arrive meanwhile wait and run afterwards, in order.
+        match EntityCore::<S>::recover(self.journal.clone(), self.pid.clone()) {
+            Ok(core) => self.core = Some(core),
+            Err(e) => {
+                warn!(error = %e, "entity recovery failed");
+                self.failed = Some(e);
+            }
+        }
+    }
+}
+
+impl<S: EventSourced> Handler<Exec<S>> for EntityActor<S> {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: Exec<S>, ctx: &mut Context<Self>) -> Self::Result {
+        let done = || AtomicResponse::new(Box::pin(fut::ready(())));
+        let Some(core) = self.core.as_mut() else {
+            let err = match self.failed.take() {
+                Some(e) => CommandError::Recovery(e),
+                None => CommandError::EntityStopped,
+            };
+            let _ = msg.reply_to.send(Err(err));
+            self.report(0, true, None);
+            ctx.stop();
+            return done();
+        };
+        let span = info_span!("command", entity_type = S::TYPE_NAME, id = %self.id);
+        let effect = span.in_scope(|| core.state.handle(msg.command));
+        let after = effect.after;
+        match effect.kind {
+            Kind::Reply(r) | Kind::Reject(r) => {
+                for f in after {
+                    f(&core.state);
+                }
+                let _ = msg.reply_to.send(Ok(r));
+                let bytes = self.state_bytes();
+                self.report(0, false, bytes);
+                done()
+            }
+            Kind::Stop(r) => {
+                for f in after {
+                    f(&core.state);
+                }
+                let _ = msg.reply_to.send(Ok(r));
+                self.report(0, true, None);
+                ctx.stop();
+                done()
+            }
+            Kind::Persist { events, reply } if events.is_empty() => {
+                let r = reply(&core.state);
+                for f in after {
+                    f(&core.state);
+                }
+                let _ = msg.reply_to.send(Ok(r));
+                let bytes = self.state_bytes();
+                self.report(0, false, bytes);
+                done()
+            }
+            Kind::Persist { events, reply } => {
+                let encoded: Result<Vec<_>, _> = events.iter().map(encode_event::<S>).collect();
+                let encoded = match encoded {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let err = stateline_journal::JournalError::Rejected(
+                            stateline_journal::Rejected::InvalidManifest(format!(
+                                "event does not serialize: {e}"
+                            )),
+                        );
+                        let _ = msg.reply_to.send(Err(CommandError::Rejected(err)));
+                        self.report(0, false, None);
+                        return done();
+                    }
+                };
+                let journal = core.journal.clone();
+                let pid = core.pid.clone();
+                let expected = Seq(core.seq + 1);
+                let reply_to = msg.reply_to;
+                let fut = async move { journal.append(&pid, expected, encoded).await }
+                    .instrument(span.clone());
+                AtomicResponse::new(Box::pin(fut.into_actor(self).map(
+                    move |res, act, ctx| {
+                        let _g = span.enter();
+                        let Some(core) = act.core.as_mut() else {
+                            let _ = reply_to.send(Err(CommandError::EntityStopped));
+                            return;
+                        };
+                        match res {
+                            Ok(ack) => {
+                                core.applied(&events, ack.last_seq);
+                                debug!(
+                                    first_seq = ack.first_seq.0,
+                                    last_seq = ack.last_seq.0,
+                                    "persisted"
+                                );
+                                let r = reply(&core.state);
+                                for f in after {
+                                    f(&core.state);
+                                }
+                                let _ = reply_to.send(Ok(r));
+                                if core.snapshot_due() {
+                                    if let Some((seq, bytes)) = core.take_snapshot() {
+                                        let j = core.journal.clone();
+                                        let pid = core.pid.clone();
+                                        let policy = core.policy;
+                                        ctx.spawn(
+                                            async move {
+                                                if let Err(e) =
+                                                    save_snapshot::<S>(j, pid, policy, seq, bytes).await
+                                                {
+                                                    warn!(error = %e, "snapshot failed");
+                                                }
+                                            }
+                                            .into_actor(act),
+                                        );
+                                    }
+                                }
+                                let n = ack.last_seq.0 - ack.first_seq.0 + 1;
+                                let bytes = act.state_bytes();
+                                act.report(n, false, bytes);
+                            }
+                            Err(e) if e.is_rejected() => {
+                                let _ = reply_to.send(Err(CommandError::Rejected(e)));
+                                act.report(0, false, None);
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "persist failed; entity stops");
+                                let _ = reply_to.send(Err(CommandError::PersistFailed(e)));
+                                act.core = None;
+                                act.report(0, true, None);
+                                ctx.stop();
+                            }
+                        }
+                    },
+                )))
+            }
+        }
+    }
+}
+
+impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: Passivate, _ctx: &mut Context<Self>) -> Self::Result {
+        let snapshot = self.core.as_mut().and_then(|core| {
+            if core.policy.on_stop && core.has_unsnapshotted_events() {
+                core.take_snapshot()
+                    .map(|(seq, bytes)| (core.journal.clone(), core.pid.clone(), core.policy, seq, bytes))
+            } else {
+                None
+            }
+        });
+        let fut = async move {
+            if let Some((j, pid, policy, seq, bytes)) = snapshot {
+                if let Err(e) = save_snapshot::<S>(j, pid, policy, seq, bytes).await {
+                    warn!(error = %e, "snapshot on passivation failed");
+                }
+            }
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|_, act, ctx| {
+            act.passivated.do_send(Passivated {
+                id: act.id.clone(),
+                incarnation: act.incarnation,
+            });
+            act.core = None;
+            ctx.stop();
+        })))
+    }
+}

@@ -1,0 +1,473 @@
+//! The shard actor: hosts the entities of one entity type, creates them on demand, feeds each
+//! one command at a time from a bounded per-shard queue, passivates idle and least-recently-used
+//! entities, and reports stats. [`ShardRef`] is the handle callers send through.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use stateline_journal::{EntityId, EntityType, Journal, PersistenceId};
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::entity::EventSourced;
+use crate::entity_actor::{EntityActor, Exec, Passivate, Passivated, Processed, ReplyTo};
+use crate::error::CommandError;
+
+/// Configuration of a shard actor, with documented defaults.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// An entity idle this long is passivated (stopped, snapshotted per its policy).
+    /// Default 120 s.
+    pub passivate_after: Duration,
+    /// Most live entities; starting one more passivates the least recently used idle one.
+    /// Default 100,000.
+    pub max_active_entities: usize,
+    /// Most commands queued or running in the shard; more are refused with
+    /// [`CommandError::Overloaded`], handing the command back. Default 100,000.
+    pub max_queued_commands: usize,
+    /// How often idle entities are looked for. Default 1 s.
+    pub sweep_interval: Duration,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            passivate_after: Duration::from_secs(120),
+            max_active_entities: 100_000,
+            max_queued_commands: 100_000,
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Counters of one shard actor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Entities with a live actor.
+    pub live_entities: usize,
+    /// Commands queued or running.
+    pub queued_commands: usize,
+    /// Commands handled since the shard started.
+    pub messages_handled: u64,
+    /// Events persisted since the shard started.
+    pub events_persisted: u64,
+    /// Serialized size of the live entities' states (as last measured).
+    pub state_bytes: u64,
+    /// Entities passivated since the shard started.
+    pub passivations: u64,
+}
+
+struct Pending<S: EventSourced> {
+    command: S::Command,
+    reply_to: ReplyTo<S>,
+}
+
+struct Slot<S: EventSourced> {
+    addr: Option<Addr<EntityActor<S>>>,
+    incarnation: u64,
+    queue: VecDeque<Pending<S>>,
+    busy: bool,
+    passivating: bool,
+    tick: u64,
+    last_used: Instant,
+    state_bytes: u64,
+}
+
+/// Deliver a command to an entity of the shard.
+pub(crate) struct Deliver<S: EventSourced> {
+    id: EntityId,
+    command: S::Command,
+    reply_to: ReplyTo<S>,
+}
+
+impl<S: EventSourced> Message for Deliver<S> {
+    type Result = ();
+}
+
+/// Ask for the shard's stats.
+pub(crate) struct GetStats;
+
+impl Message for GetStats {
+    type Result = ShardStats;
+}
+
+/// A shard actor hosting entities of type `S`.
+pub struct Shard<S: EventSourced> {
+    journal: Journal,
+    entity_type: EntityType,
+    config: ShardConfig,
+    slots: HashMap<String, Slot<S>>,
+    lru: BTreeMap<u64, String>,
+    next_tick: u64,
+    next_incarnation: u64,
+    live: usize,
+    queued: Arc<AtomicUsize>,
+    stats: ShardStats,
+}
+
+impl<S: EventSourced> Shard<S> {
+    /// Starts a shard actor on the current actix arbiter and returns its handle.
+    ///
+    /// # Errors
+    /// [`stateline_journal::InvalidId`] if `S::TYPE_NAME` is not a valid entity type name.
+    pub fn start(
+        journal: Journal,
+        config: ShardConfig,
+    ) -> Result<ShardRef<S>, stateline_journal::InvalidId> {
+        let entity_type = EntityType::new(S::TYPE_NAME)?;
+        let queued = Arc::new(AtomicUsize::new(0));
+        let capacity = config.max_queued_commands;
+        let shard = Shard::<S> {
+            journal,
+            entity_type: entity_type.clone(),
+            config,
+            slots: HashMap::new(),
+            lru: BTreeMap::new(),
+            next_tick: 0,
+            next_incarnation: 0,
+            live: 0,
+            queued: queued.clone(),
+            stats: ShardStats::default(),
+        };
+        let addr = shard.start();
+        Ok(ShardRef {
+            addr,
+            entity_type,
+            queued,
+            capacity,
+        })
+    }
+
+    fn touch(&mut self, id: &str) {
+        let tick = self.next_tick;
+        self.next_tick += 1;
+        if let Some(slot) = self.slots.get_mut(id) {
+            self.lru.remove(&slot.tick);
+            slot.tick = tick;
+            slot.last_used = Instant::now();
+            self.lru.insert(tick, id.to_string());
+        }
+    }
+
+    /// Runs the next queued command of `id` if its entity is free.
+    fn pump(&mut self, id: &str, ctx: &mut Context<Self>) {
+        let needs_start = match self.slots.get(id) {
+            Some(s) if s.busy || s.passivating || s.queue.is_empty() => return,
+            Some(s) => s.addr.is_none(),
+            None => return,
+        };
+        if needs_start {
+            if self.live >= self.config.max_active_entities {
+                self.evict_lru(ctx);
+            }
+            let incarnation = self.next_incarnation;
+            self.next_incarnation += 1;
+            let pid = PersistenceId::new(
+                self.entity_type.clone(),
+                // Validated when the command was delivered.
+                match EntityId::new(id) {
+                    Ok(e) => e,
+                    Err(_) => return,
+                },
+            );
+            let actor = EntityActor::<S>::new(
+                id.to_string(),
+                incarnation,
+                pid,
+                self.journal.clone(),
+                ctx.address().recipient(),
+                ctx.address().recipient(),
+            );
+            let addr = actor.start();
+            self.live += 1;
+            if let Some(slot) = self.slots.get_mut(id) {
+                slot.addr = Some(addr);
+                slot.incarnation = incarnation;
+            }
+        }
+        self.touch(id);
+        if let Some(slot) = self.slots.get_mut(id) {
+            if let (Some(p), Some(addr)) = (slot.queue.pop_front(), slot.addr.as_ref()) {
+                slot.busy = true;
+                addr.do_send(Exec::<S> {
+                    command: p.command,
+                    reply_to: p.reply_to,
+                });
+            }
+        }
+    }
+
+    /// Passivates the least recently used idle entity, to stay under the active limit.
+    fn evict_lru(&mut self, _ctx: &mut Context<Self>) {
+        let victim = self.lru.iter().find_map(|(_, id)| {
+            let s = self.slots.get(id)?;
+            (s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty()).then(|| id.clone())
+        });
+        if let Some(id) = victim {
+            self.passivate(&id);
+        }
+    }
+
+    fn passivate(&mut self, id: &str) {
+        if let Some(slot) = self.slots.get_mut(id) {
+            if let Some(addr) = slot.addr.as_ref() {
+                slot.passivating = true;
+                addr.do_send(Passivate);
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let idle: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.addr.is_some()
+                    && !s.busy
+                    && !s.passivating
+                    && s.queue.is_empty()
+                    && now.duration_since(s.last_used) >= self.config.passivate_after
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            self.passivate(&id);
+        }
+    }
+
+    fn remove_if_idle(&mut self, id: &str) {
+        let empty = self
+            .slots
+            .get(id)
+            .is_some_and(|s| s.addr.is_none() && s.queue.is_empty() && !s.busy && !s.passivating);
+        if empty {
+            if let Some(slot) = self.slots.remove(id) {
+                self.lru.remove(&slot.tick);
+            }
+        }
+    }
+}
+
+impl<S: EventSourced> Actor for Shard<S> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // The handle bounds what is queued (max_queued_commands); the actix mailbox must not
+        // refuse below that bound.
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(self.config.sweep_interval, |act, _| act.sweep());
+    }
+}
+
+impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver<S>, ctx: &mut Context<Self>) {
+        let id = msg.id.as_str().to_string();
+        let slot = self.slots.entry(id.clone()).or_insert_with(|| Slot {
+            addr: None,
+            incarnation: 0,
+            queue: VecDeque::new(),
+            busy: false,
+            passivating: false,
+            tick: 0,
+            last_used: Instant::now(),
+            state_bytes: 0,
+        });
+        slot.queue.push_back(Pending {
+            command: msg.command,
+            reply_to: msg.reply_to,
+        });
+        self.pump(&id, ctx);
+    }
+}
+
+impl<S: EventSourced> Handler<Processed> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Processed, ctx: &mut Context<Self>) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.stats.messages_handled += 1;
+        self.stats.events_persisted += msg.persisted;
+        let Some(slot) = self.slots.get_mut(&msg.id) else {
+            return;
+        };
+        if slot.incarnation != msg.incarnation {
+            return;
+        }
+        slot.busy = false;
+        if let Some(b) = msg.state_bytes {
+            slot.state_bytes = b;
+        }
+        if msg.stopped && slot.addr.take().is_some() {
+            self.live -= 1;
+            slot.state_bytes = 0;
+        }
+        self.pump(&msg.id, ctx);
+        self.remove_if_idle(&msg.id);
+    }
+}
+
+impl<S: EventSourced> Handler<Passivated> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Passivated, ctx: &mut Context<Self>) {
+        let Some(slot) = self.slots.get_mut(&msg.id) else {
+            return;
+        };
+        if slot.incarnation != msg.incarnation {
+            return;
+        }
+        slot.passivating = false;
+        if slot.addr.take().is_some() {
+            self.live -= 1;
+        }
+        slot.state_bytes = 0;
+        self.stats.passivations += 1;
+        debug!(id = %msg.id, "entity passivated");
+        // Commands that arrived while it was passivating go to a fresh incarnation.
+        self.pump(&msg.id, ctx);
+        self.remove_if_idle(&msg.id);
+    }
+}
+
+impl<S: EventSourced> Handler<GetStats> for Shard<S> {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        let mut s = self.stats.clone();
+        s.live_entities = self.live;
+        s.queued_commands = self.queued.load(Ordering::SeqCst);
+        s.state_bytes = self.slots.values().map(|s| s.state_bytes).sum();
+        MessageResult(s)
+    }
+}
+
+/// Passivate one entity now (tests and operators).
+pub(crate) struct PassivateNow(pub String);
+
+impl Message for PassivateNow {
+    type Result = ();
+}
+
+impl<S: EventSourced> Handler<PassivateNow> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: PassivateNow, _: &mut Context<Self>) {
+        let idle = self
+            .slots
+            .get(&msg.0)
+            .is_some_and(|s| !s.busy && s.queue.is_empty());
+        if idle {
+            self.passivate(&msg.0);
+        }
+    }
+}
+
+/// The handle of a shard actor: sends commands to its entities. Cheap to clone.
+pub struct ShardRef<S: EventSourced> {
+    addr: Addr<Shard<S>>,
+    entity_type: EntityType,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl<S: EventSourced> Clone for ShardRef<S> {
+    fn clone(&self) -> Self {
+        Self {
+            addr: self.addr.clone(),
+            entity_type: self.entity_type.clone(),
+            queued: self.queued.clone(),
+            capacity: self.capacity,
+        }
+    }
+}
+
+impl<S: EventSourced> ShardRef<S> {
+    /// Enqueues `command` for entity `id` and returns a receiver of its reply. Refusals are
+    /// immediate and hand the command back.
+    ///
+    /// # Errors
+    /// [`CommandError::InvalidId`], [`CommandError::Overloaded`], [`CommandError::ShardStopped`].
+    #[allow(clippy::type_complexity)]
+    pub fn enqueue(
+        &self,
+        id: &str,
+        command: S::Command,
+    ) -> Result<
+        oneshot::Receiver<Result<S::Reply, CommandError<S::Command>>>,
+        CommandError<S::Command>,
+    > {
+        let id = match EntityId::new(id) {
+            Ok(id) => id,
+            Err(error) => return Err(CommandError::InvalidId { command, error }),
+        };
+        let before = self.queued.fetch_add(1, Ordering::SeqCst);
+        if before >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(CommandError::Overloaded {
+                command,
+                queued: before,
+            });
+        }
+        let (reply_to, rx) = oneshot::channel();
+        match self.addr.try_send(Deliver::<S> {
+            id,
+            command,
+            reply_to,
+        }) {
+            Ok(()) => Ok(rx),
+            Err(SendError::Full(m)) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(CommandError::Overloaded {
+                    command: m.command,
+                    queued: before,
+                })
+            }
+            Err(SendError::Closed(m)) => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(CommandError::ShardStopped { command: m.command })
+            }
+        }
+    }
+
+    /// Sends `command` to entity `id` and waits for its reply.
+    ///
+    /// # Errors
+    /// Every [`CommandError`]: refusals hand the command back; persist errors and recovery
+    /// errors report what happened to it.
+    pub async fn send(
+        &self,
+        id: &str,
+        command: S::Command,
+    ) -> Result<S::Reply, CommandError<S::Command>> {
+        let rx = self.enqueue(id, command)?;
+        rx.await.unwrap_or(Err(CommandError::EntityStopped))
+    }
+
+    /// Sends `command` without waiting for the reply (fire and forget). The command is still
+    /// applied exactly once; only its reply is dropped.
+    ///
+    /// # Errors
+    /// The immediate refusals of [`Self::enqueue`].
+    pub fn tell(&self, id: &str, command: S::Command) -> Result<(), CommandError<S::Command>> {
+        self.enqueue(id, command).map(drop)
+    }
+
+    /// The shard's counters.
+    ///
+    /// # Errors
+    /// [`actix::MailboxError`] if the shard has stopped.
+    pub async fn stats(&self) -> Result<ShardStats, MailboxError> {
+        self.addr.send(GetStats).await
+    }
+
+    /// Passivates entity `id` now if it is idle (its next command starts it again).
+    pub fn passivate(&self, id: &str) {
+        self.addr.do_send(PassivateNow(id.to_string()));
+    }
+}
