@@ -34,7 +34,7 @@ use crate::effect::Effect;
 ///
 ///     fn handle(&self, cmd: Cmd) -> Effect<Self> {
 ///         match cmd {
-///             Cmd::Add(n) => Effect::persist(vec![Ev::Added(n)]).then_reply(|s| s.value),
+///             Cmd::Add(n) => Effect::persist(vec![Ev::Added(n)]).then_reply(|s: &Self| s.value),
 ///             Cmd::Get => Effect::reply(self.value),
 ///         }
 ///     }

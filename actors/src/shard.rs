@@ -132,7 +132,14 @@ impl<S: EventSourced> Shard<S> {
             queued: queued.clone(),
             stats: ShardStats::default(),
         };
-        let addr = shard.start();
+        let mailbox = capacity.saturating_mul(2).clamp(1024, 1 << 30);
+        let addr = Shard::create(move |ctx| {
+            // The handle bounds what is queued (max_queued_commands); the actix mailbox must
+            // not refuse below that bound (entities' reports come on top). Set before any
+            // message can arrive.
+            ctx.set_mailbox_capacity(mailbox);
+            shard
+        });
         Ok(ShardRef {
             addr,
             entity_type,
@@ -256,9 +263,6 @@ impl<S: EventSourced> Actor for Shard<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // The handle bounds what is queued (max_queued_commands); the actix mailbox must not
-        // refuse below that bound.
-        ctx.set_mailbox_capacity(usize::MAX);
         ctx.run_interval(self.config.sweep_interval, |act, _| act.sweep());
     }
 }

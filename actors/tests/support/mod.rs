@@ -1,0 +1,104 @@
+//! A bank account entity shared by the actor tests.
+#![allow(dead_code)]
+
+use serde::{Deserialize, Serialize};
+use stateline_actors::{Effect, EventSourced, SnapshotPolicy};
+
+#[derive(Default, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub balance: i64,
+    pub operations: u64,
+    /// Per-sender last applied sequence number: lets tests check order and exactly-once.
+    pub last_from: std::collections::BTreeMap<u32, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountCommand {
+    Deposit { amount: i64 },
+    Withdraw { amount: i64 },
+    /// A deposit tagged with its sender and the sender's sequence number.
+    Tagged { sender: u32, n: u64, amount: i64 },
+    /// Persist an event whose payload is `size` bytes (to provoke rejections).
+    Memo { size: usize },
+    Balance,
+    Close,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountEvent {
+    Deposited { amount: i64 },
+    Withdrawn { amount: i64 },
+    TaggedDeposit { sender: u32, n: u64, amount: i64 },
+    Memo { text: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountError {
+    InsufficientFunds { balance: i64, requested: i64 },
+    InvalidAmount,
+    OutOfOrder { sender: u32, expected: u64, got: u64 },
+}
+
+pub type AccountReply = Result<i64, AccountError>;
+
+impl EventSourced for Account {
+    const TYPE_NAME: &'static str = "account";
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Reply = AccountReply;
+
+    fn handle(&self, command: AccountCommand) -> Effect<Self> {
+        match command {
+            AccountCommand::Deposit { amount } if amount <= 0 => {
+                Effect::reject(Err(AccountError::InvalidAmount))
+            }
+            AccountCommand::Deposit { amount } => {
+                Effect::persist(vec![AccountEvent::Deposited { amount }]).then_reply(|s: &Self| Ok(s.balance))
+            }
+            AccountCommand::Withdraw { amount } if amount > self.balance => {
+                Effect::reject(Err(AccountError::InsufficientFunds {
+                    balance: self.balance,
+                    requested: amount,
+                }))
+            }
+            AccountCommand::Withdraw { amount } => {
+                Effect::persist(vec![AccountEvent::Withdrawn { amount }]).then_reply(|s: &Self| Ok(s.balance))
+            }
+            AccountCommand::Tagged { sender, n, amount } => {
+                let expected = self.last_from.get(&sender).map_or(1, |l| l + 1);
+                if n != expected {
+                    return Effect::reject(Err(AccountError::OutOfOrder {
+                        sender,
+                        expected,
+                        got: n,
+                    }));
+                }
+                Effect::persist(vec![AccountEvent::TaggedDeposit { sender, n, amount }])
+                    .then_reply(|s: &Self| Ok(s.balance))
+            }
+            AccountCommand::Memo { size } => {
+                Effect::persist(vec![AccountEvent::Memo { text: "m".repeat(size) }])
+                    .then_reply(|s: &Self| Ok(s.balance))
+            }
+            AccountCommand::Balance => Effect::reply(Ok(self.balance)),
+            AccountCommand::Close => Effect::stop(Ok(self.balance)),
+        }
+    }
+
+    fn apply(&mut self, event: &AccountEvent) {
+        self.operations += 1;
+        match event {
+            AccountEvent::Deposited { amount } => self.balance += amount,
+            AccountEvent::Withdrawn { amount } => self.balance -= amount,
+            AccountEvent::TaggedDeposit { sender, n, amount } => {
+                self.balance += amount;
+                self.last_from.insert(*sender, *n);
+            }
+            AccountEvent::Memo { .. } => {}
+        }
+    }
+
+    fn snapshot_policy() -> SnapshotPolicy {
+        SnapshotPolicy::every(10)
+    }
+}
