@@ -49,13 +49,16 @@ impl<S: EventSourced> EntityCore<S> {
                 warn!(%pid, seq = seq.0, highest, "snapshot ahead of the journal ignored");
                 continue;
             }
-            let decoded = journal.snapshot_at(&pid, seq).map_err(|e| e.to_string()).and_then(|s| {
-                let s = s.ok_or_else(|| "deleted meanwhile".to_string())?;
-                if s.manifest.version != S::SNAPSHOT_VERSION {
-                    return Err(format!("snapshot version {}", s.manifest.version));
-                }
-                rmp_serde::from_slice::<S>(&s.payload).map_err(|e| e.to_string())
-            });
+            let decoded = journal
+                .snapshot_at(&pid, seq)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    let s = s.ok_or_else(|| "deleted meanwhile".to_string())?;
+                    if s.manifest.version != S::SNAPSHOT_VERSION {
+                        return Err(format!("snapshot version {}", s.manifest.version));
+                    }
+                    rmp_serde::from_slice::<S>(&s.payload).map_err(|e| e.to_string())
+                });
             match decoded {
                 Ok(s) => {
                     state = s;
@@ -170,6 +173,7 @@ pub(crate) async fn save_snapshot<S: EventSourced>(
 }
 
 /// [`save_snapshot`] outside an async runtime (testkit).
+#[cfg(feature = "testkit")]
 pub(crate) fn save_snapshot_blocking<S: EventSourced>(
     journal: &Journal,
     pid: &PersistenceId,

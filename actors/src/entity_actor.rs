@@ -191,61 +191,59 @@ impl<S: EventSourced> Handler<Exec<S>> for EntityActor<S> {
                 let reply_to = msg.reply_to;
                 let fut = async move { journal.append(&pid, expected, encoded).await }
                     .instrument(span.clone());
-                AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-                    move |res, act, ctx| {
-                        let _g = span.enter();
-                        let Some(core) = act.core.as_mut() else {
-                            let _ = reply_to.send(Err(CommandError::EntityStopped));
-                            return;
-                        };
-                        match res {
-                            Ok(ack) => {
-                                core.applied(&events, ack.last_seq);
-                                debug!(
-                                    first_seq = ack.first_seq.0,
-                                    last_seq = ack.last_seq.0,
-                                    "persisted"
-                                );
-                                let r = reply(&core.state);
-                                for f in after {
-                                    f(&core.state);
-                                }
-                                let _ = reply_to.send(Ok(r));
-                                if core.snapshot_due() {
-                                    if let Some((seq, bytes)) = core.take_snapshot() {
-                                        let j = core.journal.clone();
-                                        let pid = core.pid.clone();
-                                        let policy = core.policy;
-                                        ctx.spawn(
-                                            async move {
-                                                if let Err(e) =
-                                                    save_snapshot::<S>(j, pid, policy, seq, bytes).await
-                                                {
-                                                    warn!(error = %e, "snapshot failed");
-                                                }
+                AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |res, act, ctx| {
+                    let _g = span.enter();
+                    let Some(core) = act.core.as_mut() else {
+                        let _ = reply_to.send(Err(CommandError::EntityStopped));
+                        return;
+                    };
+                    match res {
+                        Ok(ack) => {
+                            core.applied(&events, ack.last_seq);
+                            debug!(
+                                first_seq = ack.first_seq.0,
+                                last_seq = ack.last_seq.0,
+                                "persisted"
+                            );
+                            let r = reply(&core.state);
+                            for f in after {
+                                f(&core.state);
+                            }
+                            let _ = reply_to.send(Ok(r));
+                            if core.snapshot_due() {
+                                if let Some((seq, bytes)) = core.take_snapshot() {
+                                    let j = core.journal.clone();
+                                    let pid = core.pid.clone();
+                                    let policy = core.policy;
+                                    ctx.spawn(
+                                        async move {
+                                            if let Err(e) =
+                                                save_snapshot::<S>(j, pid, policy, seq, bytes).await
+                                            {
+                                                warn!(error = %e, "snapshot failed");
                                             }
-                                            .into_actor(act),
-                                        );
-                                    }
+                                        }
+                                        .into_actor(act),
+                                    );
                                 }
-                                let n = ack.last_seq.0 - ack.first_seq.0 + 1;
-                                let bytes = act.state_bytes();
-                                act.report(n, false, bytes);
                             }
-                            Err(e) if e.is_rejected() => {
-                                let _ = reply_to.send(Err(CommandError::Rejected(e)));
-                                act.report(0, false, None);
-                            }
-                            Err(e) => {
-                                warn!(error = %e, "persist failed; entity stops");
-                                let _ = reply_to.send(Err(CommandError::PersistFailed(e)));
-                                act.core = None;
-                                act.report(0, true, None);
-                                ctx.stop();
-                            }
+                            let n = ack.last_seq.0 - ack.first_seq.0 + 1;
+                            let bytes = act.state_bytes();
+                            act.report(n, false, bytes);
                         }
-                    },
-                )))
+                        Err(e) if e.is_rejected() => {
+                            let _ = reply_to.send(Err(CommandError::Rejected(e)));
+                            act.report(0, false, None);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "persist failed; entity stops");
+                            let _ = reply_to.send(Err(CommandError::PersistFailed(e)));
+                            act.core = None;
+                            act.report(0, true, None);
+                            ctx.stop();
+                        }
+                    }
+                })))
             }
         }
     }
@@ -257,8 +255,15 @@ impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
     fn handle(&mut self, _: Passivate, _ctx: &mut Context<Self>) -> Self::Result {
         let snapshot = self.core.as_mut().and_then(|core| {
             if core.policy.on_stop && core.has_unsnapshotted_events() {
-                core.take_snapshot()
-                    .map(|(seq, bytes)| (core.journal.clone(), core.pid.clone(), core.policy, seq, bytes))
+                core.take_snapshot().map(|(seq, bytes)| {
+                    (
+                        core.journal.clone(),
+                        core.pid.clone(),
+                        core.policy,
+                        seq,
+                        bytes,
+                    )
+                })
             } else {
                 None
             }

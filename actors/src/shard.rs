@@ -106,6 +106,7 @@ pub struct Shard<S: EventSourced> {
     live: usize,
     queued: Arc<AtomicUsize>,
     stats: ShardStats,
+    stopping: Vec<oneshot::Sender<()>>,
 }
 
 impl<S: EventSourced> Shard<S> {
@@ -131,6 +132,7 @@ impl<S: EventSourced> Shard<S> {
             live: 0,
             queued: queued.clone(),
             stats: ShardStats::default(),
+            stopping: Vec::new(),
         };
         let mailbox = capacity.saturating_mul(2).clamp(1024, 1 << 30);
         let addr = Shard::create(move |ctx| {
@@ -211,7 +213,8 @@ impl<S: EventSourced> Shard<S> {
     fn evict_lru(&mut self, _ctx: &mut Context<Self>) {
         let victim = self.lru.iter().find_map(|(_, id)| {
             let s = self.slots.get(id)?;
-            (s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty()).then(|| id.clone())
+            (s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty())
+                .then(|| id.clone())
         });
         if let Some(id) = victim {
             self.passivate(&id);
@@ -246,6 +249,28 @@ impl<S: EventSourced> Shard<S> {
         }
     }
 
+    /// While stopping: passivate every idle entity; stop once none is live.
+    fn continue_stopping(&mut self, ctx: &mut Context<Self>) {
+        if self.stopping.is_empty() {
+            return;
+        }
+        let idle: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            self.passivate(&id);
+        }
+        if self.live == 0 && self.slots.values().all(|s| s.queue.is_empty() && !s.busy) {
+            for done in self.stopping.drain(..) {
+                let _ = done.send(());
+            }
+            ctx.stop();
+        }
+    }
+
     fn remove_if_idle(&mut self, id: &str) {
         let empty = self
             .slots
@@ -271,6 +296,13 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver<S>, ctx: &mut Context<Self>) {
+        if !self.stopping.is_empty() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            let _ = msg.reply_to.send(Err(CommandError::ShardStopped {
+                command: msg.command,
+            }));
+            return;
+        }
         let id = msg.id.as_str().to_string();
         let slot = self.slots.entry(id.clone()).or_insert_with(|| Slot {
             addr: None,
@@ -313,6 +345,7 @@ impl<S: EventSourced> Handler<Processed> for Shard<S> {
         }
         self.pump(&msg.id, ctx);
         self.remove_if_idle(&msg.id);
+        self.continue_stopping(ctx);
     }
 }
 
@@ -336,6 +369,7 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
         // Commands that arrived while it was passivating go to a fresh incarnation.
         self.pump(&msg.id, ctx);
         self.remove_if_idle(&msg.id);
+        self.continue_stopping(ctx);
     }
 }
 
@@ -348,6 +382,22 @@ impl<S: EventSourced> Handler<GetStats> for Shard<S> {
         s.queued_commands = self.queued.load(Ordering::SeqCst);
         s.state_bytes = self.slots.values().map(|s| s.state_bytes).sum();
         MessageResult(s)
+    }
+}
+
+/// Finish queued commands, passivate every entity, then stop.
+pub(crate) struct Shutdown(oneshot::Sender<()>);
+
+impl Message for Shutdown {
+    type Result = ();
+}
+
+impl<S: EventSourced> Handler<Shutdown> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
+        self.stopping.push(msg.0);
+        self.continue_stopping(ctx);
     }
 }
 
@@ -468,6 +518,17 @@ impl<S: EventSourced> ShardRef<S> {
     /// [`actix::MailboxError`] if the shard has stopped.
     pub async fn stats(&self) -> Result<ShardStats, MailboxError> {
         self.addr.send(GetStats).await
+    }
+
+    /// Stops the shard gracefully: commands already queued are processed, every entity is
+    /// passivated (snapshotting per its policy), later commands are refused with
+    /// [`CommandError::ShardStopped`]. Resolves when the shard has stopped; afterwards the
+    /// journal is no longer referenced by this shard.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.addr.try_send(Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Passivates entity `id` now if it is idle (its next command starts it again).

@@ -110,7 +110,9 @@ where
                 .append_blocking(&self.pid, next, encoded)
                 .unwrap_or_else(|e| panic!("given events: {e}"));
         }
-        self.core = self.recover().unwrap_or_else(|e| panic!("recovery after given: {e}"));
+        self.core = self
+            .recover()
+            .unwrap_or_else(|e| panic!("recovery after given: {e}"));
         self
     }
 
@@ -157,7 +159,9 @@ where
                             Err(e) if e.is_rejected() => {
                                 (Err(CommandError::Rejected(e)), Vec::new(), false, false)
                             }
-                            Err(e) => (Err(CommandError::PersistFailed(e)), Vec::new(), false, true),
+                            Err(e) => {
+                                (Err(CommandError::PersistFailed(e)), Vec::new(), false, true)
+                            }
                         }
                     }
                 }
@@ -171,9 +175,14 @@ where
         }
         let reply = reply.map(|r| round_trip("reply", &r));
         let state = round_trip("state", &self.core.state);
-        assert_eq!(state, self.core.state, "state changed by an rmp-serde round trip");
+        assert_eq!(
+            state, self.core.state,
+            "state changed by an rmp-serde round trip"
+        );
         if stopped {
-            self.core = self.recover().unwrap_or_else(|e| panic!("recovery after stop: {e}"));
+            self.core = self
+                .recover()
+                .unwrap_or_else(|e| panic!("recovery after stop: {e}"));
         }
         CommandResult {
             events,
@@ -200,7 +209,10 @@ where
             .all_events(&self.pid)
             .unwrap_or_else(|e| panic!("read events: {e}"))
             .into_iter()
-            .map(|r| S::upcast(&r.manifest, &r.payload).unwrap_or_else(|e| panic!("decode seq {}: {e}", r.seq)))
+            .map(|r| {
+                S::upcast(&r.manifest, &r.payload)
+                    .unwrap_or_else(|e| panic!("decode seq {}: {e}", r.seq))
+            })
             .collect()
     }
 
@@ -221,7 +233,10 @@ where
     #[track_caller]
     pub fn restart(&mut self) -> &mut Self {
         let recovered = self.recover().unwrap_or_else(|e| panic!("recovery: {e}"));
-        assert_eq!(recovered.state, self.core.state, "recovered state differs from the live state");
+        assert_eq!(
+            recovered.state, self.core.state,
+            "recovered state differs from the live state"
+        );
         assert_eq!(recovered.seq, self.core.seq, "recovered seq differs");
         self.core = recovered;
         self

@@ -57,7 +57,11 @@ fn balance_queries_persist_nothing() {
 
 #[test]
 fn restart_recovers_the_same_state_with_and_without_snapshots() {
-    for policy in [SnapshotPolicy::never(), SnapshotPolicy::every(1), SnapshotPolicy::every(7)] {
+    for policy in [
+        SnapshotPolicy::never(),
+        SnapshotPolicy::every(1),
+        SnapshotPolicy::every(7),
+    ] {
         let mut kit = EventSourcedTestKit::<Account>::with_policy("dave", policy);
         for i in 1..=30 {
             kit.run(AccountCommand::Deposit { amount: i });
@@ -86,9 +90,18 @@ fn snapshots_follow_the_policy_and_keep_the_newest() {
         kit.run(AccountCommand::Deposit { amount: 1 });
     }
     let pid = PersistenceId::parse("account", "erin").unwrap();
-    assert_eq!(kit.journal().snapshot_seqs(&pid).unwrap(), vec![Seq(15), Seq(20)]);
+    assert_eq!(
+        kit.journal().snapshot_seqs(&pid).unwrap(),
+        vec![Seq(15), Seq(20)]
+    );
     // Covered events are deleted; recovery uses the snapshot plus seqs 21..=23.
-    let left: Vec<u64> = kit.journal().all_events(&pid).unwrap().iter().map(|e| e.seq.0).collect();
+    let left: Vec<u64> = kit
+        .journal()
+        .all_events(&pid)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq.0)
+        .collect();
     assert_eq!(left, vec![21, 22, 23]);
     kit.restart();
     assert_eq!(kit.state().balance, 23);
@@ -193,8 +206,8 @@ impl EventSourced for Wallet {
     fn upcast(manifest: &Manifest, payload: &[u8]) -> Result<AddedV2, CodecError> {
         match manifest.version {
             1 => {
-                let old: AddedV1 =
-                    rmp_serde::from_slice(payload).map_err(|e| CodecError::Decode(e.to_string()))?;
+                let old: AddedV1 = rmp_serde::from_slice(payload)
+                    .map_err(|e| CodecError::Decode(e.to_string()))?;
                 Ok(AddedV2 {
                     cents: old.units * 100,
                     currency: "EUR".into(),
@@ -211,7 +224,9 @@ fn older_event_versions_are_upcast_during_recovery() {
     let mut kit = EventSourcedTestKit::<Wallet>::new("w");
     let pid = PersistenceId::parse("wallet", "w").unwrap();
     let old = NewEvent::encode(Manifest::new("wallet", 1), &AddedV1 { units: 3 }).unwrap();
-    kit.journal().append_blocking(&pid, Seq(1), vec![old]).unwrap();
+    kit.journal()
+        .append_blocking(&pid, Seq(1), vec![old])
+        .unwrap();
     kit.try_restart().unwrap();
     assert_eq!(kit.state().cents, 300);
     assert_eq!(kit.run(Add(5)).reply(), 305);
@@ -224,7 +239,9 @@ fn an_undecodable_event_fails_recovery_naming_the_pid_and_seq() {
     kit.run(AccountCommand::Deposit { amount: 1 });
     let pid = PersistenceId::parse("account", "gil").unwrap();
     let garbage = NewEvent::new(Manifest::new("account", 1), vec![0xc1, 0xff, 0x00]);
-    kit.journal().append_blocking(&pid, Seq(2), vec![garbage]).unwrap();
+    kit.journal()
+        .append_blocking(&pid, Seq(2), vec![garbage])
+        .unwrap();
     let err = kit.try_restart().err().unwrap();
     match &err {
         RecoveryError::Decode { pid: p, seq, .. } => {
@@ -233,7 +250,10 @@ fn an_undecodable_event_fails_recovery_naming_the_pid_and_seq() {
         other => panic!("expected a decode error, got {other}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("account|gil") && msg.contains("seq 2"), "{msg}");
+    assert!(
+        msg.contains("account|gil") && msg.contains("seq 2"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -250,14 +270,20 @@ fn an_undecodable_snapshot_falls_back_to_an_older_one_or_full_replay() {
         ..Account::default()
     })
     .unwrap();
-    j.save_snapshot_blocking(&pid, Seq(2), Manifest::new("account", 1), good).unwrap();
-    j.save_snapshot_blocking(&pid, Seq(5), Manifest::new("account", 1), vec![0xc1]).unwrap();
+    j.save_snapshot_blocking(&pid, Seq(2), Manifest::new("account", 1), good)
+        .unwrap();
+    j.save_snapshot_blocking(&pid, Seq(5), Manifest::new("account", 1), vec![0xc1])
+        .unwrap();
     kit.restart();
     assert_eq!(kit.state().balance, 12);
     // Without the good snapshot, full replay still works while the events exist.
-    j.delete_snapshots_blocking(&pid, stateline_journal::SnapshotCriteria::up_to(Seq(2))).unwrap();
+    j.delete_snapshots_blocking(&pid, stateline_journal::SnapshotCriteria::up_to(Seq(2)))
+        .unwrap();
     kit.restart();
     // Once the covered events are gone, an unusable snapshot is a loud failure.
     j.delete_events_to_blocking(&pid, Seq(5)).unwrap();
-    assert!(matches!(kit.try_restart(), Err(RecoveryError::Incomplete { .. })));
+    assert!(matches!(
+        kit.try_restart(),
+        Err(RecoveryError::Incomplete { .. })
+    ));
 }

@@ -36,7 +36,8 @@ fn policy(i: usize) -> SnapshotPolicy {
 
 fn scenario() -> impl Strategy<Value = (usize, Vec<Step>)> {
     (1..=8usize, 0..4usize).prop_flat_map(|(n, p)| {
-        (Just(p), proptest::collection::vec(step(n), 1..120)).prop_map(move |(p, s)| (p * 100 + n, s))
+        (Just(p), proptest::collection::vec(step(n), 1..120))
+            .prop_map(move |(p, s)| (p * 100 + n, s))
     })
 }
 

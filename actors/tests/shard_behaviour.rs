@@ -33,15 +33,46 @@ async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
 #[actix_rt::test]
 async fn commands_reach_their_entities() {
     let shard: ShardRef<Account> = Shard::start(journal(), ShardConfig::default()).unwrap();
-    assert_eq!(shard.send("a", AccountCommand::Deposit { amount: 5 }).await.unwrap(), Ok(5));
-    assert_eq!(shard.send("b", AccountCommand::Deposit { amount: 7 }).await.unwrap(), Ok(7));
-    assert_eq!(shard.send("a", AccountCommand::Withdraw { amount: 2 }).await.unwrap(), Ok(3));
     assert_eq!(
-        shard.send("a", AccountCommand::Withdraw { amount: 9 }).await.unwrap(),
-        Err(AccountError::InsufficientFunds { balance: 3, requested: 9 })
+        shard
+            .send("a", AccountCommand::Deposit { amount: 5 })
+            .await
+            .unwrap(),
+        Ok(5)
+    );
+    assert_eq!(
+        shard
+            .send("b", AccountCommand::Deposit { amount: 7 })
+            .await
+            .unwrap(),
+        Ok(7)
+    );
+    assert_eq!(
+        shard
+            .send("a", AccountCommand::Withdraw { amount: 2 })
+            .await
+            .unwrap(),
+        Ok(3)
+    );
+    assert_eq!(
+        shard
+            .send("a", AccountCommand::Withdraw { amount: 9 })
+            .await
+            .unwrap(),
+        Err(AccountError::InsufficientFunds {
+            balance: 3,
+            requested: 9
+        })
     );
     let stats = shard.stats().await.unwrap();
-    assert_eq!((stats.live_entities, stats.messages_handled, stats.events_persisted), (2, 4, 3));
+    assert_eq!(
+        (
+            stats.live_entities,
+            stats.messages_handled,
+            stats.events_persisted
+        ),
+        (2, 4, 3)
+    );
     assert!(stats.state_bytes > 0);
     let err = shard.send("", AccountCommand::Balance).await.unwrap_err();
     assert!(matches!(err.into_command(), Some(AccountCommand::Balance)));
@@ -54,12 +85,28 @@ async fn a_rejected_persist_replies_with_the_error_and_the_entity_continues() {
         .open_with_backend(InMemoryBackend::new(), "mem")
         .unwrap();
     let shard: ShardRef<Account> = Shard::start(j, ShardConfig::default()).unwrap();
-    shard.send("a", AccountCommand::Deposit { amount: 5 }).await.unwrap().unwrap();
-    let err = shard.send("a", AccountCommand::Memo { size: 500 }).await.unwrap_err();
-    assert!(matches!(err, CommandError::Rejected(JournalError::Rejected(_))), "{err}");
+    shard
+        .send("a", AccountCommand::Deposit { amount: 5 })
+        .await
+        .unwrap()
+        .unwrap();
+    let err = shard
+        .send("a", AccountCommand::Memo { size: 500 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Rejected(JournalError::Rejected(_))),
+        "{err}"
+    );
     assert!(err.was_not_applied());
     // Same incarnation, same state.
-    assert_eq!(shard.send("a", AccountCommand::Deposit { amount: 1 }).await.unwrap(), Ok(6));
+    assert_eq!(
+        shard
+            .send("a", AccountCommand::Deposit { amount: 1 })
+            .await
+            .unwrap(),
+        Ok(6)
+    );
     assert_eq!(shard.stats().await.unwrap().live_entities, 1);
 }
 
@@ -67,16 +114,44 @@ async fn a_rejected_persist_replies_with_the_error_and_the_entity_continues() {
 async fn a_seq_conflict_stops_the_entity_and_the_next_incarnation_recovers() {
     let j = journal();
     let shard: ShardRef<Account> = Shard::start(j.clone(), ShardConfig::default()).unwrap();
-    shard.send("a", AccountCommand::Deposit { amount: 5 }).await.unwrap().unwrap();
+    shard
+        .send("a", AccountCommand::Deposit { amount: 5 })
+        .await
+        .unwrap()
+        .unwrap();
     // Another writer appends behind the entity's back (a stale incarnation elsewhere).
     let pid = PersistenceId::parse("account", "a").unwrap();
-    let foreign = NewEvent::encode(Manifest::new("account", 1), &AccountEvent::Deposited { amount: 100 }).unwrap();
+    let foreign = NewEvent::encode(
+        Manifest::new("account", 1),
+        &AccountEvent::Deposited { amount: 100 },
+    )
+    .unwrap();
     j.append(&pid, Seq(2), vec![foreign]).await.unwrap();
-    let err = shard.send("a", AccountCommand::Deposit { amount: 1 }).await.unwrap_err();
-    assert!(matches!(err, CommandError::PersistFailed(JournalError::Conflict { .. })), "{err}");
+    let err = shard
+        .send("a", AccountCommand::Deposit { amount: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::PersistFailed(JournalError::Conflict { .. })
+        ),
+        "{err}"
+    );
     // G5: nothing was overwritten; the next command recovers seq 1..=2 and continues.
-    assert_eq!(shard.send("a", AccountCommand::Deposit { amount: 1 }).await.unwrap(), Ok(106));
-    let seqs: Vec<u64> = j.all_events(&pid).unwrap().iter().map(|e| e.seq.0).collect();
+    assert_eq!(
+        shard
+            .send("a", AccountCommand::Deposit { amount: 1 })
+            .await
+            .unwrap(),
+        Ok(106)
+    );
+    let seqs: Vec<u64> = j
+        .all_events(&pid)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq.0)
+        .collect();
     assert_eq!(seqs, vec![1, 2, 3]);
 }
 
@@ -122,18 +197,42 @@ async fn an_io_failure_fails_the_command_and_stops_the_entity() {
         inner: Arc::new(InMemoryBackend::new()),
         fail: Arc::new(AtomicBool::new(false)),
     };
-    let j = Journal::builder().open_with_backend(storage.clone(), "faulty").unwrap();
+    let j = Journal::builder()
+        .open_with_backend(storage.clone(), "faulty")
+        .unwrap();
     let shard: ShardRef<Account> = Shard::start(j, ShardConfig::default()).unwrap();
-    shard.send("a", AccountCommand::Deposit { amount: 5 }).await.unwrap().unwrap();
+    shard
+        .send("a", AccountCommand::Deposit { amount: 5 })
+        .await
+        .unwrap()
+        .unwrap();
     storage.fail.store(true, Ordering::SeqCst);
-    let err = shard.send("a", AccountCommand::Deposit { amount: 1 }).await.unwrap_err();
-    assert!(matches!(err, CommandError::PersistFailed(JournalError::Io(_))), "{err}");
-    eventually("the entity stopped", async || shard.stats().await.unwrap().live_entities == 0).await;
+    let err = shard
+        .send("a", AccountCommand::Deposit { amount: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::PersistFailed(JournalError::Io(_))),
+        "{err}"
+    );
+    eventually("the entity stopped", async || {
+        shard.stats().await.unwrap().live_entities == 0
+    })
+    .await;
     // The journal stays poisoned (G8): later persists fail fast instead of hanging.
-    let err = shard.send("a", AccountCommand::Deposit { amount: 1 }).await.unwrap_err();
-    assert!(matches!(err, CommandError::PersistFailed(JournalError::Poisoned)), "{err}");
+    let err = shard
+        .send("a", AccountCommand::Deposit { amount: 1 })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::PersistFailed(JournalError::Poisoned)),
+        "{err}"
+    );
     // Queries still work on a fresh incarnation: the state is recovered, not lost.
-    assert_eq!(shard.send("a", AccountCommand::Balance).await.unwrap(), Ok(5));
+    assert_eq!(
+        shard.send("a", AccountCommand::Balance).await.unwrap(),
+        Ok(5)
+    );
 }
 
 #[actix_rt::test]
@@ -143,7 +242,14 @@ async fn commands_racing_passivation_are_applied_exactly_once_in_order() {
     let mut expected = 0;
     for n in 1..=300u64 {
         let rx = shard
-            .enqueue("x", AccountCommand::Tagged { sender: 1, n, amount: n as i64 })
+            .enqueue(
+                "x",
+                AccountCommand::Tagged {
+                    sender: 1,
+                    n,
+                    amount: n as i64,
+                },
+            )
             .unwrap();
         expected += n as i64;
         pending.push(rx);
@@ -161,7 +267,10 @@ async fn commands_racing_passivation_are_applied_exactly_once_in_order() {
     for rx in pending {
         rx.await.unwrap().unwrap().unwrap();
     }
-    assert_eq!(shard.send("x", AccountCommand::Balance).await.unwrap(), Ok(expected));
+    assert_eq!(
+        shard.send("x", AccountCommand::Balance).await.unwrap(),
+        Ok(expected)
+    );
     let stats = shard.stats().await.unwrap();
     assert!(stats.passivations >= 6, "{stats:?}");
     assert_eq!(stats.events_persisted, 300);
@@ -176,13 +285,23 @@ async fn idle_entities_are_passivated_and_come_back() {
     };
     let shard: ShardRef<Account> = Shard::start(journal(), config).unwrap();
     for id in ["a", "b", "c"] {
-        shard.send(id, AccountCommand::Deposit { amount: 3 }).await.unwrap().unwrap();
+        shard
+            .send(id, AccountCommand::Deposit { amount: 3 })
+            .await
+            .unwrap()
+            .unwrap();
     }
     eventually("idle entities passivated", async || {
         shard.stats().await.unwrap().live_entities == 0
     })
     .await;
-    assert_eq!(shard.send("b", AccountCommand::Deposit { amount: 1 }).await.unwrap(), Ok(4));
+    assert_eq!(
+        shard
+            .send("b", AccountCommand::Deposit { amount: 1 })
+            .await
+            .unwrap(),
+        Ok(4)
+    );
 }
 
 #[actix_rt::test]
@@ -194,7 +313,9 @@ async fn the_active_entity_limit_evicts_the_least_recently_used() {
     let shard: ShardRef<Account> = Shard::start(journal(), config).unwrap();
     for round in 1..=3i64 {
         for i in 0..50 {
-            let r = shard.send(&format!("e{i}"), AccountCommand::Deposit { amount: 1 }).await;
+            let r = shard
+                .send(&format!("e{i}"), AccountCommand::Deposit { amount: 1 })
+                .await;
             assert_eq!(r.unwrap(), Ok(round));
         }
     }
@@ -214,7 +335,10 @@ async fn a_full_shard_refuses_and_hands_commands_back() {
     let mut accepted = Vec::new();
     let mut refused = 0;
     for n in 0..100 {
-        match shard.enqueue(&format!("e{}", n % 3), AccountCommand::Deposit { amount: 1 }) {
+        match shard.enqueue(
+            &format!("e{}", n % 3),
+            AccountCommand::Deposit { amount: 1 },
+        ) {
             Ok(rx) => accepted.push(rx),
             Err(CommandError::Overloaded { command, .. }) => {
                 assert_eq!(command, AccountCommand::Deposit { amount: 1 });
@@ -223,14 +347,22 @@ async fn a_full_shard_refuses_and_hands_commands_back() {
             Err(e) => panic!("unexpected {e}"),
         }
     }
-    assert!(refused > 0 && accepted.len() <= 8, "{refused} refused, {} accepted", accepted.len());
+    assert!(
+        refused > 0 && accepted.len() <= 8,
+        "{refused} refused, {} accepted",
+        accepted.len()
+    );
     let n = accepted.len() as i64;
     for rx in accepted {
         rx.await.unwrap().unwrap().unwrap();
     }
     let mut total = 0;
     for i in 0..3 {
-        total += shard.send(&format!("e{i}"), AccountCommand::Balance).await.unwrap().unwrap();
+        total += shard
+            .send(&format!("e{i}"), AccountCommand::Balance)
+            .await
+            .unwrap()
+            .unwrap();
     }
     assert_eq!(total, n, "every accepted command applied exactly once");
 }

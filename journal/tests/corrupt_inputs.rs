@@ -138,7 +138,9 @@ fn check_fixture(path: &Path, contents: &Contents) {
         "fixture has no unpacked log segment: {names:?}"
     );
     let chunks = rtx
-        .open_table(redb::TableDefinition::<&[u8], &[u8]>::new("stateline.chunks"))
+        .open_table(redb::TableDefinition::<&[u8], &[u8]>::new(
+            "stateline.chunks",
+        ))
         .unwrap();
     assert!(
         redb::ReadableTableMetadata::len(&chunks).unwrap() > 0,
@@ -163,7 +165,10 @@ enum Outcome {
 
 fn variant(e: &JournalError) -> String {
     let d = format!("{e:?}");
-    d.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("").to_string()
+    d.split(|c: char| !c.is_alphanumeric())
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Reads everything through `r` and compares with `want`. `Err` is silent wrong data.
@@ -196,7 +201,12 @@ fn read_all(r: &JournalReader, want: &Contents) -> Result<Outcome, String> {
     for p in &pids {
         match r.highest_seq(p) {
             Ok(s) if Some(&s) == want.highest.get(p) => {}
-            Ok(s) => return Err(format!("highest_seq({p}) = {s}, want {:?}", want.highest.get(p))),
+            Ok(s) => {
+                return Err(format!(
+                    "highest_seq({p}) = {s}, want {:?}",
+                    want.highest.get(p)
+                ))
+            }
             Err(e) => note(e, "highest_seq"),
         }
         match r.all_events(p) {
@@ -264,8 +274,14 @@ fn read_all(r: &JournalReader, want: &Contents) -> Result<Outcome, String> {
 fn read_contents(r: &JournalReader, pids: &[PersistenceId]) -> Contents {
     Contents {
         entities: r.entities(None).unwrap(),
-        highest: pids.iter().map(|p| (p.clone(), r.highest_seq(p).unwrap())).collect(),
-        events: pids.iter().map(|p| (p.clone(), r.all_events(p).unwrap())).collect(),
+        highest: pids
+            .iter()
+            .map(|p| (p.clone(), r.highest_seq(p).unwrap()))
+            .collect(),
+        events: pids
+            .iter()
+            .map(|p| (p.clone(), r.all_events(p).unwrap()))
+            .collect(),
         snapshots: pids
             .iter()
             .map(|p| (p.clone(), r.load_snapshot(p, Seq(u64::MAX)).unwrap()))
@@ -353,15 +369,16 @@ impl Tally {
     ) {
         self.handles += 1;
         match r {
-            Err(p) => self
-                .failures
-                .push(format!("{case} [{handle}]: panic reached the caller: {}", panic_message(&*p))),
+            Err(p) => self.failures.push(format!(
+                "{case} [{handle}]: panic reached the caller: {}",
+                panic_message(&*p)
+            )),
             Ok(Err(wrong)) => self
                 .failures
                 .push(format!("{case} [{handle}]: silent wrong data: {wrong}")),
-            Ok(Ok(Outcome::Correct)) if expect == Expect::ErrorOnly => self
-                .failures
-                .push(format!("{case} [{handle}]: opened something that is not a journal")),
+            Ok(Ok(Outcome::Correct)) if expect == Expect::ErrorOnly => self.failures.push(format!(
+                "{case} [{handle}]: opened something that is not a journal"
+            )),
             Ok(Ok(Outcome::Correct)) => self.correct += 1,
             Ok(Ok(Outcome::Typed(e))) => {
                 self.typed += 1;
@@ -410,7 +427,9 @@ fn run_case(
     std::thread::Builder::new()
         .name(format!("case-{index}"))
         .spawn(move || {
-            let w = catch_unwind(AssertUnwindSafe(|| open_writable_and_read(&wp, create, &want_w)));
+            let w = catch_unwind(AssertUnwindSafe(|| {
+                open_writable_and_read(&wp, create, &want_w)
+            }));
             let r = catch_unwind(AssertUnwindSafe(|| open_read_only_and_read(&rp, &want_r)));
             let _ = tx.send((w, r));
         })
@@ -423,9 +442,10 @@ fn run_case(
         }
         Err(_) => {
             tally.handles += 2;
-            tally
-                .failures
-                .push(format!("{}: no outcome within {CASE_DEADLINE:?} (hang)", case.name));
+            tally.failures.push(format!(
+                "{}: no outcome within {CASE_DEADLINE:?} (hang)",
+                case.name
+            ));
         }
     }
     // Panics since the last case: on the writer thread they are failures (nobody catches them);
@@ -478,7 +498,10 @@ fn cases(orig: &[u8], rng: &mut Rng) -> Vec<Case> {
                 b[pos] ^= 1 << rng.below(8);
             }
         }
-        out.push(bytes_case(format!("{flips} bit flips in {start}..{}", start + span), b));
+        out.push(bytes_case(
+            format!("{flips} bit flips in {start}..{}", start + span),
+            b,
+        ));
     }
     // Truncations.
     let mut cuts = vec![0, 1, PAGE - 1, PAGE, len / 2, len - 1];
@@ -599,8 +622,14 @@ fn corrupt_inputs_give_typed_errors_or_correct_data() {
 
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
-        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
-        PANICS.lock().unwrap_or_else(|p| p.into_inner()).push((thread, info.to_string()));
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        PANICS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((thread, info.to_string()));
     }));
     let mut tally = Tally::default();
     let mut slowest = (Duration::ZERO, String::new());
@@ -630,5 +659,9 @@ fn corrupt_inputs_give_typed_errors_or_correct_data() {
     for f in tally.failures.iter().take(50) {
         println!("FAILURE {f}");
     }
-    assert!(tally.failures.is_empty(), "{} failures (see above)", tally.failures.len());
+    assert!(
+        tally.failures.is_empty(),
+        "{} failures (see above)",
+        tally.failures.len()
+    );
 }

@@ -33,8 +33,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use stateline_journal::{
-    Durability, Journal, JournalBuilder, JournalReader, Manifest, NewEvent, Offset,
-    PersistenceId, Seq,
+    Durability, Journal, JournalBuilder, JournalReader, Manifest, NewEvent, Offset, PersistenceId,
+    Seq,
 };
 
 /// Set (to the working directory) in the child's environment: makes the child test run.
@@ -210,7 +210,8 @@ fn crash_child_workload() {
                         events.push(NewEvent::new(Manifest::new("E", 1), payload));
                     }
                     match journal.append(&pid, Seq(next), events).await {
-                        Ok(ack) if ack.first_seq == Seq(next) && ack.last_seq == Seq(next + n - 1) => {}
+                        Ok(ack)
+                            if ack.first_seq == Seq(next) && ack.last_seq == Seq(next + n - 1) => {}
                         Ok(ack) => die(format!("{pid}: appended at {next} x{n}, ack {ack:?}")),
                         Err(e) => die(format!("{pid}: append at {next}: {e}")),
                     }
@@ -284,13 +285,29 @@ fn verify(path: &Path, acks: &Acks, cycle: u64) -> Found {
         for (k, e) in events.iter().enumerate() {
             let seq = k as u64 + 1;
             assert_eq!(e.seq, Seq(seq), "cycle {cycle}: {p}: seqs not 1..=N (G3)");
-            assert_eq!(e.persistence_id, p, "cycle {cycle}: {p} seq {seq}: wrong pid");
-            assert_eq!(e.manifest, Manifest::new("E", 1), "cycle {cycle}: {p} seq {seq}");
+            assert_eq!(
+                e.persistence_id, p,
+                "cycle {cycle}: {p} seq {seq}: wrong pid"
+            );
+            assert_eq!(
+                e.manifest,
+                Manifest::new("E", 1),
+                "cycle {cycle}: {p} seq {seq}"
+            );
             let info = parse_payload(&e.payload)
                 .unwrap_or_else(|m| panic!("cycle {cycle}: {p} seq {seq}: never sent: {m}"));
-            assert_eq!(info.pid, name, "cycle {cycle}: {p} seq {seq}: payload of another id");
-            assert_eq!(info.seq, seq, "cycle {cycle}: {p} seq {seq}: payload of another seq");
-            assert!(info.cycle <= cycle, "cycle {cycle}: {p} seq {seq}: from the future");
+            assert_eq!(
+                info.pid, name,
+                "cycle {cycle}: {p} seq {seq}: payload of another id"
+            );
+            assert_eq!(
+                info.seq, seq,
+                "cycle {cycle}: {p} seq {seq}: payload of another seq"
+            );
+            assert!(
+                info.cycle <= cycle,
+                "cycle {cycle}: {p} seq {seq}: from the future"
+            );
             let first = info.batch_first;
             let last = first + info.batch_len - 1;
             assert!(
@@ -359,7 +376,12 @@ fn verify(path: &Path, acks: &Acks, cycle: u64) -> Found {
         last = rec.offset.0;
         let i = *index
             .get(&rec.persistence_id.to_string())
-            .unwrap_or_else(|| panic!("cycle {cycle}: changelog has unknown {}", rec.persistence_id));
+            .unwrap_or_else(|| {
+                panic!(
+                    "cycle {cycle}: changelog has unknown {}",
+                    rec.persistence_id
+                )
+            });
         assert!(
             seen.insert((i, rec.seq.0)),
             "cycle {cycle}: changelog repeats {} seq {}",

@@ -14,12 +14,22 @@ pub struct Account {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccountCommand {
-    Deposit { amount: i64 },
-    Withdraw { amount: i64 },
+    Deposit {
+        amount: i64,
+    },
+    Withdraw {
+        amount: i64,
+    },
     /// A deposit tagged with its sender and the sender's sequence number.
-    Tagged { sender: u32, n: u64, amount: i64 },
+    Tagged {
+        sender: u32,
+        n: u64,
+        amount: i64,
+    },
     /// Persist an event whose payload is `size` bytes (to provoke rejections).
-    Memo { size: usize },
+    Memo {
+        size: usize,
+    },
     Balance,
     Close,
 }
@@ -34,9 +44,16 @@ pub enum AccountEvent {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AccountError {
-    InsufficientFunds { balance: i64, requested: i64 },
+    InsufficientFunds {
+        balance: i64,
+        requested: i64,
+    },
     InvalidAmount,
-    OutOfOrder { sender: u32, expected: u64, got: u64 },
+    OutOfOrder {
+        sender: u32,
+        expected: u64,
+        got: u64,
+    },
 }
 
 pub type AccountReply = Result<i64, AccountError>;
@@ -53,7 +70,8 @@ impl EventSourced for Account {
                 Effect::reject(Err(AccountError::InvalidAmount))
             }
             AccountCommand::Deposit { amount } => {
-                Effect::persist(vec![AccountEvent::Deposited { amount }]).then_reply(|s: &Self| Ok(s.balance))
+                Effect::persist(vec![AccountEvent::Deposited { amount }])
+                    .then_reply(|s: &Self| Ok(s.balance))
             }
             AccountCommand::Withdraw { amount } if amount > self.balance => {
                 Effect::reject(Err(AccountError::InsufficientFunds {
@@ -62,7 +80,8 @@ impl EventSourced for Account {
                 }))
             }
             AccountCommand::Withdraw { amount } => {
-                Effect::persist(vec![AccountEvent::Withdrawn { amount }]).then_reply(|s: &Self| Ok(s.balance))
+                Effect::persist(vec![AccountEvent::Withdrawn { amount }])
+                    .then_reply(|s: &Self| Ok(s.balance))
             }
             AccountCommand::Tagged { sender, n, amount } => {
                 let expected = self.last_from.get(&sender).map_or(1, |l| l + 1);
@@ -76,10 +95,10 @@ impl EventSourced for Account {
                 Effect::persist(vec![AccountEvent::TaggedDeposit { sender, n, amount }])
                     .then_reply(|s: &Self| Ok(s.balance))
             }
-            AccountCommand::Memo { size } => {
-                Effect::persist(vec![AccountEvent::Memo { text: "m".repeat(size) }])
-                    .then_reply(|s: &Self| Ok(s.balance))
-            }
+            AccountCommand::Memo { size } => Effect::persist(vec![AccountEvent::Memo {
+                text: "m".repeat(size),
+            }])
+            .then_reply(|s: &Self| Ok(s.balance)),
             AccountCommand::Balance => Effect::reply(Ok(self.balance)),
             AccountCommand::Close => Effect::stop(Ok(self.balance)),
         }
