@@ -1,29 +1,42 @@
 //! Damaged and foreign files never panic, hang or read back wrong data (G7).
 //!
-//! A valid journal is built once (about 400 events of 20 persistence ids in batches of 1–3,
-//! snapshots of a third of them, small log segments so that both packed chunk rows and an
-//! unpacked log segment are on disk) and closed. Then, on copies of its bytes, each case
-//! applies one kind of damage: flipped bytes stepping through the whole file and at random
-//! positions, random bit flips over a range, truncations, a zeroed page, a page copied over
-//! another, trailing garbage, an empty file, a non-redb file, a redb magic followed by garbage, a
-//! directory at the path, a missing file with `create(false)`.
+//! A valid journal is built once (400 events of 20 persistence ids in batches of 1–3, snapshots
+//! of a third of them, small log segments so that both packed chunk rows and an unpacked log
+//! segment are on disk) and closed. Then, on copies of its bytes, each case applies one kind of
+//! damage: a flipped byte every 97 bytes through the whole file and at random positions, random
+//! bit flips over a range, truncations, each page zeroed, a page copied over another, trailing
+//! garbage, an empty file, random text, the redb magic followed by garbage, a directory at the
+//! path, a missing file with `create(false)`.
 //!
-//! Every case opens the damaged file twice, writable ([`Journal::open`] or the builder) and
-//! read-only ([`JournalReader::open_read_only`]), each on its own copy; when an open succeeds it
-//! reads everything: `entities(None)`, `highest_seq`, `all_events` and `load_snapshot` of every
-//! persistence id, and the changelog from offset 1. The outcome must be a typed error or data
-//! equal to the original's (an `Ok` that differs is silent wrong data; a changelog may stop with
-//! an error after a correct prefix). A panic that reaches the caller, a panic on the writer
-//! thread, or a case running longer than [`CASE_DEADLINE`] (a hang) fails the test; panics inside
-//! the storage engine that the journal turns into a typed error are counted and reported.
-//! Single-byte damage in unused space is legitimately harmless and reads back correct data.
+//! Every case opens the damaged file, each time on a fresh copy: writable ([`Journal::open`], or
+//! the builder with `create(false)` where the case says so), read-only
+//! ([`JournalReader::open_read_only`]), and, to measure the mitigation, writable with
+//! `verify_on_open(true)`. When an open succeeds it reads everything: `entities(None)`, and
+//! `highest_seq`, `all_events` and `load_snapshot` of every persistence id, and the changelog from
+//! offset 1. Each outcome must be a typed error or data equal to the original's: an `Ok` that
+//! differs is silent wrong data (a changelog may end with an error after a correct prefix).
+//! Single-byte damage in unused space is legitimately harmless and reads back correctly.
+//!
+//! All cases run once (the first test to need them runs them; each case in its own thread with
+//! a [`CASE_DEADLINE`], panics caught with `catch_unwind`); the tests below assert different
+//! properties of the outcomes, so that one kind of failure does not hide another:
+//! - [`damaged_files_never_panic_or_hang`]: no panic reaches the caller, none happens on the
+//!   writer thread, no case hangs (panics inside the storage engine that the journal turns into
+//!   typed errors are counted and reported, not failed);
+//! - [`damaged_files_never_read_back_wrong_data`]: with the default options;
+//! - [`damaged_files_never_read_back_wrong_data_with_verify_on_open`];
+//! - [`foreign_and_degenerate_files_are_refused`]: missing, empty, foreign files and directories
+//!   are `NotAJournal` as documented.
+//!
+//! `STATELINE_CORRUPT_CASE=<substring>` runs only the matching cases and prints every outcome;
+//! `STATELINE_CORRUPT_SEED` changes the random positions.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redb::{ReadableDatabase, TableHandle};
@@ -65,7 +78,10 @@ fn pid(i: usize) -> PersistenceId {
     PersistenceId::parse("acct", &format!("e{i}")).unwrap()
 }
 
-/// Everything the original journal holds, as read through the public API.
+// ---------------------------------------------------------------------------------------------
+// The original journal and what it holds.
+
+/// Everything a journal holds, as read through the public API.
 #[derive(Debug, Clone, PartialEq)]
 struct Contents {
     entities: Vec<EntitySummary>,
@@ -76,7 +92,7 @@ struct Contents {
 }
 
 impl Contents {
-    /// What a freshly created journal holds (for an empty file opened with `create(true)`).
+    /// What a freshly created journal holds (an empty file opened with `create(true)`).
     fn empty(pids: &[PersistenceId]) -> Contents {
         Contents {
             entities: Vec::new(),
@@ -86,9 +102,32 @@ impl Contents {
             changelog: Vec::new(),
         }
     }
+
+    fn read(r: &JournalReader, pids: &[PersistenceId]) -> Contents {
+        Contents {
+            entities: r.entities(None).unwrap(),
+            highest: pids
+                .iter()
+                .map(|p| (p.clone(), r.highest_seq(p).unwrap()))
+                .collect(),
+            events: pids
+                .iter()
+                .map(|p| (p.clone(), r.all_events(p).unwrap()))
+                .collect(),
+            snapshots: pids
+                .iter()
+                .map(|p| (p.clone(), r.load_snapshot(p, Seq(u64::MAX)).unwrap()))
+                .collect(),
+            changelog: r
+                .changelog(Offset(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap(),
+        }
+    }
 }
 
-/// Builds the original journal; returns its bytes.
+/// Builds the original journal at `path` and closes it; returns its bytes.
 fn build_original(path: &Path) -> Vec<u8> {
     let mut rng = Rng::new(0x5eed);
     let j = Journal::builder()
@@ -100,7 +139,7 @@ fn build_original(path: &Path) -> Vec<u8> {
     let mut appended = 0;
     while appended < EVENTS {
         let i = rng.below(PIDS);
-        let n = 1 + rng.below(3);
+        let n = (1 + rng.below(3)).min(EVENTS - appended);
         let events: Vec<NewEvent> = (0..n)
             .map(|k| {
                 let mut payload = format!("e{i} seq {} ", next[i] + k as u64).into_bytes();
@@ -112,7 +151,7 @@ fn build_original(path: &Path) -> Vec<u8> {
         let ack = j.append_blocking(&pid(i), Seq(next[i]), events).unwrap();
         next[i] = ack.last_seq.0 + 1;
         appended += n;
-        // Snapshots along the way for every third id, some of them superseded later.
+        // Snapshots along the way for every third id, some superseded by later ones.
         if i % 3 == 0 && rng.below(4) == 0 {
             let len = 50 + rng.below(300);
             j.save_snapshot_blocking(&pid(i), ack.last_seq, Manifest::new("S", 1), rng.bytes(len))
@@ -124,7 +163,7 @@ fn build_original(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap()
 }
 
-/// Asserts the fixture covers what the cases are meant to damage.
+/// Asserts the fixture has what the cases are meant to damage.
 fn check_fixture(path: &Path, contents: &Contents) {
     let db = redb::Database::builder().open_read_only(path).unwrap();
     let rtx = db.begin_read().unwrap();
@@ -147,20 +186,28 @@ fn check_fixture(path: &Path, contents: &Contents) {
         "fixture has no chunk rows"
     );
     assert_eq!(contents.entities.len(), PIDS);
-    assert!(contents.changelog.len() >= EVENTS);
+    assert_eq!(contents.changelog.len(), EVENTS);
     assert!(
         contents.snapshots.values().filter(|s| s.is_some()).count() >= 3,
         "fixture has too few snapshots"
     );
 }
 
-/// Outcome of one handle in one case.
-#[derive(Debug)]
+// ---------------------------------------------------------------------------------------------
+// Reading a damaged journal.
+
+/// Outcome of one open of one case.
+#[derive(Debug, Clone)]
 enum Outcome {
     /// Opened and read back exactly the expected data.
     Correct,
-    /// A typed error, at open or at some read (every `Ok` read before it was correct).
-    Typed(String),
+    /// A typed error at open or at some read (`variant`, where, message); every `Ok` read
+    /// before and after it was correct.
+    Typed(String, String),
+    /// An `Ok` read that differs from the expected data.
+    WrongData(String),
+    /// A panic reached the caller.
+    Panic(String),
 }
 
 fn variant(e: &JournalError) -> String {
@@ -171,62 +218,68 @@ fn variant(e: &JournalError) -> String {
         .to_string()
 }
 
-/// Reads everything through `r` and compares with `want`. `Err` is silent wrong data.
-fn read_all(r: &JournalReader, want: &Contents) -> Result<Outcome, String> {
-    let mut first_error: Option<String> = None;
+/// Reads everything through `r` and compares it with `want`.
+fn read_all(r: &JournalReader, want: &Contents) -> Outcome {
+    let mut first_error: Option<(String, String)> = None;
     let mut note = |e: JournalError, what: &str| {
         if first_error.is_none() {
-            first_error = Some(format!("{what}: {} ({e})", variant(&e)));
+            first_error = Some((variant(&e), format!("{what}: {e}")));
         }
     };
     let mut pids: Vec<PersistenceId> = want.events.keys().cloned().collect();
     match r.entities(None) {
-        Ok(list) => {
-            if list != want.entities {
-                return Err(format!(
-                    "entities(None) differs: got {} entries {:?}..., want {}",
-                    list.len(),
-                    list.first(),
-                    want.entities.len()
-                ));
-            }
+        Ok(list) if list == want.entities => {
             for s in list {
                 if !pids.contains(&s.persistence_id) {
                     pids.push(s.persistence_id);
                 }
             }
         }
+        Ok(list) => {
+            let diff = list
+                .iter()
+                .zip(&want.entities)
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("first difference: got {a:?}, want {b:?}"))
+                .unwrap_or_default();
+            return Outcome::WrongData(format!(
+                "entities(None): {} entries, want {}; {diff}",
+                list.len(),
+                want.entities.len()
+            ));
+        }
         Err(e) => note(e, "entities"),
     }
     for p in &pids {
+        let want_highest = want.highest.get(p).copied().unwrap_or_default();
         match r.highest_seq(p) {
-            Ok(s) if Some(&s) == want.highest.get(p) => {}
+            Ok(s) if s == want_highest => {}
             Ok(s) => {
-                return Err(format!(
-                    "highest_seq({p}) = {s}, want {:?}",
-                    want.highest.get(p)
-                ))
+                return Outcome::WrongData(format!("highest_seq({p}) = {s}, want {want_highest}"))
             }
             Err(e) => note(e, "highest_seq"),
         }
+        let want_events = want.events.get(p).cloned().unwrap_or_default();
         match r.all_events(p) {
-            Ok(evs) if Some(&evs) == want.events.get(p) => {}
+            Ok(evs) if evs == want_events => {}
             Ok(evs) => {
-                return Err(format!(
-                    "all_events({p}): {} events, want {:?}",
+                return Outcome::WrongData(format!(
+                    "all_events({p}): {} events (seqs {:?}), want {}",
                     evs.len(),
-                    want.events.get(p).map(Vec::len)
+                    evs.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+                    want_events.len()
                 ))
             }
             Err(e) => note(e, "all_events"),
         }
+        let want_snapshot = want.snapshots.get(p).cloned().unwrap_or_default();
         match r.load_snapshot(p, Seq(u64::MAX)) {
-            Ok(s) if Some(&s) == want.snapshots.get(p) => {}
+            Ok(s) if s == want_snapshot => {}
             Ok(s) => {
-                return Err(format!(
-                    "load_snapshot({p}): got seq {:?}, want {:?}",
+                return Outcome::WrongData(format!(
+                    "load_snapshot({p}): seq {:?}, want {:?}",
                     s.map(|s| s.seq),
-                    want.snapshots.get(p).map(|s| s.as_ref().map(|s| s.seq))
+                    want_snapshot.map(|s| s.seq)
                 ))
             }
             Err(e) => note(e, "load_snapshot"),
@@ -235,29 +288,30 @@ fn read_all(r: &JournalReader, want: &Contents) -> Result<Outcome, String> {
     match r.changelog(Offset(1)) {
         Ok(iter) => {
             let mut n = 0;
+            let mut ended_with_error = false;
             for item in iter {
                 match item {
+                    Ok(rec) if want.changelog.get(n) == Some(&rec) => n += 1,
                     Ok(rec) => {
-                        if want.changelog.get(n) != Some(&rec) {
-                            return Err(format!(
-                                "changelog item {n}: got {} seq {} offset {}, want {:?}",
-                                rec.persistence_id,
-                                rec.seq,
-                                rec.offset,
-                                want.changelog.get(n).map(|w| (w.seq, w.offset))
-                            ));
-                        }
-                        n += 1;
+                        return Outcome::WrongData(format!(
+                            "changelog item {n}: got {} seq {} offset {}, want {:?}",
+                            rec.persistence_id,
+                            rec.seq,
+                            rec.offset,
+                            want.changelog
+                                .get(n)
+                                .map(|w| format!("{} seq {} offset {}", w.persistence_id, w.seq, w.offset))
+                        ))
                     }
                     Err(e) => {
                         note(e, "changelog item");
-                        n = usize::MAX;
+                        ended_with_error = true;
                         break;
                     }
                 }
             }
-            if n != usize::MAX && n != want.changelog.len() {
-                return Err(format!(
+            if !ended_with_error && n != want.changelog.len() {
+                return Outcome::WrongData(format!(
                     "changelog ended after {n} of {} events without an error",
                     want.changelog.len()
                 ));
@@ -265,34 +319,57 @@ fn read_all(r: &JournalReader, want: &Contents) -> Result<Outcome, String> {
         }
         Err(e) => note(e, "changelog"),
     }
-    Ok(match first_error {
-        Some(e) => Outcome::Typed(e),
+    match first_error {
+        Some((v, e)) => Outcome::Typed(v, e),
         None => Outcome::Correct,
-    })
-}
-
-fn read_contents(r: &JournalReader, pids: &[PersistenceId]) -> Contents {
-    Contents {
-        entities: r.entities(None).unwrap(),
-        highest: pids
-            .iter()
-            .map(|p| (p.clone(), r.highest_seq(p).unwrap()))
-            .collect(),
-        events: pids
-            .iter()
-            .map(|p| (p.clone(), r.all_events(p).unwrap()))
-            .collect(),
-        snapshots: pids
-            .iter()
-            .map(|p| (p.clone(), r.load_snapshot(p, Seq(u64::MAX)).unwrap()))
-            .collect(),
-        changelog: r
-            .changelog(Offset(1))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap(),
     }
 }
+
+/// How a case's file is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Handle {
+    /// `Journal::open` (or the builder with `create(false)` when the case asks).
+    Writable,
+    /// `JournalReader::open_read_only`.
+    ReadOnly,
+    /// The builder with `verify_on_open(true)`: redb checks every page checksum on open.
+    WritableVerified,
+}
+
+const HANDLES: [Handle; 3] = [Handle::Writable, Handle::ReadOnly, Handle::WritableVerified];
+
+fn open_and_read(handle: Handle, path: &Path, create: bool, want: &Contents) -> Outcome {
+    let opened = |e: JournalError| Outcome::Typed(variant(&e), format!("open: {e}"));
+    match handle {
+        Handle::ReadOnly => match JournalReader::open_read_only(path) {
+            Ok(r) => read_all(&r, want),
+            Err(e) => opened(e),
+        },
+        Handle::Writable | Handle::WritableVerified => {
+            let builder = Journal::builder()
+                .create(create)
+                .verify_on_open(handle == Handle::WritableVerified);
+            match builder.open(path) {
+                Ok(j) => {
+                    let outcome = read_all(&j, want);
+                    drop(j); // joins the writer thread: a hang here is caught by the deadline
+                    outcome
+                }
+                Err(e) => opened(e),
+            }
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases.
 
 /// What is put at the journal's path.
 #[derive(Clone)]
@@ -303,14 +380,17 @@ enum Setup {
 }
 
 /// What a case may legitimately read back.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
-    /// The original data (or a typed error).
+    /// The original data, or a typed error.
     Original,
-    /// A freshly created, empty journal (or a typed error): only writable opens with `create`.
-    FreshWhenWritable,
-    /// Nothing there is a journal: any successful open is wrong.
-    ErrorOnly,
+    /// Writable opens (which create) may find a fresh empty journal; read-only: `NotAJournal`.
+    EmptyFile,
+    /// Not a journal: every open fails with `NotAJournal` (documented for missing, empty and
+    /// foreign files and directories).
+    NotAJournal,
+    /// Not a journal: every open fails with a typed error.
+    AnyError,
 }
 
 struct Case {
@@ -320,163 +400,20 @@ struct Case {
     create: bool,
 }
 
-fn open_writable_and_read(path: &Path, create: bool, want: &Contents) -> Result<Outcome, String> {
-    let j = match Journal::builder().create(create).open(path) {
-        Ok(j) => j,
-        Err(e) => return Ok(Outcome::Typed(format!("open: {} ({e})", variant(&e)))),
-    };
-    let r = read_all(&j, want);
-    drop(j); // joins the writer thread: a hang here is caught by the deadline
-    r
-}
-
-fn open_read_only_and_read(path: &Path, want: &Contents) -> Result<Outcome, String> {
-    let r = match JournalReader::open_read_only(path) {
-        Ok(r) => r,
-        Err(e) => return Ok(Outcome::Typed(format!("open: {} ({e})", variant(&e)))),
-    };
-    read_all(&r, want)
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "non-string panic".into())
-}
-
-/// Panics seen by the hook: (thread name, message with location).
-static PANICS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
-
-#[derive(Default)]
-struct Tally {
-    cases: usize,
-    handles: usize,
-    typed: usize,
-    correct: usize,
-    contained_panics: usize,
-    by_error: BTreeMap<String, usize>,
-    failures: Vec<String>,
-}
-
-impl Tally {
-    fn record(
-        &mut self,
-        case: &str,
-        handle: &str,
-        r: std::thread::Result<Result<Outcome, String>>,
-        expect: Expect,
-    ) {
-        self.handles += 1;
-        match r {
-            Err(p) => self.failures.push(format!(
-                "{case} [{handle}]: panic reached the caller: {}",
-                panic_message(&*p)
-            )),
-            Ok(Err(wrong)) => self
-                .failures
-                .push(format!("{case} [{handle}]: silent wrong data: {wrong}")),
-            Ok(Ok(Outcome::Correct)) if expect == Expect::ErrorOnly => self.failures.push(format!(
-                "{case} [{handle}]: opened something that is not a journal"
-            )),
-            Ok(Ok(Outcome::Correct)) => self.correct += 1,
-            Ok(Ok(Outcome::Typed(e))) => {
-                self.typed += 1;
-                let v = e
-                    .split(": ")
-                    .nth(1)
-                    .and_then(|s| s.split(' ').next())
-                    .unwrap_or("?")
-                    .to_string();
-                *self.by_error.entry(v).or_default() += 1;
-            }
-        }
-    }
-}
-
-/// Runs one case on two copies (writable, read-only) in a thread with a deadline.
-fn run_case(
-    root: &Path,
-    index: usize,
-    case: &Case,
-    original: &Arc<Contents>,
-    fresh: &Arc<Contents>,
-    tally: &mut Tally,
-) {
-    tally.cases += 1;
-    let dir = root.join(format!("case-{index}"));
-    fs::create_dir_all(&dir).unwrap();
-    let wpath = dir.join("w.redb");
-    let rpath = dir.join("r.redb");
-    for p in [&wpath, &rpath] {
-        match &case.setup {
-            Setup::Bytes(b) => fs::write(p, b).unwrap(),
-            Setup::Missing => {}
-            Setup::Directory => fs::create_dir(p).unwrap(),
-        }
-    }
-    let want_w = if case.expect == Expect::FreshWhenWritable {
-        fresh.clone()
-    } else {
-        original.clone()
-    };
-    let want_r = original.clone();
-    let create = case.create;
-    let (tx, rx) = mpsc::channel();
-    let (wp, rp) = (wpath.clone(), rpath.clone());
-    std::thread::Builder::new()
-        .name(format!("case-{index}"))
-        .spawn(move || {
-            let w = catch_unwind(AssertUnwindSafe(|| {
-                open_writable_and_read(&wp, create, &want_w)
-            }));
-            let r = catch_unwind(AssertUnwindSafe(|| open_read_only_and_read(&rp, &want_r)));
-            let _ = tx.send((w, r));
-        })
-        .unwrap();
-    match rx.recv_timeout(CASE_DEADLINE) {
-        Ok((w, r)) => {
-            tally.record(&case.name, "writable", w, case.expect);
-            tally.record(&case.name, "read-only", r, case.expect);
-            let _ = fs::remove_dir_all(&dir);
-        }
-        Err(_) => {
-            tally.handles += 2;
-            tally.failures.push(format!(
-                "{}: no outcome within {CASE_DEADLINE:?} (hang)",
-                case.name
-            ));
-        }
-    }
-    // Panics since the last case: on the writer thread they are failures (nobody catches them);
-    // on the case thread they either reached the caller (already a failure) or were turned into
-    // typed errors by the journal (counted).
-    let panics: Vec<(String, String)> = std::mem::take(&mut *PANICS.lock().unwrap());
-    for (thread, msg) in panics {
-        if thread.starts_with("case-") {
-            tally.contained_panics += 1;
-        } else {
-            tally
-                .failures
-                .push(format!("{}: panic on thread {thread}: {msg}", case.name));
-        }
-    }
-}
-
 fn cases(orig: &[u8], rng: &mut Rng) -> Vec<Case> {
     let len = orig.len();
     let mut out = Vec::new();
-    let bytes_case = |name: String, b: Vec<u8>| Case {
+    let damaged = |name: String, b: Vec<u8>| Case {
         name,
         setup: Setup::Bytes(b),
         expect: Expect::Original,
         create: true,
     };
-    // Every 97th byte flipped, across the whole file.
+    // A flipped byte every 97 bytes, across the whole file.
     for pos in (0..len).step_by(97) {
         let mut b = orig.to_vec();
         b[pos] ^= 0xFF;
-        out.push(bytes_case(format!("flip byte {pos}"), b));
+        out.push(damaged(format!("flip byte {pos}"), b));
     }
     // Random positions, random masks.
     for _ in 0..300 {
@@ -484,21 +421,18 @@ fn cases(orig: &[u8], rng: &mut Rng) -> Vec<Case> {
         let mask = 1 + rng.below(255) as u8;
         let mut b = orig.to_vec();
         b[pos] ^= mask;
-        out.push(bytes_case(format!("xor byte {pos} with {mask:#04x}"), b));
+        out.push(damaged(format!("xor byte {pos} with {mask:#04x}"), b));
     }
     // Random bit flips over a range.
     for _ in 0..60 {
         let span = 1 + rng.below(4 * PAGE);
-        let start = rng.below(len - span.min(len - 1));
+        let start = rng.below(len - span);
         let flips = 1 + rng.below(32);
         let mut b = orig.to_vec();
         for _ in 0..flips {
-            let pos = start + rng.below(span);
-            if pos < len {
-                b[pos] ^= 1 << rng.below(8);
-            }
+            b[start + rng.below(span)] ^= 1 << rng.below(8);
         }
-        out.push(bytes_case(
+        out.push(damaged(
             format!("{flips} bit flips in {start}..{}", start + span),
             b,
         ));
@@ -507,9 +441,9 @@ fn cases(orig: &[u8], rng: &mut Rng) -> Vec<Case> {
     let mut cuts = vec![0, 1, PAGE - 1, PAGE, len / 2, len - 1];
     cuts.extend((0..20).map(|_| rng.below(len)));
     for cut in cuts {
-        let mut c = bytes_case(format!("truncated to {cut} of {len}"), orig[..cut].to_vec());
+        let mut c = damaged(format!("truncated to {cut} of {len}"), orig[..cut].to_vec());
         if cut == 0 {
-            c.expect = Expect::FreshWhenWritable;
+            c.expect = Expect::EmptyFile;
         }
         out.push(c);
     }
@@ -518,150 +452,342 @@ fn cases(orig: &[u8], rng: &mut Rng) -> Vec<Case> {
     for p in 0..pages {
         let mut b = orig.to_vec();
         b[p * PAGE..(p + 1) * PAGE].fill(0);
-        out.push(bytes_case(format!("page {p} zeroed"), b));
+        out.push(damaged(format!("page {p} zeroed"), b));
     }
-    // A page copied over another: neighbours, and random pairs.
+    // A page copied over another: each page over its successor, and random pairs.
     let mut pairs: Vec<(usize, usize)> = (0..pages.saturating_sub(1)).map(|p| (p, p + 1)).collect();
     pairs.extend((0..40).map(|_| (rng.below(pages), rng.below(pages))));
     for (src, dst) in pairs.into_iter().filter(|(s, d)| s != d) {
         let mut b = orig.to_vec();
         b.copy_within(src * PAGE..(src + 1) * PAGE, dst * PAGE);
-        out.push(bytes_case(format!("page {src} copied over page {dst}"), b));
+        out.push(damaged(format!("page {src} copied over page {dst}"), b));
     }
     // Trailing garbage.
     for n in [1, 17, PAGE, 10_000] {
         let mut b = orig.to_vec();
         b.extend(rng.bytes(n));
-        out.push(bytes_case(format!("{n} random bytes appended"), b));
+        out.push(damaged(format!("{n} random bytes appended"), b));
     }
     let mut b = orig.to_vec();
     b.extend(vec![0u8; 3 * PAGE]);
-    out.push(bytes_case("3 zero pages appended".into(), b));
+    out.push(damaged("3 zero pages appended".into(), b));
     // Foreign and degenerate files.
-    out.push(Case {
-        name: "empty file".into(),
-        setup: Setup::Bytes(Vec::new()),
-        expect: Expect::FreshWhenWritable,
-        create: true,
-    });
-    out.push(Case {
-        name: "empty file, create(false)".into(),
-        setup: Setup::Bytes(Vec::new()),
-        expect: Expect::ErrorOnly,
-        create: false,
-    });
+    let other = |name: &str, setup: Setup, expect: Expect, create: bool| Case {
+        name: name.into(),
+        setup,
+        expect,
+        create,
+    };
+    out.push(other("empty file", Setup::Bytes(Vec::new()), Expect::EmptyFile, true));
+    out.push(other(
+        "empty file, create(false)",
+        Setup::Bytes(Vec::new()),
+        Expect::NotAJournal,
+        false,
+    ));
     let text: String = (0..5000)
         .map(|_| (b' ' + rng.below(95) as u8) as char)
         .collect();
-    out.push(Case {
-        name: "random text".into(),
-        setup: Setup::Bytes(text.into_bytes()),
-        expect: Expect::ErrorOnly,
-        create: true,
-    });
+    out.push(other(
+        "random text",
+        Setup::Bytes(text.into_bytes()),
+        Expect::NotAJournal,
+        true,
+    ));
     for n in [16, PAGE, 5 * PAGE] {
         let mut b = orig[..9].to_vec(); // the redb magic number
         b.extend(rng.bytes(n));
-        out.push(Case {
-            name: format!("redb magic + {n} random bytes"),
-            setup: Setup::Bytes(b),
-            expect: Expect::ErrorOnly,
-            create: true,
-        });
+        out.push(other(
+            &format!("redb magic + {n} random bytes"),
+            Setup::Bytes(b),
+            Expect::AnyError,
+            true,
+        ));
     }
-    out.push(Case {
-        name: "random file of original length".into(),
-        setup: Setup::Bytes(rng.bytes(len)),
-        expect: Expect::ErrorOnly,
-        create: true,
-    });
-    out.push(Case {
-        name: "directory at the path".into(),
-        setup: Setup::Directory,
-        expect: Expect::ErrorOnly,
-        create: true,
-    });
-    out.push(Case {
-        name: "missing file, create(false)".into(),
-        setup: Setup::Missing,
-        expect: Expect::ErrorOnly,
-        create: false,
-    });
+    out.push(other(
+        "random bytes, original length",
+        Setup::Bytes(rng.bytes(len)),
+        Expect::NotAJournal,
+        true,
+    ));
+    out.push(other("directory at the path", Setup::Directory, Expect::NotAJournal, true));
+    out.push(other(
+        "missing file, create(false)",
+        Setup::Missing,
+        Expect::NotAJournal,
+        false,
+    ));
     out
 }
 
-#[test]
-fn corrupt_inputs_give_typed_errors_or_correct_data() {
-    let started = Instant::now();
-    let root = tempfile::tempdir().unwrap();
-    let original_path = root.path().join("original.redb");
-    let orig = build_original(&original_path);
-    let pids: Vec<PersistenceId> = (0..PIDS).map(pid).collect();
-    let contents = {
-        let copy = root.path().join("reference.redb");
-        fs::write(&copy, &orig).unwrap();
-        let r = JournalReader::open_read_only(&copy).unwrap();
-        read_contents(&r, &pids)
+// ---------------------------------------------------------------------------------------------
+// Running the cases once.
+
+/// Panics seen by the hook while cases run: (thread name, message with location).
+static PANICS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+fn take_panics() -> Vec<(String, String)> {
+    std::mem::take(&mut *PANICS.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+struct CaseResult {
+    name: String,
+    expect: Expect,
+    /// One outcome per handle; empty if the case hung.
+    outcomes: Vec<(Handle, Outcome)>,
+    hung: bool,
+    /// Panics on threads other than the case thread (the journal's writer thread).
+    stray_panics: Vec<String>,
+    /// Panics on the case thread that the journal turned into typed errors.
+    contained_panics: usize,
+}
+
+struct Run {
+    results: Vec<CaseResult>,
+}
+
+fn run_case(root: &Path, index: usize, case: &Case, original: &Arc<Contents>, fresh: &Arc<Contents>) -> CaseResult {
+    let dir = root.join(format!("case-{index}"));
+    fs::create_dir_all(&dir).unwrap();
+    let mut paths = Vec::new();
+    for h in HANDLES {
+        let p = dir.join(format!("{h:?}.redb"));
+        match &case.setup {
+            Setup::Bytes(b) => fs::write(&p, b).unwrap(),
+            Setup::Missing => {}
+            Setup::Directory => fs::create_dir(&p).unwrap(),
+        }
+        paths.push((h, p));
+    }
+    let (original, fresh) = (original.clone(), fresh.clone());
+    let (create, expect) = (case.create, case.expect);
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("case-{index}"))
+        .spawn(move || {
+            let mut outcomes = Vec::new();
+            for (h, p) in paths {
+                let want = match (expect, h) {
+                    (Expect::EmptyFile, Handle::Writable | Handle::WritableVerified) => &fresh,
+                    _ => &original,
+                };
+                let outcome = catch_unwind(AssertUnwindSafe(|| open_and_read(h, &p, create, want)))
+                    .unwrap_or_else(|p| Outcome::Panic(panic_message(&*p)));
+                outcomes.push((h, outcome));
+            }
+            let _ = tx.send(outcomes);
+        })
+        .unwrap();
+    let (outcomes, hung) = match rx.recv_timeout(CASE_DEADLINE) {
+        Ok(o) => {
+            let _ = fs::remove_dir_all(&dir);
+            (o, false)
+        }
+        Err(_) => (Vec::new(), true),
     };
-    check_fixture(&original_path, &contents);
-    let original = Arc::new(contents);
-    let fresh = Arc::new(Contents::empty(&pids));
-
-    let seed = std::env::var("STATELINE_CORRUPT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0xC0FF_EE);
-    let mut rng = Rng::new(seed);
-    let all = cases(&orig, &mut rng);
-    println!(
-        "corrupt_inputs: {} cases on a {} byte journal ({} events, seed {seed})",
-        all.len(),
-        orig.len(),
-        original.changelog.len()
-    );
-
-    let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|info| {
-        let thread = std::thread::current()
-            .name()
-            .unwrap_or("unnamed")
-            .to_string();
-        PANICS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((thread, info.to_string()));
-    }));
-    let mut tally = Tally::default();
-    let mut slowest = (Duration::ZERO, String::new());
-    for (i, case) in all.iter().enumerate() {
-        let t = Instant::now();
-        run_case(root.path(), i, case, &original, &fresh, &mut tally);
-        if t.elapsed() > slowest.0 {
-            slowest = (t.elapsed(), case.name.clone());
+    let case_thread = format!("case-{index}");
+    let mut stray_panics = Vec::new();
+    let mut on_case_thread = 0usize;
+    for (thread, msg) in take_panics() {
+        if thread == case_thread {
+            on_case_thread += 1;
+        } else {
+            stray_panics.push(format!("thread {thread}: {msg}"));
         }
     }
-    std::panic::set_hook(previous_hook);
-
-    println!(
-        "corrupt_inputs: {} cases, {} opens: {} typed errors, {} correct results, \
-         {} engine panics contained as typed errors, {} failures; slowest case {:?} ({}); {:?}",
-        tally.cases,
-        tally.handles,
-        tally.typed,
-        tally.correct,
-        tally.contained_panics,
-        tally.failures.len(),
-        slowest.0,
-        slowest.1,
-        started.elapsed()
-    );
-    println!("typed errors by variant: {:?}", tally.by_error);
-    for f in tally.failures.iter().take(50) {
-        println!("FAILURE {f}");
+    let escaped = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Panic(_)))
+        .count();
+    CaseResult {
+        name: case.name.clone(),
+        expect: case.expect,
+        outcomes,
+        hung,
+        stray_panics,
+        contained_panics: on_case_thread.saturating_sub(escaped),
     }
-    assert!(
-        tally.failures.is_empty(),
-        "{} failures (see above)",
-        tally.failures.len()
-    );
+}
+
+fn run() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let started = Instant::now();
+        let root = tempfile::tempdir().unwrap();
+        let original_path = root.path().join("original.redb");
+        let orig = build_original(&original_path);
+        let pids: Vec<PersistenceId> = (0..PIDS).map(pid).collect();
+        let contents = {
+            let copy = root.path().join("reference.redb");
+            fs::write(&copy, &orig).unwrap();
+            Contents::read(&JournalReader::open_read_only(&copy).unwrap(), &pids)
+        };
+        check_fixture(&original_path, &contents);
+        let original = Arc::new(contents);
+        let fresh = Arc::new(Contents::empty(&pids));
+        let seed = std::env::var("STATELINE_CORRUPT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x00C0_FFEE);
+        let only = std::env::var("STATELINE_CORRUPT_CASE").ok();
+        let all: Vec<Case> = cases(&orig, &mut Rng::new(seed))
+            .into_iter()
+            .filter(|c| only.as_ref().is_none_or(|o| c.name.contains(o.as_str())))
+            .collect();
+        println!(
+            "corrupt_inputs: {} cases on a {} byte journal ({} events, {} pages), seed {seed}",
+            all.len(),
+            orig.len(),
+            original.changelog.len(),
+            orig.len() / PAGE
+        );
+        let previous_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|info| {
+            let thread = std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_string();
+            PANICS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((thread, info.to_string()));
+        }));
+        let mut results = Vec::new();
+        for (i, case) in all.iter().enumerate() {
+            let r = run_case(root.path(), i, case, &original, &fresh);
+            if only.is_some() {
+                println!("{}: hung={} {:?}", r.name, r.hung, r.outcomes);
+            }
+            results.push(r);
+        }
+        std::panic::set_hook(previous_hook);
+        let run = Run { results };
+        run.summary(started.elapsed());
+        run
+    })
+}
+
+impl Run {
+    fn summary(&self, elapsed: Duration) {
+        let mut by_handle: BTreeMap<Handle, BTreeMap<String, usize>> = BTreeMap::new();
+        for r in &self.results {
+            for (h, o) in &r.outcomes {
+                let key = match o {
+                    Outcome::Correct => "correct".to_string(),
+                    Outcome::Typed(v, _) => format!("typed {v}"),
+                    Outcome::WrongData(_) => "WRONG DATA".to_string(),
+                    Outcome::Panic(_) => "PANIC".to_string(),
+                };
+                *by_handle.entry(*h).or_default().entry(key).or_default() += 1;
+            }
+        }
+        let opens: usize = self.results.iter().map(|r| r.outcomes.len()).sum();
+        let typed = self.count(|_, o| matches!(o, Outcome::Typed(..)));
+        let correct = self.count(|_, o| matches!(o, Outcome::Correct));
+        println!(
+            "corrupt_inputs: {} cases, {opens} opens: {typed} typed errors, {correct} correct \
+             results; {} hangs; {} engine panics contained as typed errors; {elapsed:?}",
+            self.results.len(),
+            self.results.iter().filter(|r| r.hung).count(),
+            self.results.iter().map(|r| r.contained_panics).sum::<usize>(),
+        );
+        for (h, counts) in by_handle {
+            println!("  {h:?}: {counts:?}");
+        }
+    }
+
+    fn count(&self, f: impl Fn(Handle, &Outcome) -> bool) -> usize {
+        self.results
+            .iter()
+            .flat_map(|r| r.outcomes.iter())
+            .filter(|(h, o)| f(*h, o))
+            .count()
+    }
+
+    /// Failures found by `f` over every case, printed; fails if any.
+    fn assert_none(&self, what: &str, f: impl Fn(&CaseResult) -> Vec<String>) {
+        let failures: Vec<String> = self.results.iter().flat_map(&f).collect();
+        for line in failures.iter().take(40) {
+            println!("{what}: {line}");
+        }
+        if failures.len() > 40 {
+            println!("{what}: ... and {} more", failures.len() - 40);
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases: {what} (see the lines above)",
+            failures.len(),
+            self.results.len()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The properties.
+
+#[test]
+fn damaged_files_never_panic_or_hang() {
+    run().assert_none("panic or hang", |r| {
+        let mut out: Vec<String> = r
+            .outcomes
+            .iter()
+            .filter_map(|(h, o)| match o {
+                Outcome::Panic(m) => Some(format!("{} [{h:?}]: panic reached the caller: {m}", r.name)),
+                _ => None,
+            })
+            .collect();
+        if r.hung {
+            out.push(format!("{}: no outcome within {CASE_DEADLINE:?} (hang)", r.name));
+        }
+        out.extend(r.stray_panics.iter().map(|p| format!("{}: {p}", r.name)));
+        out
+    });
+}
+
+fn wrong_data(r: &CaseResult, handles: &[Handle]) -> Vec<String> {
+    r.outcomes
+        .iter()
+        .filter(|(h, _)| handles.contains(h))
+        .filter_map(|(h, o)| match o {
+            Outcome::WrongData(m) => Some(format!("{} [{h:?}]: silent wrong data: {m}", r.name)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn damaged_files_never_read_back_wrong_data() {
+    run().assert_none("wrong data", |r| {
+        wrong_data(r, &[Handle::Writable, Handle::ReadOnly])
+    });
+}
+
+#[test]
+fn damaged_files_never_read_back_wrong_data_with_verify_on_open() {
+    run().assert_none("wrong data (verify_on_open)", |r| {
+        wrong_data(r, &[Handle::WritableVerified])
+    });
+}
+
+#[test]
+fn foreign_and_degenerate_files_are_refused() {
+    run().assert_none("not refused", |r| {
+        r.outcomes
+            .iter()
+            .filter_map(|(h, o)| {
+                let ok = match (r.expect, h, o) {
+                    (Expect::Original, _, _) => true,
+                    (Expect::EmptyFile, Handle::Writable | Handle::WritableVerified, o) => {
+                        matches!(o, Outcome::Correct)
+                    }
+                    (Expect::EmptyFile | Expect::NotAJournal, _, Outcome::Typed(v, _)) => {
+                        v == "NotAJournal"
+                    }
+                    (Expect::AnyError, _, Outcome::Typed(..)) => true,
+                    _ => false,
+                };
+                (!ok).then(|| format!("{} [{h:?}]: expected {:?}, got {o:?}", r.name, r.expect))
+            })
+            .collect()
+    });
 }
