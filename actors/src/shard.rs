@@ -74,6 +74,9 @@ struct Slot<S: EventSourced> {
     tick: u64,
     last_used: Instant,
     state_bytes: u64,
+    key_group: u32,
+    /// Being handed off or shut down: passivate as soon as idle, then forget.
+    draining: bool,
 }
 
 /// Deliver a command to an entity of the shard.
@@ -107,6 +110,25 @@ pub struct Shard<S: EventSourced> {
     queued: Arc<AtomicUsize>,
     stats: ShardStats,
     stopping: Vec<oneshot::Sender<()>>,
+    releases: Vec<PendingRelease>,
+    key_groups: u32,
+}
+
+/// A handoff in progress: the entities of some key groups still to drain.
+struct PendingRelease {
+    remaining: std::collections::HashSet<String>,
+    done: oneshot::Sender<ReleaseReport>,
+    started: Instant,
+    entities: usize,
+}
+
+/// What a shard did to release key groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReleaseReport {
+    /// Entities that were live or had queued commands, drained and stopped.
+    pub entities: usize,
+    /// Time from the request until the last of them stopped.
+    pub elapsed: Duration,
 }
 
 impl<S: EventSourced> Shard<S> {
@@ -118,7 +140,20 @@ impl<S: EventSourced> Shard<S> {
         journal: Journal,
         config: ShardConfig,
     ) -> Result<ShardRef<S>, stateline_journal::InvalidId> {
+        Self::start_on(&Arbiter::current(), journal, config)
+    }
+
+    /// Starts a shard actor on `arbiter` (a thread of its own) and returns its handle.
+    ///
+    /// # Errors
+    /// [`stateline_journal::InvalidId`] if `S::TYPE_NAME` is not a valid entity type name.
+    pub fn start_on(
+        arbiter: &ArbiterHandle,
+        journal: Journal,
+        config: ShardConfig,
+    ) -> Result<ShardRef<S>, stateline_journal::InvalidId> {
         let entity_type = EntityType::new(S::TYPE_NAME)?;
+        let journal_key_groups = journal.key_groups();
         let queued = Arc::new(AtomicUsize::new(0));
         let capacity = config.max_queued_commands;
         let shard = Shard::<S> {
@@ -133,15 +168,19 @@ impl<S: EventSourced> Shard<S> {
             queued: queued.clone(),
             stats: ShardStats::default(),
             stopping: Vec::new(),
+            releases: Vec::new(),
+            key_groups: journal_key_groups,
         };
         let mailbox = capacity.saturating_mul(2).clamp(1024, 1 << 30);
-        let addr = Shard::create(move |ctx| {
-            // The handle bounds what is queued (max_queued_commands); the actix mailbox must
-            // not refuse below that bound (entities' reports come on top). Set before any
-            // message can arrive.
-            ctx.set_mailbox_capacity(mailbox);
-            shard
+        // The handle bounds what is queued (max_queued_commands); the actix mailbox must not
+        // refuse below that bound (entities' reports come on top). The channel is made with
+        // that capacity before any message can be sent.
+        let (tx, rx) = actix::dev::channel::channel::<Shard<S>>(mailbox);
+        arbiter.spawn_fn(move || {
+            let ctx = Context::with_receiver(rx);
+            actix_rt::spawn(ctx.into_future(shard));
         });
+        let addr = Addr::new(tx);
         Ok(ShardRef {
             addr,
             entity_type,
@@ -249,21 +288,68 @@ impl<S: EventSourced> Shard<S> {
         }
     }
 
-    /// While stopping: passivate every idle entity; stop once none is live.
-    fn continue_stopping(&mut self, ctx: &mut Context<Self>) {
-        if self.stopping.is_empty() {
+    /// Passivates a draining entity once it is idle; forgets it once stopped.
+    fn drain_step(&mut self, id: &str) {
+        let Some(slot) = self.slots.get(id) else {
+            return;
+        };
+        if !slot.draining || slot.busy || slot.passivating || !slot.queue.is_empty() {
             return;
         }
-        let idle: Vec<String> = self
+        if slot.addr.is_some() {
+            self.passivate(id);
+        } else if let Some(slot) = self.slots.remove(id) {
+            self.lru.remove(&slot.tick);
+            self.finish_release(id);
+        }
+    }
+
+    fn finish_release(&mut self, id: &str) {
+        let mut i = 0;
+        while i < self.releases.len() {
+            self.releases[i].remaining.remove(id);
+            if self.releases[i].remaining.is_empty() {
+                let r = self.releases.swap_remove(i);
+                let _ = r.done.send(ReleaseReport {
+                    entities: r.entities,
+                    elapsed: r.started.elapsed(),
+                });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Drains the entities of `key_groups`; `done` fires when none of them is live or queued.
+    fn release(&mut self, key_groups: &[std::ops::Range<u32>], done: oneshot::Sender<ReleaseReport>) {
+        let ids: Vec<String> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty())
+            .filter(|(_, s)| key_groups.iter().any(|r| r.contains(&s.key_group)))
             .map(|(id, _)| id.clone())
             .collect();
-        for id in idle {
-            self.passivate(&id);
+        let release = PendingRelease {
+            remaining: ids.iter().cloned().collect(),
+            done,
+            started: Instant::now(),
+            entities: ids.len(),
+        };
+        if release.remaining.is_empty() {
+            let _ = release.done.send(ReleaseReport::default());
+            return;
         }
-        if self.live == 0 && self.slots.values().all(|s| s.queue.is_empty() && !s.busy) {
+        self.releases.push(release);
+        for id in ids {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.draining = true;
+            }
+            self.drain_step(&id);
+        }
+    }
+
+    /// While stopping: stop once no entity is left.
+    fn continue_stopping(&mut self, ctx: &mut Context<Self>) {
+        if !self.stopping.is_empty() && self.slots.is_empty() {
             for done in self.stopping.drain(..) {
                 let _ = done.send(());
             }
@@ -272,6 +358,10 @@ impl<S: EventSourced> Shard<S> {
     }
 
     fn remove_if_idle(&mut self, id: &str) {
+        if self.slots.get(id).is_some_and(|s| s.draining) {
+            self.drain_step(id);
+            return;
+        }
         let empty = self
             .slots
             .get(id)
@@ -304,6 +394,9 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
             return;
         }
         let id = msg.id.as_str().to_string();
+        let key_group = PersistenceId::new(self.entity_type.clone(), msg.id.clone())
+            .key_group(self.key_groups)
+            .0;
         let slot = self.slots.entry(id.clone()).or_insert_with(|| Slot {
             addr: None,
             incarnation: 0,
@@ -313,7 +406,11 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
             tick: 0,
             last_used: Instant::now(),
             state_bytes: 0,
+            key_group,
+            draining: false,
         });
+        // A command for a draining entity (only possible when used without a region) keeps
+        // it: the drain completes when its queue is empty.
         slot.queue.push_back(Pending {
             command: msg.command,
             reply_to: msg.reply_to,
@@ -397,7 +494,32 @@ impl<S: EventSourced> Handler<Shutdown> for Shard<S> {
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
         self.stopping.push(msg.0);
+        let ids: Vec<String> = self.slots.keys().cloned().collect();
+        for id in ids {
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.draining = true;
+            }
+            self.drain_step(&id);
+        }
         self.continue_stopping(ctx);
+    }
+}
+
+/// Drain and stop the entities of some key groups (handoff).
+pub(crate) struct Release {
+    pub key_groups: Vec<std::ops::Range<u32>>,
+    pub done: oneshot::Sender<ReleaseReport>,
+}
+
+impl Message for Release {
+    type Result = ();
+}
+
+impl<S: EventSourced> Handler<Release> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, _: &mut Context<Self>) {
+        self.release(&msg.key_groups, msg.done);
     }
 }
 
@@ -469,12 +591,41 @@ impl<S: EventSourced> ShardRef<S> {
             });
         }
         let (reply_to, rx) = oneshot::channel();
+        self.deliver(id, command, reply_to, before)?;
+        Ok(rx)
+    }
+
+    /// Enqueues with an existing reply channel (the region's path). The id is validated.
+    pub(crate) fn enqueue_with(
+        &self,
+        id: EntityId,
+        command: S::Command,
+        reply_to: ReplyTo<S>,
+    ) -> Result<(), CommandError<S::Command>> {
+        let before = self.queued.fetch_add(1, Ordering::SeqCst);
+        if before >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(CommandError::Overloaded {
+                command,
+                queued: before,
+            });
+        }
+        self.deliver(id, command, reply_to, before)
+    }
+
+    fn deliver(
+        &self,
+        id: EntityId,
+        command: S::Command,
+        reply_to: ReplyTo<S>,
+        before: usize,
+    ) -> Result<(), CommandError<S::Command>> {
         match self.addr.try_send(Deliver::<S> {
             id,
             command,
             reply_to,
         }) {
-            Ok(()) => Ok(rx),
+            Ok(()) => Ok(()),
             Err(SendError::Full(m)) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 Err(CommandError::Overloaded {
@@ -529,6 +680,13 @@ impl<S: EventSourced> ShardRef<S> {
         if self.addr.try_send(Shutdown(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Drains and stops the entities of `key_groups`; resolves when none is live or queued.
+    pub(crate) async fn release(&self, key_groups: Vec<std::ops::Range<u32>>) -> Option<ReleaseReport> {
+        let (done, rx) = oneshot::channel();
+        self.addr.try_send(Release { key_groups, done }).ok()?;
+        rx.await.ok()
     }
 
     /// Passivates entity `id` now if it is idle (its next command starts it again).
