@@ -8,6 +8,7 @@ mod effect;
 mod entity;
 mod entity_actor;
 mod error;
+mod region;
 mod shard;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -15,4 +16,8 @@ pub mod testkit;
 pub use effect::{Effect, Persist};
 pub use entity::{EventSourced, SnapshotPolicy};
 pub use error::{CommandError, RecoveryError};
-pub use shard::{Shard, ShardConfig, ShardRef, ShardStats};
+pub use region::{
+    layout, KeyGroupInfo, RegionConfig, RegionError, RegionStats, RescaleReport, ShardInfo,
+    ShardRegion,
+};
+pub use shard::{ReleaseReport, Shard, ShardConfig, ShardRef, ShardStats};

@@ -591,35 +591,42 @@ impl<S: EventSourced> ShardRef<S> {
             });
         }
         let (reply_to, rx) = oneshot::channel();
-        self.deliver(id, command, reply_to, before)?;
+        self.deliver(id, command, reply_to, before)
+            .map_err(|(e, _)| e)?;
         Ok(rx)
     }
 
-    /// Enqueues with an existing reply channel (the region's path). The id is validated.
+    /// Enqueues with an existing reply channel (the region's path); a refusal returns the
+    /// channel with the error so the caller can be told. The id is validated.
+    #[allow(clippy::type_complexity)]
     pub(crate) fn enqueue_with(
         &self,
         id: EntityId,
         command: S::Command,
         reply_to: ReplyTo<S>,
-    ) -> Result<(), CommandError<S::Command>> {
+    ) -> Result<(), (CommandError<S::Command>, ReplyTo<S>)> {
         let before = self.queued.fetch_add(1, Ordering::SeqCst);
         if before >= self.capacity {
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(CommandError::Overloaded {
-                command,
-                queued: before,
-            });
+            return Err((
+                CommandError::Overloaded {
+                    command,
+                    queued: before,
+                },
+                reply_to,
+            ));
         }
         self.deliver(id, command, reply_to, before)
     }
 
+    #[allow(clippy::type_complexity)]
     fn deliver(
         &self,
         id: EntityId,
         command: S::Command,
         reply_to: ReplyTo<S>,
         before: usize,
-    ) -> Result<(), CommandError<S::Command>> {
+    ) -> Result<(), (CommandError<S::Command>, ReplyTo<S>)> {
         match self.addr.try_send(Deliver::<S> {
             id,
             command,
@@ -628,14 +635,17 @@ impl<S: EventSourced> ShardRef<S> {
             Ok(()) => Ok(()),
             Err(SendError::Full(m)) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(CommandError::Overloaded {
-                    command: m.command,
-                    queued: before,
-                })
+                Err((
+                    CommandError::Overloaded {
+                        command: m.command,
+                        queued: before,
+                    },
+                    m.reply_to,
+                ))
             }
             Err(SendError::Closed(m)) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(CommandError::ShardStopped { command: m.command })
+                Err((CommandError::ShardStopped { command: m.command }, m.reply_to))
             }
         }
     }
@@ -682,11 +692,15 @@ impl<S: EventSourced> ShardRef<S> {
         }
     }
 
-    /// Drains and stops the entities of `key_groups`; resolves when none is live or queued.
-    pub(crate) async fn release(&self, key_groups: Vec<std::ops::Range<u32>>) -> Option<ReleaseReport> {
+    /// Asks the shard to drain and stop the entities of `key_groups`; the receiver fires when
+    /// none of them is live or queued. `None` if the shard has stopped.
+    pub(crate) fn start_release(
+        &self,
+        key_groups: Vec<std::ops::Range<u32>>,
+    ) -> Option<oneshot::Receiver<ReleaseReport>> {
         let (done, rx) = oneshot::channel();
-        self.addr.try_send(Release { key_groups, done }).ok()?;
-        rx.await.ok()
+        self.addr.do_send(Release { key_groups, done });
+        self.addr.connected().then_some(rx)
     }
 
     /// Passivates entity `id` now if it is idle (its next command starts it again).

@@ -1,0 +1,632 @@
+//! The shard region: the front door. Routes commands by key group to shard actors (each on its
+//! own actix arbiter), and changes the number of shard actors while commands keep flowing
+//! (rescale): moving key groups are buffered, drained on their old owner (entities stopped with
+//! a handoff snapshot), then handed to their new owner with the buffer flushed in arrival order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use actix::Arbiter;
+use stateline_journal::{EntityId, EntityType, Journal, PersistenceId};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::entity::EventSourced;
+use crate::entity_actor::ReplyTo;
+use crate::error::CommandError;
+use crate::shard::{Shard, ShardConfig, ShardRef, ShardStats};
+
+/// Configuration of a shard region, with documented defaults.
+#[derive(Clone, Debug)]
+pub struct RegionConfig {
+    /// Shard actors at start. Default: the number of cores.
+    pub shards: usize,
+    /// Most commands buffered for key groups in handoff, over the whole region; more are
+    /// refused with [`CommandError::Overloaded`], handing the command back. Default 100,000.
+    pub buffer_capacity: usize,
+    /// How long a rescale waits for old owners to drain their moving key groups. Default 30 s.
+    /// On timeout the rescale is aborted: ownership stays where it was, buffered commands go
+    /// to the old owners in arrival order, and [`RegionError::HandoffTimeout`] is returned.
+    pub handoff_timeout: Duration,
+    /// Configuration of every shard actor.
+    pub shard: ShardConfig,
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        Self {
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            buffer_capacity: 100_000,
+            handoff_timeout: Duration::from_secs(30),
+            shard: ShardConfig::default(),
+        }
+    }
+}
+
+/// Errors of region operations (commands have [`CommandError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegionError {
+    /// A region needs at least one shard actor.
+    #[error("shard count must be at least 1")]
+    InvalidShardCount,
+    /// A shard did not drain its moving key groups in time; the rescale was aborted and the
+    /// previous layout stays in force.
+    #[error("handoff timed out after {waited:?}: shard owning {key_groups:?} did not stop its entities")]
+    HandoffTimeout {
+        /// Key groups of the shard that did not finish.
+        key_groups: Range<u32>,
+        /// How long the rescale waited.
+        waited: Duration,
+    },
+    /// The entity type name is invalid.
+    #[error("invalid entity type: {0}")]
+    InvalidType(#[from] stateline_journal::InvalidId),
+    /// The region has stopped.
+    #[error("region has stopped")]
+    Stopped,
+}
+
+/// What a rescale did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RescaleReport {
+    /// Shard actors before.
+    pub from: usize,
+    /// Shard actors after.
+    pub to: usize,
+    /// Key groups that changed owner.
+    pub moved_key_groups: usize,
+    /// Entities drained and stopped on their old owners.
+    pub entities_handed_off: usize,
+    /// Commands buffered while their key groups moved.
+    pub buffered_commands: usize,
+    /// Time from the call until the new layout was in force.
+    pub handoff: Duration,
+}
+
+/// Per shard actor in [`RegionStats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    /// Key groups it owns.
+    pub key_groups: Range<u32>,
+    /// Its counters.
+    pub stats: ShardStats,
+}
+
+/// Per key group in [`RegionStats`]: what the journal holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyGroupInfo {
+    /// The key group.
+    pub key_group: u32,
+    /// Persistence ids stored.
+    pub entities: u64,
+    /// Bytes of their stored events.
+    pub bytes: u64,
+}
+
+/// A snapshot of the region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionStats {
+    /// The shard actors, by key-group range.
+    pub shards: Vec<ShardInfo>,
+    /// Commands buffered for key groups in handoff.
+    pub buffered_commands: usize,
+    /// Key groups with stored entities.
+    pub key_groups: Vec<KeyGroupInfo>,
+    /// Every rescale so far.
+    pub rescales: Vec<RescaleReport>,
+}
+
+struct Buffered<S: EventSourced> {
+    id: EntityId,
+    command: S::Command,
+    reply_to: ReplyTo<S>,
+}
+
+struct ShardSlot<S: EventSourced> {
+    shard: ShardRef<S>,
+    arbiter: Arbiter,
+    range: Range<u32>,
+}
+
+struct Routing<S: EventSourced> {
+    shards: BTreeMap<u64, ShardSlot<S>>,
+    owner: Vec<u64>,
+    moving: HashMap<u32, VecDeque<Buffered<S>>>,
+    next_id: u64,
+    stopped: bool,
+}
+
+struct Inner<S: EventSourced> {
+    journal: Journal,
+    entity_type: EntityType,
+    key_groups: u32,
+    routing: Mutex<Routing<S>>,
+    buffered: AtomicUsize,
+    config: RegionConfig,
+    rescales: tokio::sync::Mutex<Vec<RescaleReport>>,
+}
+
+/// The front door of stateline: routes commands for entities of type `S` by key group to shard
+/// actors, and rescales them at run time. Cheap to clone. Must be started inside an actix
+/// system.
+pub struct ShardRegion<S: EventSourced> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: EventSourced> Clone for ShardRegion<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// `n` contiguous key-group ranges of (nearly) equal size covering `0..key_groups`.
+pub fn layout(key_groups: u32, n: usize) -> Vec<Range<u32>> {
+    let n = n.max(1) as u64;
+    let k = u64::from(key_groups);
+    (0..n)
+        .map(|i| ((i * k / n) as u32)..(((i + 1) * k / n) as u32))
+        .collect()
+}
+
+fn overlap(a: &Range<u32>, b: &Range<u32>) -> u32 {
+    a.end.min(b.end).saturating_sub(a.start.max(b.start))
+}
+
+/// Merges sorted key groups into ranges.
+fn ranges_of(mut kgs: Vec<u32>) -> Vec<Range<u32>> {
+    kgs.sort_unstable();
+    let mut out: Vec<Range<u32>> = Vec::new();
+    for kg in kgs {
+        match out.last_mut() {
+            Some(r) if r.end == kg => r.end = kg + 1,
+            _ => out.push(kg..kg + 1),
+        }
+    }
+    out
+}
+
+impl<S: EventSourced> ShardRegion<S> {
+    /// Starts a region with `config.shards` shard actors, each on its own arbiter.
+    ///
+    /// # Errors
+    /// [`RegionError::InvalidShardCount`], [`RegionError::InvalidType`].
+    pub fn start(journal: Journal, config: RegionConfig) -> Result<Self, RegionError> {
+        if config.shards == 0 {
+            return Err(RegionError::InvalidShardCount);
+        }
+        let entity_type = EntityType::new(S::TYPE_NAME)?;
+        let key_groups = journal.key_groups();
+        let mut shards = BTreeMap::new();
+        let mut owner = vec![0u64; key_groups as usize];
+        for (i, range) in layout(key_groups, config.shards).into_iter().enumerate() {
+            let arbiter = Arbiter::new();
+            let shard = Shard::<S>::start_on(&arbiter.handle(), journal.clone(), config.shard.clone())?;
+            for kg in range.clone() {
+                owner[kg as usize] = i as u64;
+            }
+            shards.insert(
+                i as u64,
+                ShardSlot {
+                    shard,
+                    arbiter,
+                    range,
+                },
+            );
+        }
+        let next_id = shards.len() as u64;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                journal,
+                entity_type,
+                key_groups,
+                routing: Mutex::new(Routing {
+                    shards,
+                    owner,
+                    moving: HashMap::new(),
+                    next_id,
+                    stopped: false,
+                }),
+                buffered: AtomicUsize::new(0),
+                config,
+                rescales: tokio::sync::Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    fn routing(&self) -> MutexGuard<'_, Routing<S>> {
+        self.inner.routing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The journal behind the region.
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// Number of shard actors in force.
+    pub fn shard_count(&self) -> usize {
+        self.routing().shards.len()
+    }
+
+    /// Routes `command` to entity `id` and returns a receiver of its reply. Refusals are
+    /// immediate and hand the command back.
+    ///
+    /// # Errors
+    /// [`CommandError::InvalidId`] (synchronously, for an invalid id),
+    /// [`CommandError::Overloaded`] (shard queue or handoff buffer full),
+    /// [`CommandError::ShardStopped`] (region stopped).
+    #[allow(clippy::type_complexity)]
+    pub fn enqueue(
+        &self,
+        id: &str,
+        command: S::Command,
+    ) -> Result<
+        oneshot::Receiver<Result<S::Reply, CommandError<S::Command>>>,
+        CommandError<S::Command>,
+    > {
+        let eid = match EntityId::new(id) {
+            Ok(e) => e,
+            Err(error) => return Err(CommandError::InvalidId { command, error }),
+        };
+        let kg = PersistenceId::new(self.inner.entity_type.clone(), eid.clone())
+            .key_group(self.inner.key_groups)
+            .0;
+        let (reply_to, rx) = oneshot::channel();
+        let mut r = self.routing();
+        if r.stopped {
+            return Err(CommandError::ShardStopped { command });
+        }
+        if let Some(buf) = r.moving.get_mut(&kg) {
+            let n = self.inner.buffered.load(Ordering::SeqCst);
+            if n >= self.inner.config.buffer_capacity {
+                return Err(CommandError::Overloaded { command, queued: n });
+            }
+            buf.push_back(Buffered {
+                id: eid,
+                command,
+                reply_to,
+            });
+            self.inner.buffered.fetch_add(1, Ordering::SeqCst);
+            return Ok(rx);
+        }
+        let owner = r.owner[kg as usize];
+        match r.shards.get(&owner) {
+            Some(slot) => slot
+                .shard
+                .enqueue_with(eid, command, reply_to)
+                .map_err(|(e, _)| e)?,
+            None => return Err(CommandError::ShardStopped { command }),
+        }
+        Ok(rx)
+    }
+
+    /// Sends `command` to entity `id` and waits for its reply.
+    ///
+    /// # Errors
+    /// Every [`CommandError`]; refusals hand the command back.
+    pub async fn send(
+        &self,
+        id: &str,
+        command: S::Command,
+    ) -> Result<S::Reply, CommandError<S::Command>> {
+        let rx = self.enqueue(id, command)?;
+        rx.await.unwrap_or(Err(CommandError::EntityStopped))
+    }
+
+    /// Sends `command` without waiting for its reply (fire and forget); it is still applied
+    /// exactly once.
+    ///
+    /// # Errors
+    /// The immediate refusals of [`Self::enqueue`].
+    pub fn tell(&self, id: &str, command: S::Command) -> Result<(), CommandError<S::Command>> {
+        self.enqueue(id, command).map(drop)
+    }
+
+    /// Changes the number of shard actors to `shards` while commands keep flowing; resolves
+    /// when the new layout is in force. Only key groups whose owner changes move (growing 4 → 8
+    /// moves half of them, the minimum). Concurrent calls are serialized; rescaling to the
+    /// current size is a no-op.
+    ///
+    /// # Errors
+    /// [`RegionError::InvalidShardCount`]; [`RegionError::HandoffTimeout`] (the rescale was
+    /// aborted, the old layout stays); [`RegionError::Stopped`].
+    pub async fn rescale(&self, shards: usize) -> Result<RescaleReport, RegionError> {
+        if shards == 0 {
+            return Err(RegionError::InvalidShardCount);
+        }
+        let mut history = self.inner.rescales.lock().await;
+        let started = Instant::now();
+        let k = self.inner.key_groups;
+        let ranges = layout(k, shards);
+
+        // Plan: reuse the old shard with the largest overlap for each new range.
+        let (from, old_ranges) = {
+            let r = self.routing();
+            if r.stopped {
+                return Err(RegionError::Stopped);
+            }
+            let old: Vec<(u64, Range<u32>)> =
+                r.shards.iter().map(|(id, s)| (*id, s.range.clone())).collect();
+            (r.shards.len(), old)
+        };
+        if from == shards {
+            return Ok(RescaleReport {
+                from,
+                to: shards,
+                moved_key_groups: 0,
+                entities_handed_off: 0,
+                buffered_commands: 0,
+                handoff: started.elapsed(),
+            });
+        }
+        let mut used = std::collections::HashSet::new();
+        let mut assignment: Vec<Option<u64>> = Vec::with_capacity(ranges.len());
+        for range in &ranges {
+            let best = old_ranges
+                .iter()
+                .filter(|(id, _)| !used.contains(id))
+                .map(|(id, r)| (overlap(r, range), *id))
+                .filter(|(o, _)| *o > 0)
+                .max();
+            if let Some((_, id)) = best {
+                used.insert(id);
+            }
+            assignment.push(best.map(|(_, id)| id));
+        }
+        // Start the new shards before taking the routing lock.
+        let mut fresh = Vec::new();
+        for (i, a) in assignment.iter().enumerate() {
+            if a.is_none() {
+                let arbiter = Arbiter::new();
+                let shard = Shard::<S>::start_on(
+                    &arbiter.handle(),
+                    self.inner.journal.clone(),
+                    self.inner.config.shard.clone(),
+                )?;
+                fresh.push((i, shard, arbiter));
+            }
+        }
+        // Switch the moving key groups to buffering.
+        let mut new_owner = vec![0u64; k as usize];
+        let mut releases: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut new_ids = Vec::new();
+        {
+            let mut r = self.routing();
+            let mut ids = Vec::with_capacity(ranges.len());
+            let mut fresh_iter = fresh.into_iter();
+            for (i, a) in assignment.iter().enumerate() {
+                let id = match a {
+                    Some(id) => *id,
+                    None => {
+                        let Some((_, shard, arbiter)) = fresh_iter.next() else {
+                            return Err(RegionError::Stopped);
+                        };
+                        let id = r.next_id;
+                        r.next_id += 1;
+                        r.shards.insert(
+                            id,
+                            ShardSlot {
+                                shard,
+                                arbiter,
+                                // Owns nothing until the handoff completes.
+                                range: ranges[i].start..ranges[i].start,
+                            },
+                        );
+                        new_ids.push(id);
+                        id
+                    }
+                };
+                ids.push(id);
+            }
+            for (i, range) in ranges.iter().enumerate() {
+                for kg in range.clone() {
+                    new_owner[kg as usize] = ids[i];
+                    let old = r.owner[kg as usize];
+                    if old != ids[i] {
+                        releases.entry(old).or_default().push(kg);
+                        r.moving.insert(kg, VecDeque::new());
+                    }
+                }
+            }
+        }
+        let moved: usize = releases.values().map(Vec::len).sum();
+
+        // Drain the moving key groups on their old owners, all shards at once.
+        let mut waits = Vec::new();
+        {
+            let r = self.routing();
+            for (old, kgs) in &releases {
+                if let Some(slot) = r.shards.get(old) {
+                    let range = slot.range.clone();
+                    waits.push((range, slot.shard.start_release(ranges_of(kgs.clone()))));
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.config.handoff_timeout;
+        let mut handed_off = 0;
+        let mut failed: Option<Range<u32>> = None;
+        for (range, rx) in waits {
+            let outcome = match rx {
+                Some(rx) => tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok),
+                None => None,
+            };
+            match outcome {
+                Some(report) => handed_off += report.entities,
+                None => {
+                    failed.get_or_insert(range);
+                }
+            }
+        }
+
+        // Commit (or abort) under the routing lock, flushing buffers in arrival order.
+        let mut retired = Vec::new();
+        let mut buffered_commands = 0;
+        let abort = failed.is_some();
+        {
+            let mut r = self.routing();
+            let moving: Vec<(u32, VecDeque<Buffered<S>>)> = r.moving.drain().collect();
+            for (kg, buf) in moving {
+                let target = if abort { r.owner[kg as usize] } else { new_owner[kg as usize] };
+                if !abort {
+                    r.owner[kg as usize] = target;
+                }
+                buffered_commands += buf.len();
+                self.inner.buffered.fetch_sub(buf.len(), Ordering::SeqCst);
+                for b in buf {
+                    let result = match r.shards.get(&target) {
+                        Some(slot) => slot.shard.enqueue_with(b.id, b.command, b.reply_to),
+                        None => {
+                            let _ = b.reply_to.send(Err(CommandError::ShardStopped {
+                                command: b.command,
+                            }));
+                            Ok(())
+                        }
+                    };
+                    // A refusal by the new owner goes back to the caller with the command.
+                    if let Err((e, reply_to)) = result {
+                        warn!(error = %e, "buffered command refused after handoff");
+                        let _ = reply_to.send(Err(e));
+                    }
+                }
+            }
+            if abort {
+                for id in &new_ids {
+                    if let Some(slot) = r.shards.remove(id) {
+                        retired.push(slot);
+                    }
+                }
+            } else {
+                let keep: std::collections::HashSet<u64> = new_owner.iter().copied().collect();
+                let ids: Vec<u64> = r.shards.keys().copied().collect();
+                for id in ids {
+                    if !keep.contains(&id) {
+                        if let Some(slot) = r.shards.remove(&id) {
+                            retired.push(slot);
+                        }
+                    }
+                }
+                for (i, range) in ranges.iter().enumerate() {
+                    let id = new_owner[range.start as usize];
+                    if let Some(slot) = r.shards.get_mut(&id) {
+                        slot.range = ranges[i].clone();
+                    }
+                }
+            }
+        }
+        for slot in retired {
+            slot.shard.stop().await;
+            slot.arbiter.stop();
+        }
+        if let Some(key_groups) = failed {
+            let waited = started.elapsed();
+            warn!(?key_groups, ?waited, "handoff timed out; rescale aborted");
+            return Err(RegionError::HandoffTimeout { key_groups, waited });
+        }
+        let report = RescaleReport {
+            from,
+            to: shards,
+            moved_key_groups: moved,
+            entities_handed_off: handed_off,
+            buffered_commands,
+            handoff: started.elapsed(),
+        };
+        info!(
+            from,
+            to = shards,
+            moved_key_groups = moved,
+            entities = handed_off,
+            buffered = buffered_commands,
+            handoff_ms = report.handoff.as_millis() as u64,
+            "rescale complete"
+        );
+        history.push(report.clone());
+        Ok(report)
+    }
+
+    /// Per shard actor its key-group range and counters; per key group what the journal
+    /// holds; commands buffered; the rescale history.
+    ///
+    /// # Errors
+    /// [`RegionError::Stopped`] if a shard stopped; journal read errors are reported as an
+    /// empty key-group list.
+    pub async fn stats(&self) -> Result<RegionStats, RegionError> {
+        let shards: Vec<(Range<u32>, ShardRef<S>)> = self
+            .routing()
+            .shards
+            .values()
+            .map(|s| (s.range.clone(), s.shard.clone()))
+            .collect();
+        let mut infos = Vec::new();
+        for (range, shard) in shards {
+            let stats = shard.stats().await.map_err(|_| RegionError::Stopped)?;
+            infos.push(ShardInfo {
+                key_groups: range,
+                stats,
+            });
+        }
+        infos.sort_by_key(|s| s.key_groups.start);
+        let mut per_kg: BTreeMap<u32, KeyGroupInfo> = BTreeMap::new();
+        if let Ok(entities) = self.inner.journal.entities(None) {
+            for e in entities {
+                if e.persistence_id.entity_type() != &self.inner.entity_type {
+                    continue;
+                }
+                let info = per_kg.entry(e.key_group.0).or_insert(KeyGroupInfo {
+                    key_group: e.key_group.0,
+                    entities: 0,
+                    bytes: 0,
+                });
+                info.entities += 1;
+                info.bytes += e.bytes;
+            }
+        }
+        Ok(RegionStats {
+            shards: infos,
+            buffered_commands: self.inner.buffered.load(Ordering::SeqCst),
+            key_groups: per_kg.into_values().collect(),
+            rescales: self.inner.rescales.lock().await.clone(),
+        })
+    }
+
+    /// Stops the region: queued commands are processed, every entity is passivated, later
+    /// commands are refused with [`CommandError::ShardStopped`]. Resolves when every shard has
+    /// stopped.
+    pub async fn stop(&self) {
+        let _serialized = self.inner.rescales.lock().await;
+        let slots: Vec<ShardSlot<S>> = {
+            let mut r = self.routing();
+            r.stopped = true;
+            std::mem::take(&mut r.shards).into_values().collect()
+        };
+        for slot in slots {
+            slot.shard.stop().await;
+            slot.arbiter.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_covers_every_key_group_once() {
+        for n in 1..=9 {
+            let l = layout(1024, n);
+            assert_eq!(l.len(), n);
+            assert_eq!(l[0].start, 0);
+            assert_eq!(l[n - 1].end, 1024);
+            assert!(l.windows(2).all(|w| w[0].end == w[1].start));
+        }
+    }
+
+    #[test]
+    fn ranges_merge_contiguous_key_groups() {
+        assert_eq!(ranges_of(vec![5, 1, 2, 3, 7]), vec![1..4, 5..6, 7..8]);
+    }
+}
