@@ -55,7 +55,9 @@ pub enum RegionError {
     InvalidShardCount,
     /// A shard did not drain its moving key groups in time; the rescale was aborted and the
     /// previous layout stays in force.
-    #[error("handoff timed out after {waited:?}: shard owning {key_groups:?} did not stop its entities")]
+    #[error(
+        "handoff timed out after {waited:?}: shard owning {key_groups:?} did not stop its entities"
+    )]
     HandoffTimeout {
         /// Key groups of the shard that did not finish.
         key_groups: Range<u32>,
@@ -165,6 +167,16 @@ impl<S: EventSourced> Clone for ShardRegion<S> {
     }
 }
 
+/// Stops an arbiter and waits for its thread, so that everything it hosted (and the journal
+/// handles they held) is dropped when this returns. The shard on it has already stopped, so
+/// the wait is short.
+fn retire(arbiter: Arbiter) {
+    arbiter.stop();
+    if arbiter.join().is_err() {
+        warn!("a shard arbiter thread panicked");
+    }
+}
+
 /// `n` contiguous key-group ranges of (nearly) equal size covering `0..key_groups`.
 pub fn layout(key_groups: u32, n: usize) -> Vec<Range<u32>> {
     let n = n.max(1) as u64;
@@ -206,7 +218,8 @@ impl<S: EventSourced> ShardRegion<S> {
         let mut owner = vec![0u64; key_groups as usize];
         for (i, range) in layout(key_groups, config.shards).into_iter().enumerate() {
             let arbiter = Arbiter::new();
-            let shard = Shard::<S>::start_on(&arbiter.handle(), journal.clone(), config.shard.clone())?;
+            let shard =
+                Shard::<S>::start_on(&arbiter.handle(), journal.clone(), config.shard.clone())?;
             for kg in range.clone() {
                 owner[kg as usize] = i as u64;
             }
@@ -350,8 +363,11 @@ impl<S: EventSourced> ShardRegion<S> {
             if r.stopped {
                 return Err(RegionError::Stopped);
             }
-            let old: Vec<(u64, Range<u32>)> =
-                r.shards.iter().map(|(id, s)| (*id, s.range.clone())).collect();
+            let old: Vec<(u64, Range<u32>)> = r
+                .shards
+                .iter()
+                .map(|(id, s)| (*id, s.range.clone()))
+                .collect();
             (r.shards.len(), old)
         };
         if from == shards {
@@ -452,7 +468,10 @@ impl<S: EventSourced> ShardRegion<S> {
         let mut failed: Option<Range<u32>> = None;
         for (range, rx) in waits {
             let outcome = match rx {
-                Some(rx) => tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok),
+                Some(rx) => tokio::time::timeout_at(deadline, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
                 None => None,
             };
             match outcome {
@@ -471,7 +490,11 @@ impl<S: EventSourced> ShardRegion<S> {
             let mut r = self.routing();
             let moving: Vec<(u32, VecDeque<Buffered<S>>)> = r.moving.drain().collect();
             for (kg, buf) in moving {
-                let target = if abort { r.owner[kg as usize] } else { new_owner[kg as usize] };
+                let target = if abort {
+                    r.owner[kg as usize]
+                } else {
+                    new_owner[kg as usize]
+                };
                 if !abort {
                     r.owner[kg as usize] = target;
                 }
@@ -481,9 +504,9 @@ impl<S: EventSourced> ShardRegion<S> {
                     let result = match r.shards.get(&target) {
                         Some(slot) => slot.shard.enqueue_with(b.id, b.command, b.reply_to),
                         None => {
-                            let _ = b.reply_to.send(Err(CommandError::ShardStopped {
-                                command: b.command,
-                            }));
+                            let _ = b
+                                .reply_to
+                                .send(Err(CommandError::ShardStopped { command: b.command }));
                             Ok(())
                         }
                     };
@@ -520,7 +543,7 @@ impl<S: EventSourced> ShardRegion<S> {
         }
         for slot in retired {
             slot.shard.stop().await;
-            slot.arbiter.stop();
+            retire(slot.arbiter);
         }
         if let Some(key_groups) = failed {
             let waited = started.elapsed();
@@ -605,7 +628,7 @@ impl<S: EventSourced> ShardRegion<S> {
         };
         for slot in slots {
             slot.shard.stop().await;
-            slot.arbiter.stop();
+            retire(slot.arbiter);
         }
     }
 }

@@ -321,7 +321,11 @@ impl<S: EventSourced> Shard<S> {
     }
 
     /// Drains the entities of `key_groups`; `done` fires when none of them is live or queued.
-    fn release(&mut self, key_groups: &[std::ops::Range<u32>], done: oneshot::Sender<ReleaseReport>) {
+    fn release(
+        &mut self,
+        key_groups: &[std::ops::Range<u32>],
+        done: oneshot::Sender<ReleaseReport>,
+    ) {
         let ids: Vec<String> = self
             .slots
             .iter()
@@ -645,7 +649,10 @@ impl<S: EventSourced> ShardRef<S> {
             }
             Err(SendError::Closed(m)) => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err((CommandError::ShardStopped { command: m.command }, m.reply_to))
+                Err((
+                    CommandError::ShardStopped { command: m.command },
+                    m.reply_to,
+                ))
             }
         }
     }

@@ -60,7 +60,11 @@ async fn rescale_4_8_2_6_under_load_loses_nothing() {
                     let e = rng(&mut seed) % entities;
                     let n = *next.get(&e).unwrap_or(&1);
                     let amount = (rng(&mut seed) % 10 + 1) as i64;
-                    let cmd = AccountCommand::Tagged { sender: sender as u32, n, amount };
+                    let cmd = AccountCommand::Tagged {
+                        sender: sender as u32,
+                        n,
+                        amount,
+                    };
                     match region.enqueue(&format!("e{e}"), cmd) {
                         Ok(rx) => {
                             next.insert(e, n + 1);
@@ -69,7 +73,9 @@ async fn rescale_4_8_2_6_under_load_loses_nothing() {
                         }
                         Err(CommandError::Overloaded { .. }) => {
                             // Handed back: wait for something to finish, then retry.
-                            let Some((rx, amount)) = window.pop_front() else { continue };
+                            let Some((rx, amount)) = window.pop_front() else {
+                                continue;
+                            };
                             let reply = rx.await.unwrap();
                             assert!(matches!(reply, Ok(Ok(_))), "{reply:?}");
                             accepted.fetch_add(amount, Ordering::SeqCst);
@@ -79,7 +85,10 @@ async fn rescale_4_8_2_6_under_load_loses_nothing() {
                     }
                 } else if let Some((rx, amount)) = window.pop_front() {
                     let reply = rx.await.unwrap();
-                    assert!(matches!(reply, Ok(Ok(_))), "order or delivery broken: {reply:?}");
+                    assert!(
+                        matches!(reply, Ok(Ok(_))),
+                        "order or delivery broken: {reply:?}"
+                    );
                     accepted.fetch_add(amount, Ordering::SeqCst);
                     acked.fetch_add(1, Ordering::SeqCst);
                 }
@@ -107,9 +116,17 @@ async fn rescale_4_8_2_6_under_load_loses_nothing() {
     let mut sum = 0;
     for e in 0..entities {
         let id = format!("e{e}");
-        sum += region.send(&id, AccountCommand::Balance).await.unwrap().unwrap();
+        sum += region
+            .send(&id, AccountCommand::Balance)
+            .await
+            .unwrap()
+            .unwrap();
     }
-    assert_eq!(sum, accepted.load(Ordering::SeqCst), "every accepted increment exactly once");
+    assert_eq!(
+        sum,
+        accepted.load(Ordering::SeqCst),
+        "every accepted increment exactly once"
+    );
     let stats = region.stats().await.unwrap();
     assert_eq!(stats.shards.len(), 6);
     assert_eq!(stats.rescales.len(), 3);
@@ -133,11 +150,18 @@ async fn rescale_to_the_same_size_is_a_no_op() {
         },
     )
     .unwrap();
-    region.send("a", AccountCommand::Deposit { amount: 1 }).await.unwrap().unwrap();
+    region
+        .send("a", AccountCommand::Deposit { amount: 1 })
+        .await
+        .unwrap()
+        .unwrap();
     let r = region.rescale(3).await.unwrap();
     assert_eq!(r.moved_key_groups, 0);
     assert!(region.rescale(0).await.is_err());
-    assert_eq!(region.send("a", AccountCommand::Balance).await.unwrap(), Ok(1));
+    assert_eq!(
+        region.send("a", AccountCommand::Balance).await.unwrap(),
+        Ok(1)
+    );
     assert!(matches!(
         region.send("", AccountCommand::Balance).await,
         Err(CommandError::InvalidId { .. })
@@ -160,7 +184,11 @@ async fn a_full_handoff_buffer_hands_commands_back_and_loses_nothing_else() {
     .unwrap();
     // Many live entities make the old owner's drain take a while.
     for i in 0..2_000 {
-        region.send(&format!("e{i}"), AccountCommand::Deposit { amount: 1 }).await.unwrap().unwrap();
+        region
+            .send(&format!("e{i}"), AccountCommand::Deposit { amount: 1 })
+            .await
+            .unwrap()
+            .unwrap();
     }
     let r2 = region.clone();
     let rescale = actix_rt::spawn(async move { r2.rescale(2).await });
@@ -186,7 +214,11 @@ async fn a_full_handoff_buffer_hands_commands_back_and_loses_nothing_else() {
         expect[i] += 1;
     }
     for (i, want) in expect.iter().enumerate() {
-        let got = region.send(&format!("e{i}"), AccountCommand::Balance).await.unwrap().unwrap();
+        let got = region
+            .send(&format!("e{i}"), AccountCommand::Balance)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, *want, "entity e{i}");
     }
 }
