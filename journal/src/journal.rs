@@ -22,7 +22,7 @@ use crate::ids::{PersistenceId, Seq, KEY_GROUP_HASH};
 use crate::keys;
 use crate::meta::{Header, State, FORMAT_VERSION};
 use crate::read::{Db, JournalReader};
-use crate::record::{AppendAck, Manifest, NewEvent};
+use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
 use crate::tail::Shared;
 use crate::writer::{Request, Writer};
 
@@ -526,6 +526,37 @@ impl Journal {
     pub fn delete_entity_blocking(&self, pid: &PersistenceId) -> Result<()> {
         let pid = pid.clone();
         self.call_blocking(|reply| Request::DeleteEntity { pid, reply })
+    }
+
+    /// Imports a snapshot record as it was (keeping its timestamp); used by `stateline import`.
+    ///
+    /// # Errors
+    /// As [`Self::save_snapshot`].
+    pub fn import_snapshot_blocking(&self, rec: SnapshotRecord) -> Result<()> {
+        self.check_snapshot(&rec.manifest, &rec.payload)?;
+        self.call_blocking(|reply| Request::SaveSnapshot {
+            pid: rec.persistence_id,
+            seq: rec.seq,
+            manifest: rec.manifest,
+            payload: rec.payload,
+            timestamp: rec.timestamp,
+            reply,
+        })
+    }
+
+    /// Starts a persistence id that has no events yet at seq `deleted_to + 1`, as if its first
+    /// `deleted_to` events had been deleted (importing an export taken after retention).
+    ///
+    /// # Errors
+    /// [`JournalError::Conflict`] if the persistence id already has events; I/O errors as
+    /// [`Self::append`].
+    pub fn import_floor_blocking(&self, pid: &PersistenceId, deleted_to: Seq) -> Result<()> {
+        let pid = pid.clone();
+        self.call_blocking(|reply| Request::ImportFloor {
+            pid,
+            deleted_to,
+            reply,
+        })
     }
 
     /// Resolves once everything queued before it is committed, and packing of sealed segments

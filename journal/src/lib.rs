@@ -29,6 +29,7 @@ mod meta;
 mod read;
 mod record;
 mod tail;
+mod verify;
 mod writer;
 
 pub use config::{
@@ -43,4 +44,5 @@ pub use ids::{
 pub use journal::{Journal, SnapshotCriteria};
 pub use meta::FORMAT_VERSION;
 pub use read::{ChangelogIter, EntitySummary, EventIter, JournalInfo, JournalReader};
+pub use verify::{check_file_integrity, compact_file, CompactReport, Problem, VerifyReport};
 pub use record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord, MAX_MANIFEST_LEN};

@@ -209,7 +209,7 @@ impl JournalReader {
         let _ = rx.wait_for(|c| *c >= offset.0).await;
     }
 
-    fn read_txn(&self) -> Result<ReadTransaction> {
+    pub(crate) fn read_txn(&self) -> Result<ReadTransaction> {
         self.db.begin_read()
     }
 

@@ -47,12 +47,32 @@ pub struct NewEvent {
     pub manifest: Manifest,
     /// The encoded event.
     pub payload: Vec<u8>,
+    /// Event id and timestamp to keep (imports); assigned at append when `None`.
+    pub(crate) preset: Option<(Uuid, DateTime<Utc>)>,
 }
 
 impl NewEvent {
     /// An event from an encoded payload.
     pub fn new(manifest: Manifest, payload: Vec<u8>) -> Self {
-        Self { manifest, payload }
+        Self {
+            manifest,
+            payload,
+            preset: None,
+        }
+    }
+
+    /// An event that keeps the id and timestamp it had in another journal (import).
+    pub fn imported(
+        manifest: Manifest,
+        payload: Vec<u8>,
+        event_id: Uuid,
+        timestamp: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            manifest,
+            payload,
+            preset: Some((event_id, timestamp)),
+        }
     }
 
     /// Encodes `value` with rmp-serde (named fields, see `FORMAT.md`) into an event.
@@ -65,7 +85,7 @@ impl NewEvent {
     ) -> Result<Self, crate::CodecError> {
         let payload =
             rmp_serde::to_vec_named(value).map_err(|e| crate::CodecError::Encode(e.to_string()))?;
-        Ok(Self { manifest, payload })
+        Ok(Self::new(manifest, payload))
     }
 }
 

@@ -62,6 +62,11 @@ pub(crate) enum Request {
         pack: bool,
         reply: Reply<()>,
     },
+    ImportFloor {
+        pid: PersistenceId,
+        deleted_to: Seq,
+        reply: Reply<()>,
+    },
 }
 
 impl Request {
@@ -113,6 +118,7 @@ fn fail_request(req: Request, err: impl Fn() -> JournalError) {
         Request::DeleteSnapshots { reply, .. } => drop(reply.send(Err(err()))),
         Request::DeleteEntity { reply, .. } => drop(reply.send(Err(err()))),
         Request::Flush { reply, .. } => drop(reply.send(Err(err()))),
+        Request::ImportFloor { reply, .. } => drop(reply.send(Err(err()))),
     }
 }
 
@@ -370,6 +376,14 @@ impl Writer {
                         self.delete_entity(&pid, &mut entities, &mut chunks, &mut snapshots)?;
                         done.push(Done::Unit(reply, Ok(())));
                     }
+                    Request::ImportFloor {
+                        pid,
+                        deleted_to,
+                        reply,
+                    } => {
+                        let r = self.import_floor(&pid, deleted_to, &mut entities)?;
+                        done.push(Done::Unit(reply, r));
+                    }
                     Request::Flush { pack, reply } => {
                         if pack && self.pack_pending() {
                             self.pack_waiters.push(reply);
@@ -442,22 +456,22 @@ impl Writer {
         let segment =
             segment.ok_or_else(|| JournalError::Io("internal: no open segment".into()))?;
         let now = Utc::now();
-        let micros = now.timestamp_micros();
         let first_offset = self.state.next_offset;
         let n = events.len() as u64;
         let mut encoded = Vec::with_capacity(events.len());
         for (i, e) in events.into_iter().enumerate() {
+            let (event_id, timestamp) = e.preset.unwrap_or_else(|| (Uuid::now_v7(), now));
             let rec = EventRecord {
                 persistence_id: pid.clone(),
                 seq: Seq(current + 1 + i as u64),
                 offset: Offset(first_offset + i as u64),
-                event_id: Uuid::now_v7(),
-                timestamp: now,
+                event_id,
+                timestamp,
                 manifest: e.manifest,
                 payload: e.payload,
             };
             match codec::encode_event(&rec) {
-                Ok(b) => encoded.push((rec.seq.0, rec.offset.0, b)),
+                Ok(b) => encoded.push((rec.seq.0, rec.offset.0, rec.timestamp.timestamp_micros(), b)),
                 Err(e) => {
                     return Ok(Err(Rejected::InvalidManifest(format!(
                         "cannot encode event: {e}"
@@ -466,14 +480,14 @@ impl Writer {
                 }
             }
         }
-        for (seq, offset, bytes) in encoded {
+        for (seq, offset, ts, bytes) in encoded {
             fx.tail.push((
                 ek.clone(),
                 TailRef {
                     seq,
                     offset,
                     segment,
-                    timestamp_micros: micros,
+                    timestamp_micros: ts,
                     bytes: bytes.len() as u32,
                 },
             ));
@@ -553,6 +567,30 @@ impl Writer {
             entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
         }
         Ok(Seq(row.deleted_to))
+    }
+
+    /// A fresh persistence id whose first `deleted_to` events were deleted before export.
+    fn import_floor(
+        &mut self,
+        pid: &PersistenceId,
+        deleted_to: Seq,
+        entities: &mut Table<&[u8], &[u8]>,
+    ) -> Result<Result<()>> {
+        let ek = keys::entity_key(pid, self.key_groups);
+        let highest = self.current_highest(&ek, entities)?;
+        if highest != 0 {
+            return Ok(Err(JournalError::Conflict {
+                pid: pid.clone(),
+                expected: Seq(1),
+                actual: Seq(highest),
+            }));
+        }
+        let mut row = self.load_row(&ek, entities)?;
+        row.highest_seq = deleted_to.0;
+        row.deleted_to = deleted_to.0;
+        entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+        self.highest.insert(ek, deleted_to.0);
+        Ok(Ok(()))
     }
 
     fn snapshot_seqs(&self, ek: &[u8], snapshots: &Table<&[u8], &[u8]>) -> Result<Vec<Seq>> {

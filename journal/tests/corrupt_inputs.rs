@@ -298,9 +298,10 @@ fn read_all(r: &JournalReader, want: &Contents) -> Outcome {
                             rec.persistence_id,
                             rec.seq,
                             rec.offset,
-                            want.changelog
-                                .get(n)
-                                .map(|w| format!("{} seq {} offset {}", w.persistence_id, w.seq, w.offset))
+                            want.changelog.get(n).map(|w| format!(
+                                "{} seq {} offset {}",
+                                w.persistence_id, w.seq, w.offset
+                            ))
                         ))
                     }
                     Err(e) => {
@@ -478,7 +479,12 @@ fn cases(orig: &[u8], rng: &mut Rng) -> Vec<Case> {
         expect,
         create,
     };
-    out.push(other("empty file", Setup::Bytes(Vec::new()), Expect::EmptyFile, true));
+    out.push(other(
+        "empty file",
+        Setup::Bytes(Vec::new()),
+        Expect::EmptyFile,
+        true,
+    ));
     out.push(other(
         "empty file, create(false)",
         Setup::Bytes(Vec::new()),
@@ -510,7 +516,12 @@ fn cases(orig: &[u8], rng: &mut Rng) -> Vec<Case> {
         Expect::NotAJournal,
         true,
     ));
-    out.push(other("directory at the path", Setup::Directory, Expect::NotAJournal, true));
+    out.push(other(
+        "directory at the path",
+        Setup::Directory,
+        Expect::NotAJournal,
+        true,
+    ));
     out.push(other(
         "missing file, create(false)",
         Setup::Missing,
@@ -546,7 +557,13 @@ struct Run {
     results: Vec<CaseResult>,
 }
 
-fn run_case(root: &Path, index: usize, case: &Case, original: &Arc<Contents>, fresh: &Arc<Contents>) -> CaseResult {
+fn run_case(
+    root: &Path,
+    index: usize,
+    case: &Case,
+    original: &Arc<Contents>,
+    fresh: &Arc<Contents>,
+) -> CaseResult {
     let dir = root.join(format!("case-{index}"));
     fs::create_dir_all(&dir).unwrap();
     let mut paths = Vec::new();
@@ -589,6 +606,9 @@ fn run_case(root: &Path, index: usize, case: &Case, original: &Arc<Contents>, fr
     let mut stray_panics = Vec::new();
     let mut on_case_thread = 0usize;
     for (thread, msg) in take_panics() {
+        if std::env::var_os("STATELINE_CORRUPT_CASE").is_some() {
+            println!("panic on thread {thread}: {msg}");
+        }
         if thread == case_thread {
             on_case_thread += 1;
         } else {
@@ -642,20 +662,25 @@ fn run() -> &'static Run {
             orig.len() / PAGE
         );
         let previous_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|info| {
+        let verbose = only.is_some();
+        std::panic::set_hook(Box::new(move |info| {
             let thread = std::thread::current()
                 .name()
                 .unwrap_or("unnamed")
                 .to_string();
+            let mut msg = info.to_string();
+            if verbose {
+                msg = format!("{msg}\n{}", std::backtrace::Backtrace::force_capture());
+            }
             PANICS
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((thread, info.to_string()));
+                .push((thread, msg));
         }));
         let mut results = Vec::new();
         for (i, case) in all.iter().enumerate() {
             let r = run_case(root.path(), i, case, &original, &fresh);
-            if only.is_some() {
+            if verbose {
                 println!("{}: hung={} {:?}", r.name, r.hung, r.outcomes);
             }
             results.push(r);
@@ -689,10 +714,22 @@ impl Run {
              results; {} hangs; {} engine panics contained as typed errors; {elapsed:?}",
             self.results.len(),
             self.results.iter().filter(|r| r.hung).count(),
-            self.results.iter().map(|r| r.contained_panics).sum::<usize>(),
+            self.results
+                .iter()
+                .map(|r| r.contained_panics)
+                .sum::<usize>(),
         );
         for (h, counts) in by_handle {
             println!("  {h:?}: {counts:?}");
+        }
+        let mut examples: BTreeMap<&str, &str> = BTreeMap::new();
+        for (_, o) in self.results.iter().flat_map(|r| r.outcomes.iter()) {
+            if let Outcome::Typed(v, detail) = o {
+                examples.entry(v.as_str()).or_insert(detail.as_str());
+            }
+        }
+        for (v, detail) in examples {
+            println!("  e.g. {v}: {detail}");
         }
     }
 
@@ -704,18 +741,41 @@ impl Run {
             .count()
     }
 
-    /// Failures found by `f` over every case, printed; fails if any.
+    /// Failures found by `f` over every case, printed (grouped by what was read wrong, then
+    /// the first 200); fails if there are any.
     fn assert_none(&self, what: &str, f: impl Fn(&CaseResult) -> Vec<String>) {
-        let failures: Vec<String> = self.results.iter().flat_map(&f).collect();
-        for line in failures.iter().take(40) {
+        let per_case: Vec<Vec<String>> = self.results.iter().map(&f).collect();
+        let cases = per_case.iter().filter(|v| !v.is_empty()).count();
+        let failures: Vec<String> = per_case.into_iter().flatten().collect();
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+        for line in &failures {
+            let kind = line
+                .split("]: ")
+                .nth(1)
+                .and_then(|rest| rest.split(['(', ':']).nth(1))
+                .unwrap_or(line)
+                .split(|c: char| c.is_ascii_digit())
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            *kinds.entry(kind).or_default() += 1;
+        }
+        if !failures.is_empty() {
+            println!(
+                "{what}: {} failures in {cases} cases, by kind: {kinds:?}",
+                failures.len()
+            );
+        }
+        for line in failures.iter().take(200) {
             println!("{what}: {line}");
         }
-        if failures.len() > 40 {
-            println!("{what}: ... and {} more", failures.len() - 40);
+        if failures.len() > 200 {
+            println!("{what}: ... and {} more", failures.len() - 200);
         }
         assert!(
             failures.is_empty(),
-            "{} of {} cases: {what} (see the lines above)",
+            "{what}: {} failures in {cases} of {} cases (see the lines above)",
             failures.len(),
             self.results.len()
         );
@@ -732,12 +792,17 @@ fn damaged_files_never_panic_or_hang() {
             .outcomes
             .iter()
             .filter_map(|(h, o)| match o {
-                Outcome::Panic(m) => Some(format!("{} [{h:?}]: panic reached the caller: {m}", r.name)),
+                Outcome::Panic(m) => {
+                    Some(format!("{} [{h:?}]: panic reached the caller: {m}", r.name))
+                }
                 _ => None,
             })
             .collect();
         if r.hung {
-            out.push(format!("{}: no outcome within {CASE_DEADLINE:?} (hang)", r.name));
+            out.push(format!(
+                "{}: no outcome within {CASE_DEADLINE:?} (hang)",
+                r.name
+            ));
         }
         out.extend(r.stray_panics.iter().map(|p| format!("{}: {p}", r.name)));
         out

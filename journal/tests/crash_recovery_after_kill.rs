@@ -509,7 +509,7 @@ fn crash_recovery_after_kill() {
         let acks = read_acks(&dir.path().join("acks.log"));
         let found = verify_with_deadline(&path, acks, cycle);
         println!(
-            "cycle {cycle:3}: killed after {delay:?}{} -> {} events, {} acked, {} unacked survivors",
+            "cycle {cycle:3}: killed after {delay:?}{} -> {} events, {} acked, {} persisted but never acked",
             if in_open { " (in open)" } else { "" },
             found.events,
             found.acked,
