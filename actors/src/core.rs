@@ -41,16 +41,17 @@ impl<S: EventSourced> EntityCore<S> {
             pid: pid.clone(),
             source,
         };
-        let highest = journal.highest_seq(&pid).map_err(jerr)?.0;
+        let view = journal.recovery_view(&pid).map_err(jerr)?;
+        let highest = view.highest_seq().0;
         let mut state = S::default();
         let mut from_snapshot = 0;
-        for seq in journal.snapshot_seqs(&pid).map_err(jerr)?.into_iter().rev() {
+        for &seq in view.snapshot_seqs().iter().rev() {
             if seq.0 > highest {
                 warn!(%pid, seq = seq.0, highest, "snapshot ahead of the journal ignored");
                 continue;
             }
-            let decoded = journal
-                .snapshot_at(&pid, seq)
+            let decoded = view
+                .snapshot_at(seq)
                 .map_err(|e| e.to_string())
                 .and_then(|s| {
                     let s = s.ok_or_else(|| "deleted meanwhile".to_string())?;
@@ -71,9 +72,7 @@ impl<S: EventSourced> EntityCore<S> {
         let mut seq = from_snapshot;
         let mut replayed = 0u64;
         if highest > from_snapshot {
-            let events = journal
-                .events(&pid, Seq(from_snapshot + 1), Seq(u64::MAX), u64::MAX)
-                .map_err(jerr)?;
+            let events = view.events_from(Seq(from_snapshot + 1)).map_err(jerr)?;
             for rec in events {
                 let rec = rec.map_err(jerr)?;
                 if rec.seq.0 != seq + 1 {

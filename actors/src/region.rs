@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use actix::Arbiter;
-use stateline_journal::{EntityId, EntityType, Journal, PersistenceId};
+use stateline_journal::{EntityId, EntityType, Journal, KeyGroup};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -286,9 +286,7 @@ impl<S: EventSourced> ShardRegion<S> {
             Ok(e) => e,
             Err(error) => return Err(CommandError::InvalidId { command, error }),
         };
-        let kg = PersistenceId::new(self.inner.entity_type.clone(), eid.clone())
-            .key_group(self.inner.key_groups)
-            .0;
+        let kg = KeyGroup::of(S::TYPE_NAME, eid.as_str(), self.inner.key_groups).0;
         let (reply_to, rx) = oneshot::channel();
         let mut r = self.routing();
         if r.stopped {

@@ -2,13 +2,13 @@
 //! one command at a time from a bounded per-shard queue, passivates idle and least-recently-used
 //! entities, and reports stats. [`ShardRef`] is the handle callers send through.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use stateline_journal::{EntityId, EntityType, Journal, PersistenceId};
+use stateline_journal::{EntityId, EntityType, Journal, KeyGroup, PersistenceId};
 use tokio::sync::oneshot;
 use tracing::debug;
 
@@ -72,7 +72,8 @@ struct Slot<S: EventSourced> {
     busy: bool,
     passivating: bool,
     tick: u64,
-    last_used: Instant,
+    /// Sweep epoch of the last command.
+    last_used: u64,
     state_bytes: u64,
     key_group: u32,
     /// Being handed off or shut down: passivate as soon as idle, then forget.
@@ -103,7 +104,8 @@ pub struct Shard<S: EventSourced> {
     entity_type: EntityType,
     config: ShardConfig,
     slots: HashMap<String, Slot<S>>,
-    lru: BTreeMap<u64, String>,
+    /// Incremented by every sweep: a coarse clock for idleness.
+    epoch: u64,
     next_tick: u64,
     next_incarnation: u64,
     live: usize,
@@ -161,7 +163,7 @@ impl<S: EventSourced> Shard<S> {
             entity_type: entity_type.clone(),
             config,
             slots: HashMap::new(),
-            lru: BTreeMap::new(),
+            epoch: 0,
             next_tick: 0,
             next_incarnation: 0,
             live: 0,
@@ -192,11 +194,10 @@ impl<S: EventSourced> Shard<S> {
     fn touch(&mut self, id: &str) {
         let tick = self.next_tick;
         self.next_tick += 1;
+        let epoch = self.epoch;
         if let Some(slot) = self.slots.get_mut(id) {
-            self.lru.remove(&slot.tick);
             slot.tick = tick;
-            slot.last_used = Instant::now();
-            self.lru.insert(tick, id.to_string());
+            slot.last_used = epoch;
         }
     }
 
@@ -249,13 +250,25 @@ impl<S: EventSourced> Shard<S> {
     }
 
     /// Passivates the least recently used idle entity, to stay under the active limit.
+    ///
+    /// Evicts the oldest 1% at once (at least one), so that a shard at its limit pays one scan
+    /// per hundred new entities rather than keeping an ordered index on every command.
     fn evict_lru(&mut self, _ctx: &mut Context<Self>) {
-        let victim = self.lru.iter().find_map(|(_, id)| {
-            let s = self.slots.get(id)?;
-            (s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty())
-                .then(|| id.clone())
-        });
-        if let Some(id) = victim {
+        let mut idle: Vec<(u64, &String)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty())
+            .map(|(id, s)| (s.tick, id))
+            .collect();
+        let n = (self.config.max_active_entities / 100).max(1).min(idle.len());
+        if n == 0 {
+            return;
+        }
+        if n < idle.len() {
+            idle.select_nth_unstable(n - 1);
+        }
+        let victims: Vec<String> = idle[..n].iter().map(|(_, id)| (*id).clone()).collect();
+        for id in victims {
             self.passivate(&id);
         }
     }
@@ -270,7 +283,10 @@ impl<S: EventSourced> Shard<S> {
     }
 
     fn sweep(&mut self) {
-        let now = Instant::now();
+        self.epoch += 1;
+        let interval = self.config.sweep_interval.max(Duration::from_millis(1));
+        let idle_epochs = self.config.passivate_after.as_nanos().div_ceil(interval.as_nanos()) as u64;
+        let epoch = self.epoch;
         let idle: Vec<String> = self
             .slots
             .iter()
@@ -279,7 +295,7 @@ impl<S: EventSourced> Shard<S> {
                     && !s.busy
                     && !s.passivating
                     && s.queue.is_empty()
-                    && now.duration_since(s.last_used) >= self.config.passivate_after
+                    && epoch.saturating_sub(s.last_used) > idle_epochs
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -298,8 +314,7 @@ impl<S: EventSourced> Shard<S> {
         }
         if slot.addr.is_some() {
             self.passivate(id);
-        } else if let Some(slot) = self.slots.remove(id) {
-            self.lru.remove(&slot.tick);
+        } else if self.slots.remove(id).is_some() {
             self.finish_release(id);
         }
     }
@@ -371,9 +386,7 @@ impl<S: EventSourced> Shard<S> {
             .get(id)
             .is_some_and(|s| s.addr.is_none() && s.queue.is_empty() && !s.busy && !s.passivating);
         if empty {
-            if let Some(slot) = self.slots.remove(id) {
-                self.lru.remove(&slot.tick);
-            }
+            self.slots.remove(id);
         }
     }
 }
@@ -397,29 +410,35 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
             }));
             return;
         }
-        let id = msg.id.as_str().to_string();
-        let key_group = PersistenceId::new(self.entity_type.clone(), msg.id.clone())
-            .key_group(self.key_groups)
-            .0;
-        let slot = self.slots.entry(id.clone()).or_insert_with(|| Slot {
-            addr: None,
-            incarnation: 0,
-            queue: VecDeque::new(),
-            busy: false,
-            passivating: false,
-            tick: 0,
-            last_used: Instant::now(),
-            state_bytes: 0,
-            key_group,
-            draining: false,
-        });
-        // A command for a draining entity (only possible when used without a region) keeps
-        // it: the drain completes when its queue is empty.
-        slot.queue.push_back(Pending {
+        let pending = Pending {
             command: msg.command,
             reply_to: msg.reply_to,
-        });
-        self.pump(&id, ctx);
+        };
+        // A command for a draining entity (only possible when used without a region) keeps
+        // it: the drain completes when its queue is empty.
+        if let Some(slot) = self.slots.get_mut(msg.id.as_str()) {
+            slot.queue.push_back(pending);
+        } else {
+            let key_group = KeyGroup::of(S::TYPE_NAME, msg.id.as_str(), self.key_groups).0;
+            let mut queue = VecDeque::with_capacity(1);
+            queue.push_back(pending);
+            self.slots.insert(
+                msg.id.as_str().to_string(),
+                Slot {
+                    addr: None,
+                    incarnation: 0,
+                    queue,
+                    busy: false,
+                    passivating: false,
+                    tick: 0,
+                    last_used: self.epoch,
+                    state_bytes: 0,
+                    key_group,
+                    draining: false,
+                },
+            );
+        }
+        self.pump(msg.id.as_str(), ctx);
     }
 }
 

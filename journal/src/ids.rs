@@ -159,6 +159,17 @@ pub struct Offset(pub u64);
 pub struct KeyGroup(pub u32);
 
 impl KeyGroup {
+    /// The key group of `(entity_type, entity_id)` among `key_groups`, by [`KEY_GROUP_HASH`],
+    /// without building a [`PersistenceId`] (the routing hot path). Same result as
+    /// [`PersistenceId::key_group`].
+    pub fn of(entity_type: &str, entity_id: &str, key_groups: u32) -> KeyGroup {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(entity_type.as_bytes());
+        h.update(&[0]);
+        h.update(entity_id.as_bytes());
+        KeyGroup((h.digest() % u64::from(key_groups.max(1))) as u32)
+    }
+
     pub(crate) fn of_bytes(hash_input: &[u8], key_groups: u32) -> KeyGroup {
         // key_groups is validated non-zero by the builder; guard anyway so bytes never panic.
         let n = u64::from(key_groups.max(1));
@@ -207,5 +218,8 @@ mod tests {
         assert_eq!(kg, KeyGroup((xxh3_64(b"account\x0042") % 1024) as u32));
         assert!(kg.0 < 1024);
         assert_eq!(pid.key_group(1), KeyGroup(0));
+        for n in [1, 7, 1024, 65_536] {
+            assert_eq!(KeyGroup::of("account", "42", n), pid.key_group(n));
+        }
     }
 }

@@ -43,6 +43,8 @@ pub use ids::{
 };
 pub use journal::{Journal, SnapshotCriteria};
 pub use meta::FORMAT_VERSION;
-pub use read::{ChangelogIter, EntitySummary, EventIter, JournalInfo, JournalReader};
+pub use read::{
+    ChangelogIter, EntitySummary, EventIter, JournalInfo, JournalReader, RecoveryView,
+};
 pub use verify::{check_file_integrity, compact_file, CompactReport, Problem, VerifyReport};
 pub use record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord, MAX_MANIFEST_LEN};

@@ -257,38 +257,87 @@ impl JournalReader {
         let ek = keys::entity_key(pid, self.header.key_groups);
         guard(&self.path, || {
             let (rtx, row, tail) = self.entity_view(&ek)?;
-            let from = from.0.max(row.deleted_to + 1).max(1);
-            let covered = row.chunks.last().map_or(0, |c| c.last_seq);
-            let chunks: VecDeque<ChunkRef> = row
-                .chunks
-                .iter()
-                .filter(|c| c.last_seq >= from && c.first_seq <= to.0)
-                .copied()
-                .collect();
-            let tail: VecDeque<TailRef> = tail
-                .into_iter()
-                .filter(|r| r.seq > covered && r.seq >= from && r.seq <= to.0)
-                .collect();
-            let chunk_table = if chunks.is_empty() {
-                None
-            } else {
-                Some(rtx.open_table(keys::CHUNKS)?)
-            };
-            Ok(EventIter {
+            self.event_iter(rtx, &row, tail, pid, ek.clone(), from, to, max)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event_iter(
+        &self,
+        rtx: ReadTransaction,
+        row: &EntityRow,
+        tail: Vec<TailRef>,
+        pid: &PersistenceId,
+        ek: Vec<u8>,
+        from: Seq,
+        to: Seq,
+        max: u64,
+    ) -> Result<EventIter> {
+        let from = from.0.max(row.deleted_to + 1).max(1);
+        let covered = row.chunks.last().map_or(0, |c| c.last_seq);
+        let chunks: VecDeque<ChunkRef> = row
+            .chunks
+            .iter()
+            .filter(|c| c.last_seq >= from && c.first_seq <= to.0)
+            .copied()
+            .collect();
+        let tail: VecDeque<TailRef> = tail
+            .into_iter()
+            .filter(|r| r.seq > covered && r.seq >= from && r.seq <= to.0)
+            .collect();
+        let chunk_table = if chunks.is_empty() {
+            None
+        } else {
+            Some(rtx.open_table(keys::CHUNKS)?)
+        };
+        Ok(EventIter {
+            rtx,
+            path: self.path.clone(),
+            pid: pid.clone(),
+            ek,
+            chunk_table,
+            logs: HashMap::new(),
+            chunks,
+            tail,
+            buffer: VecDeque::new(),
+            from,
+            to: to.0,
+            remaining: max,
+            expect: None,
+            done: false,
+        })
+    }
+
+    /// Everything the recovery of `pid` needs, read in one transaction (one consistent view,
+    /// one transaction to open): its highest seq, its snapshot seqs, and then its snapshots and
+    /// events.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupted`] or [`JournalError::Io`].
+    pub fn recovery_view(&self, pid: &PersistenceId) -> Result<RecoveryView> {
+        let ek = keys::entity_key(pid, self.header.key_groups);
+        guard(&self.path, || {
+            let (rtx, row, tail) = self.entity_view(&ek)?;
+            let highest = Seq(tail.last().map_or(0, |r| r.seq).max(row.highest_seq));
+            let mut snapshot_seqs = Vec::new();
+            if row.snapshots > 0 {
+                let t = rtx.open_table(keys::SNAPSHOTS)?;
+                let lo = keys::snapshot_key(&ek, Seq(0));
+                let hi = keys::snapshot_key(&ek, Seq(u64::MAX));
+                for item in t.range(lo.as_slice()..=hi.as_slice())? {
+                    let (k, _) = item?;
+                    snapshot_seqs.push(keys::snapshot_key_seq(k.value())?);
+                }
+            }
+            Ok(RecoveryView {
+                reader: self.clone(),
                 rtx,
-                path: self.path.clone(),
+                row,
+                tail,
                 pid: pid.clone(),
                 ek,
-                chunk_table,
-                logs: HashMap::new(),
-                chunks,
-                tail,
-                buffer: VecDeque::new(),
-                from,
-                to: to.0,
-                remaining: max,
-                expect: None,
-                done: false,
+                highest,
+                snapshot_seqs,
             })
         })
     }
@@ -468,6 +517,65 @@ impl JournalReader {
                 buffer: VecDeque::new(),
                 done: false,
             })
+        })
+    }
+}
+
+/// One persistence id as of one read transaction; see [`JournalReader::recovery_view`].
+pub struct RecoveryView {
+    reader: JournalReader,
+    rtx: ReadTransaction,
+    row: EntityRow,
+    tail: Vec<TailRef>,
+    pid: PersistenceId,
+    ek: Vec<u8>,
+    highest: Seq,
+    snapshot_seqs: Vec<Seq>,
+}
+
+impl RecoveryView {
+    /// Highest seq ever appended (0 if none).
+    pub fn highest_seq(&self) -> Seq {
+        self.highest
+    }
+
+    /// Seqs of the stored snapshots, ascending.
+    pub fn snapshot_seqs(&self) -> &[Seq] {
+        &self.snapshot_seqs
+    }
+
+    /// The snapshot at exactly `seq`, if stored.
+    ///
+    /// # Errors
+    /// [`JournalError::Corrupted`] if it does not decode; [`JournalError::Io`].
+    pub fn snapshot_at(&self, seq: Seq) -> Result<Option<SnapshotRecord>> {
+        guard(self.reader.path(), || {
+            let t = self.rtx.open_table(keys::SNAPSHOTS)?;
+            let key = keys::snapshot_key(&self.ek, seq);
+            match t.get(key.as_slice())? {
+                None => Ok(None),
+                Some(v) => decode_snapshot_for(&self.pid, seq, v.value()).map(Some),
+            }
+        })
+    }
+
+    /// Streams the events with seq ≥ `from` in this view.
+    ///
+    /// # Errors
+    /// As [`JournalReader::events`].
+    pub fn events_from(self, from: Seq) -> Result<EventIter> {
+        let RecoveryView {
+            reader,
+            rtx,
+            row,
+            tail,
+            pid,
+            ek,
+            ..
+        } = self;
+        let path = reader.path().to_path_buf();
+        guard(&path, || {
+            reader.event_iter(rtx, &row, tail, &pid, ek, from, Seq(u64::MAX), u64::MAX)
         })
     }
 }

@@ -541,6 +541,45 @@ fn take_panics() -> Vec<(String, String)> {
     std::mem::take(&mut *PANICS.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
+/// Records every panic (thread name, message) in [`PANICS`] instead of printing it, until
+/// dropped; then the previous hook is back.
+struct RecordPanics {
+    previous: Option<PanicHook>,
+}
+
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+impl RecordPanics {
+    fn install(with_backtrace: bool) -> RecordPanics {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_string();
+            let mut msg = info.to_string();
+            if with_backtrace {
+                msg = format!("{msg}\n{}", std::backtrace::Backtrace::force_capture());
+            }
+            PANICS
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((thread, msg));
+        }));
+        RecordPanics {
+            previous: Some(previous),
+        }
+    }
+}
+
+impl Drop for RecordPanics {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            std::panic::set_hook(previous);
+        }
+    }
+}
+
 struct CaseResult {
     name: String,
     expect: Expect,
@@ -661,22 +700,8 @@ fn run() -> &'static Run {
             original.changelog.len(),
             orig.len() / PAGE
         );
-        let previous_hook = std::panic::take_hook();
         let verbose = only.is_some();
-        std::panic::set_hook(Box::new(move |info| {
-            let thread = std::thread::current()
-                .name()
-                .unwrap_or("unnamed")
-                .to_string();
-            let mut msg = info.to_string();
-            if verbose {
-                msg = format!("{msg}\n{}", std::backtrace::Backtrace::force_capture());
-            }
-            PANICS
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((thread, msg));
-        }));
+        let hook = RecordPanics::install(verbose);
         let mut results = Vec::new();
         for (i, case) in all.iter().enumerate() {
             let r = run_case(root.path(), i, case, &original, &fresh);
@@ -685,7 +710,7 @@ fn run() -> &'static Run {
             }
             results.push(r);
         }
-        std::panic::set_hook(previous_hook);
+        drop(hook);
         let run = Run { results };
         run.summary(started.elapsed());
         run

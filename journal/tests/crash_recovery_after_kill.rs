@@ -449,6 +449,41 @@ fn verify_with_deadline(path: &Path, acks: Acks, cycle: u64) -> Found {
     }
 }
 
+/// Starts the child workload on `dir`, its output going to `dir/child.out`.
+fn spawn_child(dir: &Path, seed: u64, cycle: u64) -> Child {
+    let log = File::create(dir.join("child.out")).unwrap();
+    for m in ["started", "opened"] {
+        let _ = fs::remove_file(dir.join(m));
+    }
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir)
+        .env(CHILD_SEED_ENV, seed.to_string())
+        .env(CHILD_CYCLE_ENV, cycle.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the child to reach `marker` ("started": about to open the journal; "opened"),
+/// waits `delay` more, and kills it with SIGKILL. Returns whether it was still opening.
+fn kill_after(mut child: Child, dir: &Path, marker: &str, delay: Duration) -> bool {
+    let out = dir.join("child.out");
+    wait_for_marker(&mut child, &dir.join(marker), &out);
+    std::thread::sleep(delay);
+    if let Some(status) = child.try_wait().unwrap() {
+        panic!(
+            "child exited by itself ({status}):\n{}",
+            fs::read_to_string(&out).unwrap_or_default()
+        );
+    }
+    child.kill().unwrap(); // SIGKILL on unix
+    child.wait().unwrap();
+    !dir.join("opened").exists()
+}
+
 /// The parent side: kill, reopen, verify, repeat.
 #[test]
 fn crash_recovery_after_kill() {
@@ -462,19 +497,20 @@ fn crash_recovery_after_kill() {
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
-    println!("crash_recovery_after_kill: {cycles} cycles, seed {seed} (STATELINE_CRASH_SEED={seed} reruns it)");
+    println!(
+        "crash_recovery_after_kill: {cycles} cycles, seed {seed} \
+         (STATELINE_CRASH_SEED={seed} reruns it)"
+    );
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.redb");
-    let out = dir.path().join("child.out");
-    let exe = std::env::current_exe().unwrap();
+    // The journal exists before the first kill: a kill while the file is being created is
+    // `crash_during_creation_leaves_an_openable_journal`.
+    drop(builder().open(&path).unwrap());
     let mut kills_in_open = 0;
     let mut last = Found::default();
     for cycle in 1..=cycles {
-        for m in ["started", "opened"] {
-            let _ = fs::remove_file(dir.path().join(m));
-        }
         // ~10% of kills within a few ms of start: during open/recovery.
         let early = rng.below(10) == 0;
         let delay = if early {
@@ -482,34 +518,15 @@ fn crash_recovery_after_kill() {
         } else {
             Duration::from_millis(5 + rng.below(600))
         };
-        let log = File::create(&out).unwrap();
-        let mut child = Command::new(&exe)
-            .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .env(CHILD_SEED_ENV, rng.next().to_string())
-            .env(CHILD_CYCLE_ENV, cycle.to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let marker = dir.path().join(if early { "started" } else { "opened" });
-        wait_for_marker(&mut child, &marker, &out);
-        std::thread::sleep(delay);
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "cycle {cycle}: child exited by itself ({status}):\n{}",
-                fs::read_to_string(&out).unwrap_or_default()
-            );
-        }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let in_open = !dir.path().join("opened").exists();
+        let child = spawn_child(dir.path(), rng.next(), cycle);
+        let marker = if early { "started" } else { "opened" };
+        let in_open = kill_after(child, dir.path(), marker, delay);
         kills_in_open += u64::from(in_open);
         let acks = read_acks(&dir.path().join("acks.log"));
         let found = verify_with_deadline(&path, acks, cycle);
         println!(
-            "cycle {cycle:3}: killed after {delay:?}{} -> {} events, {} acked, {} persisted but never acked",
+            "cycle {cycle:3}: killed after {delay:?}{} -> {} events, {} acked, \
+             {} persisted but never acked",
             if in_open { " (in open)" } else { "" },
             found.events,
             found.acked,
@@ -528,5 +545,53 @@ fn crash_recovery_after_kill() {
         last.events > 2 * SEGMENT_EVENTS,
         "workload too small to exercise segment rotation and packing: {} events",
         last.events
+    );
+}
+
+/// A kill while a new journal is being created (the child's open of a missing file) must leave
+/// a path that opens: no file, or a journal (empty, or with what was acknowledged). Kills at
+/// 0–3 ms after the child starts opening, in 75 µs steps.
+#[test]
+fn crash_during_creation_leaves_an_openable_journal() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let mut refused = Vec::new();
+    let attempts = 40u64;
+    for attempt in 0..attempts {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        let child = spawn_child(dir.path(), attempt + 1, 1);
+        kill_after(
+            child,
+            dir.path(),
+            "started",
+            Duration::from_micros(attempt * 75),
+        );
+        let len = fs::metadata(&path).map(|m| m.len());
+        match builder().open(&path) {
+            Ok(j) => {
+                drop(j);
+                let acks = read_acks(&dir.path().join("acks.log"));
+                verify_with_deadline(&path, acks, attempt);
+            }
+            Err(e) => {
+                let head: Vec<u8> = fs::read(&path)
+                    .map(|b| b.into_iter().take(12).collect())
+                    .unwrap_or_default();
+                refused.push(format!(
+                    "killed {}µs after start: file of {len:?} bytes starting {head:?}: {e}",
+                    attempt * 75
+                ));
+            }
+        }
+    }
+    for r in &refused {
+        println!("refused after a kill during creation: {r}");
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {attempts} kills during creation left a file that does not open (see above)",
+        refused.len()
     );
 }
