@@ -105,6 +105,15 @@ pub(crate) fn encode_event(rec: &EventRecord) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes one stored event.
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<EventRecord, CodecError> {
+    decode_event_as(bytes, None)
+}
+
+/// Decodes one stored event expected to belong to `known`: when it does, the record shares
+/// `known` instead of allocating a persistence id per event (replay's hot path).
+pub(crate) fn decode_event_as(
+    bytes: &[u8],
+    known: Option<&PersistenceId>,
+) -> Result<EventRecord, CodecError> {
     let body = unseal(bytes)?;
     let env: EventEnvelope<'_> = decode(body)?;
     if env.seq == 0 || env.offset == 0 {
@@ -112,8 +121,17 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<EventRecord, CodecError> {
     }
     let event_id = Uuid::from_slice(env.event_id)
         .map_err(|_| CodecError::Invalid("event id is not 16 bytes".into()))?;
+    let persistence_id = match known {
+        Some(k)
+            if k.entity_type().as_str() == env.entity_type
+                && k.entity_id().as_str() == env.entity_id =>
+        {
+            k.clone()
+        }
+        _ => pid_of(env.entity_type, env.entity_id)?,
+    };
     Ok(EventRecord {
-        persistence_id: pid_of(env.entity_type, env.entity_id)?,
+        persistence_id,
         seq: Seq(env.seq),
         offset: Offset(env.offset),
         event_id,
@@ -153,6 +171,43 @@ pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord, CodecError
 /// Encodes a sealed metadata value (journal header, state, entity rows).
 pub(crate) fn encode_meta<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(seal(encode(value)?))
+}
+
+/// Encodes a value sealed together with its key: the checksum covers `key ‖ body`, so a row
+/// whose key was damaged (and now sits under another key) fails to decode instead of passing
+/// for another entity's row.
+pub(crate) fn encode_keyed<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, CodecError> {
+    let body = encode(value)?;
+    let mut h = crc32fast::Hasher::new();
+    h.update(key);
+    h.update(&body);
+    let mut out = Vec::with_capacity(CRC_LEN + body.len());
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a value written by [`encode_keyed`] under `key`.
+pub(crate) fn decode_keyed<T: for<'a> Deserialize<'a>>(
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    if bytes.len() < CRC_LEN {
+        return Err(CodecError::Truncated {
+            needed: CRC_LEN,
+            found: bytes.len(),
+        });
+    }
+    let (crc, body) = bytes.split_at(CRC_LEN);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let mut h = crc32fast::Hasher::new();
+    h.update(key);
+    h.update(body);
+    let computed = h.finalize();
+    if stored != computed {
+        return Err(CodecError::Checksum { stored, computed });
+    }
+    decode(body)
 }
 
 /// Decodes a sealed metadata value.

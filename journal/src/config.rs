@@ -67,7 +67,7 @@ impl Default for JournalBuilder {
             queue_capacity: 65_536,
             cache_bytes: 256 << 20,
             create: true,
-            verify_on_open: false,
+            verify_on_open: true,
         }
     }
 }
@@ -153,8 +153,11 @@ impl JournalBuilder {
         self
     }
 
-    /// Verify the checksum of every page on open (reads the whole file). Default `false`:
-    /// redb verifies after an unclean shutdown anyway, and every record carries a CRC.
+    /// Verify the checksum of every page on open (reads the whole file once). Default `true`:
+    /// redb trusts a cleanly closed file, so bytes damaged while the journal was closed (a bit
+    /// flip inside a B-tree key, say) could otherwise read back as other data. Every record
+    /// also carries its own CRC, but only the page check catches a key moved by damage. Turn it
+    /// off only for very large journals whose open time matters more.
     pub fn verify_on_open(mut self, yes: bool) -> Self {
         self.verify_on_open = yes;
         self

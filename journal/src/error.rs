@@ -207,6 +207,11 @@ macro_rules! storage_error {
                 match e {
                     redb::Error::Corrupted(detail) => JournalError::corrupted("redb", detail),
                     redb::Error::DatabaseAlreadyOpen => JournalError::Locked { path: PathBuf::new() },
+                    // Every table the journal reads exists from creation on: a missing one is
+                    // damage, not an I/O outcome.
+                    redb::Error::TableDoesNotExist(name) => {
+                        JournalError::corrupted(name, "table missing")
+                    }
                     other => JournalError::Io(other.to_string()),
                 }
             }

@@ -2,6 +2,7 @@
 //! sequence numbers, changelog offsets and key groups.
 
 use std::fmt;
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -33,10 +34,10 @@ fn validate(kind: &'static str, s: &str, max: usize) -> Result<(), InvalidId> {
     Ok(())
 }
 
-/// The stable name of an entity type (the `TYPE_NAME` of an `EventSourced` type): non-empty, at
+/// The stable name of an entity type (cheap to clone: shared) (the `TYPE_NAME` of an `EventSourced` type): non-empty, at
 /// most [`MAX_TYPE_NAME_LEN`] bytes, no NUL.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct EntityType(String);
+pub struct EntityType(Arc<str>);
 
 impl EntityType {
     /// Validates `name`.
@@ -46,7 +47,7 @@ impl EntityType {
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidId> {
         let name = name.into();
         validate("entity type", &name, MAX_TYPE_NAME_LEN)?;
-        Ok(Self(name))
+        Ok(Self(name.into()))
     }
 
     /// The name.
@@ -55,9 +56,9 @@ impl EntityType {
     }
 }
 
-/// A user's entity key: non-empty, at most [`MAX_ENTITY_ID_LEN`] bytes, no NUL.
+/// A user's entity key (cheap to clone: shared): non-empty, at most [`MAX_ENTITY_ID_LEN`] bytes, no NUL.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct EntityId(String);
+pub struct EntityId(Arc<str>);
 
 impl EntityId {
     /// Validates `id`.
@@ -67,7 +68,7 @@ impl EntityId {
     pub fn new(id: impl Into<String>) -> Result<Self, InvalidId> {
         let id = id.into();
         validate("entity id", &id, MAX_ENTITY_ID_LEN)?;
-        Ok(Self(id))
+        Ok(Self(id.into()))
     }
 
     /// The id.

@@ -23,6 +23,7 @@ use crate::keys;
 use crate::meta::{Header, State, FORMAT_VERSION};
 use crate::read::{Db, JournalReader};
 use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
+use crate::store::Store;
 use crate::tail::Shared;
 use crate::writer::{Request, Writer};
 
@@ -215,10 +216,10 @@ impl Journal {
             Durability::Immediate => redb::ConcurrencyMode::SingleWriter,
             Durability::None => redb::ConcurrencyMode::ExclusiveWriter,
         });
-        let db = guard(path, || match kind {
-            FileKind::Redb => b.open(path).map_err(|e| open_error(path, e)),
-            _ => b.create(path).map_err(|e| open_error(path, e)),
-        })?;
+        if !matches!(kind, FileKind::Redb) {
+            create_atomically(path, &b, &cfg)?;
+        }
+        let db = guard(path, || b.open(path).map_err(|e| open_error(path, e)))?;
         Self::start(db, cfg, path, started)
     }
 
@@ -247,11 +248,12 @@ impl Journal {
         path: &Path,
         started: std::time::Instant,
     ) -> Result<Journal> {
-        let db = Arc::new(db);
+        let db = Arc::new(Store::new(db));
         let (header, state) = guard(path, || init_or_check(&db, path, &cfg))?;
         let (tail, highest, committed) = guard(path, || {
-            crate::writer::rebuild_tail(db.as_ref(), &state, header.key_groups)
+            crate::writer::rebuild_tail(&**db, &state, header.key_groups)
         })?;
+        let gen_index = guard(path, || crate::writer::load_generations(&**db))?;
         let shared = Arc::new(Shared::new(tail, committed, header.key_groups));
         let (tx, rx) = mpsc::channel(cfg.queue_capacity);
         let writer = Writer::new(
@@ -260,6 +262,7 @@ impl Journal {
             rx,
             state,
             highest,
+            gen_index,
             &cfg,
             path.to_path_buf(),
         );
@@ -575,6 +578,50 @@ impl Journal {
     pub fn flush_blocking(&self, pack: bool) -> Result<()> {
         self.call_blocking(|reply| Request::Flush { pack, reply })
     }
+}
+
+/// Creates a new journal file so that a crash at any moment leaves either no file (or the
+/// empty file that was there) or a complete journal: it is built under a temporary name in the
+/// same directory, synced, and then linked into place (a concurrent creator wins cleanly).
+fn create_atomically(path: &Path, b: &redb::Builder, cfg: &JournalBuilder) -> Result<()> {
+    let io = |e: std::io::Error| JournalError::Io(format!("{}: {e}", path.display()));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "journal".into());
+    let tmp = dir.join(format!(
+        ".{name}.creating-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        let db = guard(&tmp, || b.create(&tmp).map_err(|e| open_error(&tmp, e)))?;
+        guard(&tmp, || init_or_check(&db, &tmp, cfg))?;
+        drop(db);
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        match fs::metadata(path) {
+            // An empty file was there: replace it.
+            Ok(m) if m.len() == 0 => fs::rename(&tmp, path).map_err(io)?,
+            // Another creator won the race: use its journal.
+            Ok(_) => {}
+            Err(_) => match fs::hard_link(&tmp, path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
+            },
+        }
+        if let Ok(d) = fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
 }
 
 /// Creates the header of a new journal or checks the one found (G9, key groups, hash).

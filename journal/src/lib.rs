@@ -28,6 +28,7 @@ mod keys;
 mod meta;
 mod read;
 mod record;
+mod store;
 mod tail;
 mod verify;
 mod writer;
@@ -43,8 +44,6 @@ pub use ids::{
 };
 pub use journal::{Journal, SnapshotCriteria};
 pub use meta::FORMAT_VERSION;
-pub use read::{
-    ChangelogIter, EntitySummary, EventIter, JournalInfo, JournalReader, RecoveryView,
-};
-pub use verify::{check_file_integrity, compact_file, CompactReport, Problem, VerifyReport};
+pub use read::{ChangelogIter, EntitySummary, EventIter, JournalInfo, JournalReader, RecoveryView};
 pub use record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord, MAX_MANIFEST_LEN};
+pub use verify::{check_file_integrity, compact_file, CompactReport, Problem, VerifyReport};

@@ -29,6 +29,8 @@ pub(crate) struct State {
     /// Entity key up to which (exclusive) the oldest segment has been packed, if a pack is
     /// under way.
     pub pack_cursor: Option<Vec<u8>>,
+    /// Events written to chunk rows of the generation being packed so far.
+    pub pack_events: u64,
 }
 
 /// An unpacked log segment.
@@ -76,4 +78,7 @@ pub(crate) struct GenerationRow {
     pub first_offset: u64,
     /// Exclusive.
     pub end_offset: u64,
+    /// Events stored in the generation's chunk rows (lowered when deletes remove chunks), so
+    /// a reader can tell that it found all of them.
+    pub events: u64,
 }

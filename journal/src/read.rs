@@ -19,14 +19,15 @@ use crate::journal::{guard, open_error, probe_file, read_header, FileKind};
 use crate::keys;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, Header, State};
 use crate::record::{EventRecord, SnapshotRecord};
+use crate::store::Store;
 use crate::tail::{Shared, TailRef};
 use crate::writer::{decode_row, rebuild_tail};
 
 /// The redb handle behind a reader.
 #[derive(Clone)]
 pub(crate) enum Db {
-    Write(Arc<redb::Database>),
-    ReadOnly(Arc<redb::ReadOnlyDatabase>),
+    Write(Arc<Store<redb::Database>>),
+    ReadOnly(Arc<Store<redb::ReadOnlyDatabase>>),
 }
 
 impl Db {
@@ -82,6 +83,11 @@ pub struct EntitySummary {
 pub struct JournalReader {
     db: Db,
     shared: Arc<Shared>,
+    meta: Arc<ReaderMeta>,
+}
+
+/// What never changes for an open journal; shared by every clone of a reader.
+struct ReaderMeta {
     header: Header,
     path: PathBuf,
 }
@@ -89,7 +95,7 @@ pub struct JournalReader {
 impl std::fmt::Debug for JournalReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JournalReader")
-            .field("path", &self.path)
+            .field("path", &self.meta.path)
             .finish()
     }
 }
@@ -99,8 +105,7 @@ impl JournalReader {
         Self {
             db,
             shared,
-            header,
-            path,
+            meta: Arc::new(ReaderMeta { header, path }),
         }
     }
 
@@ -139,7 +144,7 @@ impl JournalReader {
             b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
             b.set_cache_size(64 << 20);
             let db = b.open_read_only(path).map_err(|e| open_error(path, e))?;
-            let db = Db::ReadOnly(Arc::new(db));
+            let db = Db::ReadOnly(Arc::new(Store::new(db)));
             let rtx = db.begin_read()?;
             let meta = match rtx.open_table(keys::META) {
                 Ok(t) => t,
@@ -156,8 +161,8 @@ impl JournalReader {
             drop(meta);
             drop(rtx);
             let (tail, _, committed) = match &db {
-                Db::ReadOnly(d) => rebuild_tail(d.as_ref(), &state, header.key_groups)?,
-                Db::Write(d) => rebuild_tail(d.as_ref(), &state, header.key_groups)?,
+                Db::ReadOnly(d) => rebuild_tail(&***d, &state, header.key_groups)?,
+                Db::Write(d) => rebuild_tail(&***d, &state, header.key_groups)?,
             };
             let shared = Arc::new(Shared::new(tail, committed, header.key_groups));
             Ok(JournalReader::new(db, shared, header, path.to_path_buf()))
@@ -166,28 +171,28 @@ impl JournalReader {
 
     /// The journal file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.meta.path
     }
 
     /// Number of key groups of this journal.
     pub fn key_groups(&self) -> u32 {
-        self.header.key_groups
+        self.meta.header.key_groups
     }
 
     /// The key group of a persistence id in this journal.
     pub fn key_group_of(&self, pid: &PersistenceId) -> KeyGroup {
-        pid.key_group(self.header.key_groups)
+        pid.key_group(self.meta.header.key_groups)
     }
 
     /// Header facts: format version, id, creation time, key groups, hash.
     pub fn info(&self) -> JournalInfo {
         JournalInfo {
-            format_version: self.header.format_version,
-            journal_id: uuid::Uuid::from_bytes(self.header.journal_id),
-            created_at: DateTime::<Utc>::from_timestamp_micros(self.header.created_at_micros)
+            format_version: self.meta.header.format_version,
+            journal_id: uuid::Uuid::from_bytes(self.meta.header.journal_id),
+            created_at: DateTime::<Utc>::from_timestamp_micros(self.meta.header.created_at_micros)
                 .unwrap_or_default(),
-            key_groups: self.header.key_groups,
-            hash: self.header.hash.clone(),
+            key_groups: self.meta.header.key_groups,
+            hash: self.meta.header.hash.clone(),
         }
     }
 
@@ -240,8 +245,8 @@ impl JournalReader {
     /// # Errors
     /// [`JournalError::Corrupted`] or [`JournalError::Io`].
     pub fn highest_seq(&self, pid: &PersistenceId) -> Result<Seq> {
-        let ek = keys::entity_key(pid, self.header.key_groups);
-        guard(&self.path, || {
+        let ek = keys::entity_key(pid, self.meta.header.key_groups);
+        guard(&self.meta.path, || {
             let (_rtx, row, tail) = self.entity_view(&ek)?;
             Ok(Seq(tail.last().map_or(0, |r| r.seq).max(row.highest_seq)))
         })
@@ -254,8 +259,8 @@ impl JournalReader {
     /// Opening the stream fails with [`JournalError::Io`]; each item may be
     /// [`JournalError::Corrupted`] (naming the location), after which the stream ends.
     pub fn events(&self, pid: &PersistenceId, from: Seq, to: Seq, max: u64) -> Result<EventIter> {
-        let ek = keys::entity_key(pid, self.header.key_groups);
-        guard(&self.path, || {
+        let ek = keys::entity_key(pid, self.meta.header.key_groups);
+        guard(&self.meta.path, || {
             let (rtx, row, tail) = self.entity_view(&ek)?;
             self.event_iter(rtx, &row, tail, pid, ek.clone(), from, to, max)
         })
@@ -274,6 +279,7 @@ impl JournalReader {
         max: u64,
     ) -> Result<EventIter> {
         let from = from.0.max(row.deleted_to + 1).max(1);
+        let highest = tail.last().map_or(0, |r| r.seq).max(row.highest_seq);
         let covered = row.chunks.last().map_or(0, |c| c.last_seq);
         let chunks: VecDeque<ChunkRef> = row
             .chunks
@@ -292,7 +298,7 @@ impl JournalReader {
         };
         Ok(EventIter {
             rtx,
-            path: self.path.clone(),
+            meta: self.meta.clone(),
             pid: pid.clone(),
             ek,
             chunk_table,
@@ -303,7 +309,11 @@ impl JournalReader {
             from,
             to: to.0,
             remaining: max,
-            expect: None,
+            // The first event must be `from` itself (when it exists), and the stream must
+            // reach `min(to, highest)`: a missing chunk or row cannot pass for a short history.
+            expect: Some(from),
+            end: to.0.min(highest),
+            truncated: false,
             done: false,
         })
     }
@@ -315,8 +325,8 @@ impl JournalReader {
     /// # Errors
     /// [`JournalError::Corrupted`] or [`JournalError::Io`].
     pub fn recovery_view(&self, pid: &PersistenceId) -> Result<RecoveryView> {
-        let ek = keys::entity_key(pid, self.header.key_groups);
-        guard(&self.path, || {
+        let ek = keys::entity_key(pid, self.meta.header.key_groups);
+        guard(&self.meta.path, || {
             let (rtx, row, tail) = self.entity_view(&ek)?;
             let highest = Seq(tail.last().map_or(0, |r| r.seq).max(row.highest_seq));
             let mut snapshot_seqs = Vec::new();
@@ -355,8 +365,8 @@ impl JournalReader {
     /// # Errors
     /// [`JournalError::Corrupted`] or [`JournalError::Io`].
     pub fn snapshot_seqs(&self, pid: &PersistenceId) -> Result<Vec<Seq>> {
-        let ek = keys::entity_key(pid, self.header.key_groups);
-        guard(&self.path, || {
+        let ek = keys::entity_key(pid, self.meta.header.key_groups);
+        guard(&self.meta.path, || {
             let rtx = self.read_txn()?;
             let t = rtx.open_table(keys::SNAPSHOTS)?;
             let lo = keys::snapshot_key(&ek, Seq(0));
@@ -375,8 +385,8 @@ impl JournalReader {
     /// # Errors
     /// [`JournalError::Corrupted`] if it does not decode; [`JournalError::Io`].
     pub fn snapshot_at(&self, pid: &PersistenceId, seq: Seq) -> Result<Option<SnapshotRecord>> {
-        let ek = keys::entity_key(pid, self.header.key_groups);
-        guard(&self.path, || {
+        let ek = keys::entity_key(pid, self.meta.header.key_groups);
+        guard(&self.meta.path, || {
             let rtx = self.read_txn()?;
             let t = rtx.open_table(keys::SNAPSHOTS)?;
             let key = keys::snapshot_key(&ek, seq);
@@ -397,21 +407,31 @@ impl JournalReader {
         pid: &PersistenceId,
         max_seq: Seq,
     ) -> Result<Option<SnapshotRecord>> {
-        let ek = keys::entity_key(pid, self.header.key_groups);
-        guard(&self.path, || {
+        let ek = keys::entity_key(pid, self.meta.header.key_groups);
+        guard(&self.meta.path, || {
             let rtx = self.read_txn()?;
+            let row = self.row(&rtx, &ek)?.unwrap_or_default();
             let t = rtx.open_table(keys::SNAPSHOTS)?;
             let lo = keys::snapshot_key(&ek, Seq(0));
             let hi = keys::snapshot_key(&ek, max_seq);
-            let newest = t.range(lo.as_slice()..=hi.as_slice())?.next_back();
-            match newest {
-                None => Ok(None),
+            let newest = match t.range(lo.as_slice()..=hi.as_slice())?.next_back() {
+                None => None,
                 Some(item) => {
                     let (k, v) = item?;
                     let seq = keys::snapshot_key_seq(k.value())?;
-                    decode_snapshot_for(pid, seq, v.value()).map(Some)
+                    Some(decode_snapshot_for(pid, seq, v.value())?)
                 }
+            };
+            // The entity row knows its newest snapshot: a damaged key must not make an older
+            // snapshot (or none) pass for the newest.
+            let found = newest.as_ref().map_or(0, |s| s.seq.0);
+            if row.snapshot_seq <= max_seq.0 && row.snapshot_seq > found {
+                return Err(JournalError::corrupted(
+                    format!("{pid} snapshot {}", row.snapshot_seq),
+                    format!("newest snapshot missing (found {found})"),
+                ));
             }
+            Ok(newest)
         })
     }
 
@@ -422,7 +442,7 @@ impl JournalReader {
     /// # Errors
     /// [`JournalError::Corrupted`] or [`JournalError::Io`].
     pub fn entities(&self, key_groups: Option<Range<u32>>) -> Result<Vec<EntitySummary>> {
-        guard(&self.path, || {
+        guard(&self.meta.path, || {
             let kg = key_groups.clone().unwrap_or(0..u32::MAX);
             let lo = keys::key_group_start(kg.start);
             let hi = keys::key_group_start(kg.end);
@@ -457,6 +477,12 @@ impl JournalReader {
             let mut out = Vec::with_capacity(all.len());
             for (ek, row) in all {
                 let (key_group, pid) = keys::parse_entity_key(&ek)?;
+                if key_group != pid.key_group(self.meta.header.key_groups) {
+                    return Err(JournalError::corrupted(
+                        format!("entities/{pid}"),
+                        format!("stored under key group {key_group}, hashes elsewhere"),
+                    ));
+                }
                 let refs = tail.get(&ek).map(Vec::as_slice).unwrap_or(&[]);
                 let covered = row.chunks.last().map_or(0, |c| c.last_seq);
                 let highest = refs.last().map_or(0, |r| r.seq).max(row.highest_seq);
@@ -497,15 +523,15 @@ impl JournalReader {
     /// Opening fails with [`JournalError::Io`]/[`JournalError::Corrupted`]; items may be
     /// [`JournalError::Corrupted`], after which the iterator ends.
     pub fn changelog(&self, from: Offset) -> Result<ChangelogIter> {
-        guard(&self.path, || {
+        guard(&self.meta.path, || {
             let rtx = self.read_txn()?;
             let meta = rtx.open_table(keys::META)?;
             let state = read_state(&meta)?;
             let gens = rtx.open_table(keys::GENERATIONS)?;
             let entities = rtx.open_table(keys::ENTITIES)?;
             Ok(ChangelogIter {
-                path: self.path.clone(),
-                key_groups: self.header.key_groups,
+                meta: self.meta.clone(),
+                key_groups: self.meta.header.key_groups,
                 pos: from.0.max(1),
                 end: state.next_offset,
                 segments: state.segments.clone(),
@@ -515,6 +541,7 @@ impl JournalReader {
                 rtx,
                 deleted: HashMap::new(),
                 buffer: VecDeque::new(),
+                last: 0,
                 done: false,
             })
         })
@@ -603,7 +630,7 @@ pub(crate) fn read_state(meta: &ReadOnlyTable<&'static str, &'static [u8]>) -> R
 /// Streams one persistence id's events; see [`JournalReader::events`].
 pub struct EventIter {
     rtx: ReadTransaction,
-    path: PathBuf,
+    meta: Arc<ReaderMeta>,
     pid: PersistenceId,
     ek: Vec<u8>,
     chunk_table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
@@ -615,6 +642,10 @@ pub struct EventIter {
     to: u64,
     remaining: u64,
     expect: Option<u64>,
+    /// Last seq the stream must reach (unless cut by the read snapshot).
+    end: u64,
+    /// Tail events newer than this read transaction were left out.
+    truncated: bool,
     done: bool,
 }
 
@@ -658,7 +689,7 @@ impl EventIter {
             };
             let mut decoded = Vec::with_capacity(c.events as usize);
             for frame in codec::Frames::new(v.value()) {
-                let rec = frame.and_then(codec::decode_event);
+                let rec = frame.and_then(|f| codec::decode_event_as(f, Some(&self.pid)));
                 decoded.push(rec);
             }
             drop(v);
@@ -684,6 +715,7 @@ impl EventIter {
                     // Appended after this read began: the stream ends at the snapshot.
                     Err(redb::TableError::TableDoesNotExist(_)) => {
                         self.tail.clear();
+                        self.truncated = true;
                         break;
                     }
                     Err(e) => return Err(e.into()),
@@ -695,9 +727,10 @@ impl EventIter {
             let Some(v) = table.get(r.offset)? else {
                 // Committed after this read transaction began.
                 self.tail.clear();
+                self.truncated = true;
                 break;
             };
-            let rec = codec::decode_event(v.value());
+            let rec = codec::decode_event_as(v.value(), Some(&self.pid));
             drop(v);
             let rec =
                 rec.map_err(|e| self.corrupted(r.seq, format!("log offset {}: {e}", r.offset)))?;
@@ -731,11 +764,21 @@ impl Iterator for EventIter {
                 self.remaining -= 1;
                 return Some(Ok(rec));
             }
-            let path = self.path.clone();
-            match guard(&path, || self.fill()) {
+            let meta = self.meta.clone();
+            match guard(&meta.path, || self.fill()) {
                 Ok(true) => continue,
                 Ok(false) => {
                     self.done = true;
+                    let next = self.expect.unwrap_or(self.from);
+                    if !self.truncated && next <= self.end {
+                        return Some(Err(JournalError::corrupted(
+                            format!("{} seq {next}", self.pid),
+                            format!(
+                                "events end before seq {} (missing chunk or log record)",
+                                self.end
+                            ),
+                        )));
+                    }
                     return None;
                 }
                 Err(e) => {
@@ -749,7 +792,7 @@ impl Iterator for EventIter {
 
 /// Streams the global changelog; see [`JournalReader::changelog`].
 pub struct ChangelogIter {
-    path: PathBuf,
+    meta: Arc<ReaderMeta>,
     key_groups: u32,
     pos: u64,
     end: u64,
@@ -760,6 +803,8 @@ pub struct ChangelogIter {
     rtx: ReadTransaction,
     deleted: HashMap<Vec<u8>, u64>,
     buffer: VecDeque<EventRecord>,
+    /// Offset of the last event returned.
+    last: u64,
     done: bool,
 }
 
@@ -790,32 +835,37 @@ impl ChangelogIter {
         let first_unpacked = self.segments.first().map_or(self.end, |s| s.first_offset);
         let mut batch = Vec::new();
         if self.pos < first_unpacked {
-            // A packed generation: load all its chunks, order by offset.
+            // A packed generation: load all its chunks, order by offset. Generations cover
+            // offsets 1.. contiguously up to the first unpacked segment; a gap, a record
+            // outside its generation or a missing record is damage, never skipped.
             let gen = match self.gens.range(..=self.pos)?.next_back() {
                 Some(item) => {
-                    let (_, v) = item?;
-                    codec::decode_meta::<GenerationRow>(v.value())
-                        .map_err(|e| JournalError::corrupted("generations", e))?
+                    let (k, v) = item?;
+                    let g = codec::decode_meta::<GenerationRow>(v.value())
+                        .map_err(|e| JournalError::corrupted("generations", e))?;
+                    if g.first_offset != k.value() {
+                        return Err(JournalError::corrupted(
+                            format!("generations/{}", k.value()),
+                            format!("row says first offset {}", g.first_offset),
+                        ));
+                    }
+                    g
                 }
-                None => match self.gens.range(self.pos..)?.next() {
-                    Some(item) => {
-                        let (_, v) = item?;
-                        codec::decode_meta::<GenerationRow>(v.value())
-                            .map_err(|e| JournalError::corrupted("generations", e))?
-                    }
-                    None => {
-                        self.pos = first_unpacked;
-                        return Ok(true);
-                    }
-                },
+                None => {
+                    return Err(JournalError::corrupted(
+                        format!("changelog offset {}", self.pos),
+                        "no generation holds this offset",
+                    ))
+                }
             };
             if gen.end_offset <= self.pos {
-                // A hole between generations: nothing stored there.
-                self.pos = match self.gens.range(self.pos..)?.next() {
-                    Some(item) => item?.0.value(),
-                    None => first_unpacked,
-                };
-                return Ok(true);
+                return Err(JournalError::corrupted(
+                    format!("changelog offset {}", self.pos),
+                    format!(
+                        "generation {} ends at {}; no generation holds this offset",
+                        gen.generation, gen.end_offset
+                    ),
+                ));
             }
             if self.chunks.is_none() {
                 self.chunks = Some(self.rtx.open_table(keys::CHUNKS)?);
@@ -823,6 +873,7 @@ impl ChangelogIter {
             let lo = gen.generation.to_be_bytes();
             let hi = (gen.generation + 1).to_be_bytes();
             let mut recs = Vec::new();
+            let mut stored = 0u64;
             if let Some(chunks) = self.chunks.as_ref() {
                 for item in chunks.range(&lo[..]..&hi[..])? {
                     let (k, v) = item?;
@@ -830,11 +881,27 @@ impl ChangelogIter {
                         let rec = frame.and_then(codec::decode_event).map_err(|e| {
                             JournalError::corrupted(format!("chunk {:?}", k.value()), e)
                         })?;
-                        if rec.offset.0 >= self.pos && rec.offset.0 < gen.end_offset {
+                        if rec.offset.0 < gen.first_offset || rec.offset.0 >= gen.end_offset {
+                            return Err(JournalError::corrupted(
+                                format!("chunk {:?}", k.value()),
+                                format!(
+                                    "offset {} outside generation {} ({}..{})",
+                                    rec.offset, gen.generation, gen.first_offset, gen.end_offset
+                                ),
+                            ));
+                        }
+                        stored += 1;
+                        if rec.offset.0 >= self.pos {
                             recs.push(rec);
                         }
                     }
                 }
+            }
+            if stored != gen.events {
+                return Err(JournalError::corrupted(
+                    format!("generation {}", gen.generation),
+                    format!("{stored} events found in its chunks, {} stored", gen.events),
+                ));
             }
             recs.sort_by_key(|r| r.offset);
             batch = recs;
@@ -858,6 +925,12 @@ impl ChangelogIter {
                         let rec = codec::decode_event(v.value()).map_err(|e| {
                             JournalError::corrupted(format!("{name}/{}", k.value()), e)
                         })?;
+                        if rec.offset.0 != k.value() {
+                            return Err(JournalError::corrupted(
+                                format!("{name}/{}", k.value()),
+                                format!("record says offset {}", rec.offset),
+                            ));
+                        }
                         batch.push(rec);
                     }
                 }
@@ -887,10 +960,19 @@ impl Iterator for ChangelogIter {
                 return None;
             }
             if let Some(rec) = self.buffer.pop_front() {
+                // Offsets are unique and ascending; anything else is damage, not data.
+                if rec.offset.0 <= self.last {
+                    self.done = true;
+                    return Some(Err(JournalError::corrupted(
+                        format!("changelog offset {}", rec.offset),
+                        format!("follows offset {} (duplicate or out of order)", self.last),
+                    )));
+                }
+                self.last = rec.offset.0;
                 return Some(Ok(rec));
             }
-            let path = self.path.clone();
-            match guard(&path, || self.fill()) {
+            let meta = self.meta.clone();
+            match guard(&meta.path, || self.fill()) {
                 Ok(true) => continue,
                 Ok(false) => {
                     self.done = true;

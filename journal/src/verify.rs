@@ -95,7 +95,7 @@ impl JournalReader {
         for item in entities.range::<&[u8]>(..)? {
             let (k, v) = item?;
             let key = k.value().to_vec();
-            match codec::decode_meta::<EntityRow>(v.value()) {
+            match codec::decode_keyed::<EntityRow>(&key, v.value()) {
                 Ok(row) => {
                     rows.insert(key, row);
                 }
@@ -185,10 +185,39 @@ impl JournalReader {
             let (k, _) = item?;
             report.chunks += 1;
             if !referenced.contains(k.value()) {
-                report.problem(format!("chunks/{:?}", k.value()), "chunk not referenced by its entity");
+                report.problem(
+                    format!("chunks/{:?}", k.value()),
+                    "chunk not referenced by its entity",
+                );
             }
         }
         Ok(report)
+    }
+}
+
+impl JournalReader {
+    /// [`JournalReader::open_read_only`] after checking every page checksum of the file, when
+    /// no other process has it open (the check needs exclusive access; a running writer
+    /// checked the file when it opened it). A read-only open alone trusts a cleanly closed
+    /// file, so damage to it could read back as other data; this is what inspection tools
+    /// should use. Returns the reader and whether the page check ran.
+    ///
+    /// # Errors
+    /// As [`JournalReader::open_read_only`]; [`JournalError::Corrupted`] when the check fails.
+    pub fn open_read_only_checked(path: impl AsRef<Path>) -> Result<(JournalReader, bool)> {
+        let path = path.as_ref();
+        let checked = match check_file_integrity(path) {
+            Ok(true) => true,
+            Ok(false) => {
+                return Err(JournalError::corrupted(
+                    path.display().to_string(),
+                    "page checksums do not match (redb repaired what it could; run verify)",
+                ))
+            }
+            Err(JournalError::Locked { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        Ok((JournalReader::open_read_only(path)?, checked))
     }
 }
 
@@ -238,7 +267,11 @@ pub fn compact_file(path: impl AsRef<Path>) -> Result<CompactReport> {
             detail: "no such file or empty".into(),
         });
     }
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| JournalError::Io(e.to_string()));
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(|e| JournalError::Io(e.to_string()))
+    };
     let before = size(path)?;
     guard(path, || {
         let mut db = redb::Builder::new()

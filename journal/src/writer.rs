@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::journal::SnapshotCriteria;
 use crate::keys;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, SegmentInfo, State};
 use crate::record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord};
+use crate::store::Store;
 use crate::tail::{Shared, Tail, TailRef};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -122,12 +124,14 @@ fn fail_request(req: Request, err: impl Fn() -> JournalError) {
     }
 }
 
-fn encode_row(row: &EntityRow) -> Result<Vec<u8>> {
-    codec::encode_meta(row).map_err(|e| JournalError::Io(e.to_string()))
+fn encode_row(ek: &[u8], row: &EntityRow) -> Result<Vec<u8>> {
+    codec::encode_keyed(ek, row).map_err(|e| JournalError::Io(e.to_string()))
 }
 
 pub(crate) fn decode_row(ek: &[u8], bytes: &[u8]) -> Result<EntityRow> {
-    codec::decode_meta(bytes).map_err(|e| JournalError::corrupted(format!("entities/{ek:?}"), e))
+    codec::decode_keyed(ek, bytes).map_err(|e| {
+        JournalError::corrupted(format!("entities/{}", String::from_utf8_lossy(ek)), e)
+    })
 }
 
 /// What a committed transaction changes in memory.
@@ -141,12 +145,14 @@ struct Effects {
 
 /// The writer thread's state.
 pub(crate) struct Writer {
-    db: Arc<Database>,
+    db: Arc<Store<Database>>,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
     state: State,
     highest: HashMap<Vec<u8>, u64>,
     plan: Option<BTreeMap<Vec<u8>, Vec<TailRef>>>,
+    /// Generation → first offset (the key of its generation row).
+    gen_index: BTreeMap<u64, u64>,
     pack_waiters: Vec<Reply<()>>,
     durability: Durability,
     segment_events: u64,
@@ -159,11 +165,12 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new(
-        db: Arc<Database>,
+        db: Arc<Store<Database>>,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Request>,
         state: State,
         highest: HashMap<Vec<u8>, u64>,
+        gen_index: BTreeMap<u64, u64>,
         cfg: &JournalBuilder,
         path: PathBuf,
     ) -> Self {
@@ -175,6 +182,7 @@ impl Writer {
             state,
             highest,
             plan: None,
+            gen_index,
             pack_waiters: Vec::new(),
             durability: cfg.durability,
             segment_events: cfg.segment_events,
@@ -236,7 +244,15 @@ impl Writer {
         let requests = batch.len();
         let mut done = Vec::with_capacity(batch.len());
         let state_before = self.state.clone();
-        let result = self.transact(batch, &mut done);
+        // A panic inside redb (damaged bytes it trusted) is an I/O failure of this batch, not
+        // the death of the writer thread.
+        let result = match catch_unwind(AssertUnwindSafe(|| self.transact(batch, &mut done))) {
+            Ok(r) => r,
+            Err(_) => Err(JournalError::corrupted(
+                self.path.display().to_string(),
+                "storage engine failed while writing (damaged file?)",
+            )),
+        };
         match result {
             Ok(fx) => {
                 self.apply(&fx);
@@ -360,7 +376,8 @@ impl Writer {
                         done.push(Done::Unit(reply, r));
                     }
                     Request::DeleteEventsTo { pid, to_seq, reply } => {
-                        let r = self.delete_events_to(&pid, to_seq, &mut entities, &mut chunks)?;
+                        let r =
+                            self.delete_events_to(&txn, &pid, to_seq, &mut entities, &mut chunks)?;
                         done.push(Done::Seq(reply, Ok(r)));
                     }
                     Request::DeleteSnapshots {
@@ -373,7 +390,7 @@ impl Writer {
                         done.push(Done::Count(reply, Ok(r)));
                     }
                     Request::DeleteEntity { pid, reply } => {
-                        self.delete_entity(&pid, &mut entities, &mut chunks, &mut snapshots)?;
+                        self.delete_entity(&txn, &pid, &mut entities, &mut chunks, &mut snapshots)?;
                         done.push(Done::Unit(reply, Ok(())));
                     }
                     Request::ImportFloor {
@@ -471,7 +488,9 @@ impl Writer {
                 payload: e.payload,
             };
             match codec::encode_event(&rec) {
-                Ok(b) => encoded.push((rec.seq.0, rec.offset.0, rec.timestamp.timestamp_micros(), b)),
+                Ok(b) => {
+                    encoded.push((rec.seq.0, rec.offset.0, rec.timestamp.timestamp_micros(), b))
+                }
                 Err(e) => {
                     return Ok(Err(Rejected::InvalidManifest(format!(
                         "cannot encode event: {e}"
@@ -542,12 +561,13 @@ impl Writer {
             row.snapshots += 1;
         }
         row.snapshot_seq = row.snapshot_seq.max(rec.seq.0);
-        entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+        entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
         Ok(Ok(()))
     }
 
     fn delete_events_to(
         &mut self,
+        txn: &redb::WriteTransaction,
         pid: &PersistenceId,
         to_seq: Seq,
         entities: &mut Table<&[u8], &[u8]>,
@@ -561,10 +581,10 @@ impl Writer {
         if to > row.deleted_to {
             row.deleted_to = to;
             for c in row.chunks.iter().filter(|c| c.last_seq <= to) {
-                chunks.remove(keys::chunk_key(c.generation, &ek, c.first_seq).as_slice())?;
+                self.remove_chunk(txn, chunks, &ek, c)?;
             }
             row.chunks.retain(|c| c.last_seq > to);
-            entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+            entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
         }
         Ok(Seq(row.deleted_to))
     }
@@ -588,9 +608,55 @@ impl Writer {
         let mut row = self.load_row(&ek, entities)?;
         row.highest_seq = deleted_to.0;
         row.deleted_to = deleted_to.0;
-        entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+        entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
         self.highest.insert(ek, deleted_to.0);
         Ok(Ok(()))
+    }
+
+    /// Removes one chunk row and lowers its generation's event count.
+    fn remove_chunk(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        chunks: &mut Table<&[u8], &[u8]>,
+        ek: &[u8],
+        c: &ChunkRef,
+    ) -> Result<()> {
+        chunks.remove(keys::chunk_key(c.generation, ek, c.first_seq).as_slice())?;
+        let n = u64::from(c.events);
+        if self
+            .state
+            .segments
+            .first()
+            .is_some_and(|s| s.number == c.generation)
+        {
+            // Still being packed: its row does not exist yet.
+            self.state.pack_events = self.state.pack_events.saturating_sub(n);
+            return Ok(());
+        }
+        let Some(first) = self.gen_index.get(&c.generation).copied() else {
+            return Err(JournalError::corrupted(
+                format!("generation {}", c.generation),
+                "chunk of an unknown generation",
+            ));
+        };
+        let mut gens = txn.open_table(keys::GENERATIONS)?;
+        let row = match gens.get(first)? {
+            Some(v) => codec::decode_meta::<GenerationRow>(v.value())
+                .map_err(|e| JournalError::corrupted(format!("generations/{first}"), e))?,
+            None => {
+                return Err(JournalError::corrupted(
+                    format!("generations/{first}"),
+                    "missing",
+                ))
+            }
+        };
+        let row = GenerationRow {
+            events: row.events.saturating_sub(n),
+            ..row
+        };
+        let bytes = codec::encode_meta(&row).map_err(|e| JournalError::Io(e.to_string()))?;
+        gens.insert(first, bytes.as_slice())?;
+        Ok(())
     }
 
     fn snapshot_seqs(&self, ek: &[u8], snapshots: &Table<&[u8], &[u8]>) -> Result<Vec<Seq>> {
@@ -628,13 +694,14 @@ impl Writer {
             let mut row = self.load_row(&ek, entities)?;
             row.snapshots = remaining.len() as u32;
             row.snapshot_seq = remaining.last().map_or(0, |s| s.0);
-            entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+            entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
         }
         Ok(deleted)
     }
 
     fn delete_entity(
         &mut self,
+        txn: &redb::WriteTransaction,
         pid: &PersistenceId,
         entities: &mut Table<&[u8], &[u8]>,
         chunks: &mut Table<&[u8], &[u8]>,
@@ -644,7 +711,7 @@ impl Writer {
         let highest = self.current_highest(&ek, entities)?;
         let mut row = self.load_row(&ek, entities)?;
         for c in &row.chunks {
-            chunks.remove(keys::chunk_key(c.generation, &ek, c.first_seq).as_slice())?;
+            self.remove_chunk(txn, chunks, &ek, c)?;
         }
         for s in self.snapshot_seqs(&ek, snapshots)? {
             snapshots.remove(keys::snapshot_key(&ek, s).as_slice())?;
@@ -654,7 +721,7 @@ impl Writer {
         row.chunks.clear();
         row.snapshots = 0;
         row.snapshot_seq = 0;
-        entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+        entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
         Ok(())
     }
 
@@ -722,6 +789,7 @@ impl Writer {
                     });
                     c.last_seq = r.seq;
                     c.events += 1;
+                    self.state.pack_events += 1;
                     c.bytes += v.len() as u32;
                     codec::push_frame(&mut buf, v);
                 }
@@ -730,7 +798,7 @@ impl Writer {
                     cursor.insert_before(key.as_slice(), buf.as_slice())?;
                     row.chunks.push(c);
                 }
-                entities.insert(ek.as_slice(), encode_row(&row)?.as_slice())?;
+                entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
                 budget = budget.saturating_sub(refs.len());
                 fx.packed += refs.len();
                 let mut next = ek;
@@ -750,12 +818,15 @@ impl Writer {
                 generation: seg.number,
                 first_offset: seg.first_offset,
                 end_offset,
+                events: self.state.pack_events,
             };
+            self.gen_index.insert(seg.number, seg.first_offset);
             let mut gens = txn.open_table(keys::GENERATIONS)?;
             let bytes = codec::encode_meta(&gen).map_err(|e| JournalError::Io(e.to_string()))?;
             gens.insert(seg.first_offset, bytes.as_slice())?;
             self.state.segments.remove(0);
             self.state.pack_cursor = None;
+            self.state.pack_events = 0;
             fx.packed_segment = Some(seg.number);
         } else {
             self.plan = Some(plan);
@@ -839,4 +910,18 @@ pub(crate) fn rebuild_tail(
     }
     debug!(tail_events = tail.len(), "tail index rebuilt");
     Ok((tail, highest, state.next_offset.saturating_sub(1)))
+}
+
+/// Generation → first offset, from the generations table.
+pub(crate) fn load_generations(db: &impl redb::ReadableDatabase) -> Result<BTreeMap<u64, u64>> {
+    let rtx = db.begin_read()?;
+    let gens = rtx.open_table(keys::GENERATIONS)?;
+    let mut out = BTreeMap::new();
+    for item in gens.range::<u64>(..)? {
+        let (k, v) = item?;
+        let row = codec::decode_meta::<GenerationRow>(v.value())
+            .map_err(|e| JournalError::corrupted(format!("generations/{}", k.value()), e))?;
+        out.insert(row.generation, k.value());
+    }
+    Ok(out)
 }

@@ -3,15 +3,17 @@
 //! A valid journal is built once (400 events of 20 persistence ids in batches of 1–3, snapshots
 //! of a third of them, small log segments so that both packed chunk rows and an unpacked log
 //! segment are on disk) and closed. Then, on copies of its bytes, each case applies one kind of
-//! damage: a flipped byte every 97 bytes through the whole file and at random positions, random
+//! damage: a flipped byte every 389 bytes (97 with `STATELINE_SOAK=1`) through the whole file and
+//! at random positions, random
 //! bit flips over a range, truncations, each page zeroed, a page copied over another, trailing
 //! garbage, an empty file, random text, the redb magic followed by garbage, a directory at the
 //! path, a missing file with `create(false)`.
 //!
-//! Every case opens the damaged file, each time on a fresh copy: writable ([`Journal::open`], or
-//! the builder with `create(false)` where the case says so), read-only
-//! ([`JournalReader::open_read_only`]), and, to measure the mitigation, writable with
-//! `verify_on_open(true)`. When an open succeeds it reads everything: `entities(None)`, and
+//! Every case opens the damaged file four ways, each time on a fresh copy: writable with the
+//! defaults ([`Journal::open`], which checks page checksums on open; or the builder with
+//! `create(false)` where the case says so), read-only after the page check
+//! ([`JournalReader::open_read_only_checked`]), and the two opens that trust a cleanly closed
+//! file (`verify_on_open(false)`, plain [`JournalReader::open_read_only`]). When an open succeeds it reads everything: `entities(None)`, and
 //! `highest_seq`, `all_events` and `load_snapshot` of every persistence id, and the changelog from
 //! offset 1. Each outcome must be a typed error or data equal to the original's: an `Ok` that
 //! differs is silent wrong data (a changelog may end with an error after a correct prefix).
@@ -23,8 +25,8 @@
 //! - [`damaged_files_never_panic_or_hang`]: no panic reaches the caller, none happens on the
 //!   writer thread, no case hangs (panics inside the storage engine that the journal turns into
 //!   typed errors are counted and reported, not failed);
-//! - [`damaged_files_never_read_back_wrong_data`]: with the default options;
-//! - [`damaged_files_never_read_back_wrong_data_with_verify_on_open`];
+//! - [`damaged_files_never_read_back_wrong_data`]: with the default, checked opens (the
+//!   trusting opens are measured and reported);
 //! - [`foreign_and_degenerate_files_are_refused`]: missing, empty, foreign files and directories
 //!   are `NotAJournal` as documented.
 //!
@@ -326,18 +328,30 @@ fn read_all(r: &JournalReader, want: &Contents) -> Outcome {
     }
 }
 
+fn soak() -> bool {
+    std::env::var("STATELINE_SOAK").is_ok_and(|v| v == "1")
+}
+
 /// How a case's file is opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Handle {
-    /// `Journal::open` (or the builder with `create(false)` when the case asks).
+    /// `Journal::open` with the defaults (which check every page checksum on open), or the
+    /// builder with `create(false)` when the case asks.
     Writable,
-    /// `JournalReader::open_read_only`.
+    /// `JournalReader::open_read_only_checked`: the page check, then a read-only open.
+    ReadOnlyChecked,
+    /// The builder with `verify_on_open(false)`: trusts a cleanly closed file.
+    WritableUnverified,
+    /// `JournalReader::open_read_only` alone: trusts a cleanly closed file.
     ReadOnly,
-    /// The builder with `verify_on_open(true)`: redb checks every page checksum on open.
-    WritableVerified,
 }
 
-const HANDLES: [Handle; 3] = [Handle::Writable, Handle::ReadOnly, Handle::WritableVerified];
+const HANDLES: [Handle; 4] = [
+    Handle::Writable,
+    Handle::ReadOnlyChecked,
+    Handle::WritableUnverified,
+    Handle::ReadOnly,
+];
 
 fn open_and_read(handle: Handle, path: &Path, create: bool, want: &Contents) -> Outcome {
     let opened = |e: JournalError| Outcome::Typed(variant(&e), format!("open: {e}"));
@@ -346,10 +360,15 @@ fn open_and_read(handle: Handle, path: &Path, create: bool, want: &Contents) -> 
             Ok(r) => read_all(&r, want),
             Err(e) => opened(e),
         },
-        Handle::Writable | Handle::WritableVerified => {
-            let builder = Journal::builder()
-                .create(create)
-                .verify_on_open(handle == Handle::WritableVerified);
+        Handle::ReadOnlyChecked => match JournalReader::open_read_only_checked(path) {
+            Ok((r, _)) => read_all(&r, want),
+            Err(e) => opened(e),
+        },
+        Handle::Writable | Handle::WritableUnverified => {
+            let mut builder = Journal::builder().create(create);
+            if handle == Handle::WritableUnverified {
+                builder = builder.verify_on_open(false);
+            }
             match builder.open(path) {
                 Ok(j) => {
                     let outcome = read_all(&j, want);
@@ -411,13 +430,14 @@ fn cases(orig: &[u8], rng: &mut Rng) -> Vec<Case> {
         create: true,
     };
     // A flipped byte every 97 bytes, across the whole file.
-    for pos in (0..len).step_by(97) {
+    let step = if soak() { 97 } else { 389 };
+    for pos in (0..len).step_by(step) {
         let mut b = orig.to_vec();
         b[pos] ^= 0xFF;
         out.push(damaged(format!("flip byte {pos}"), b));
     }
     // Random positions, random masks.
-    for _ in 0..300 {
+    for _ in 0..if soak() { 300 } else { 120 } {
         let pos = rng.below(len);
         let mask = 1 + rng.below(255) as u8;
         let mut b = orig.to_vec();
@@ -624,7 +644,7 @@ fn run_case(
             let mut outcomes = Vec::new();
             for (h, p) in paths {
                 let want = match (expect, h) {
-                    (Expect::EmptyFile, Handle::Writable | Handle::WritableVerified) => &fresh,
+                    (Expect::EmptyFile, Handle::Writable | Handle::WritableUnverified) => &fresh,
                     _ => &original,
                 };
                 let outcome = catch_unwind(AssertUnwindSafe(|| open_and_read(h, &p, create, want)))
@@ -845,17 +865,21 @@ fn wrong_data(r: &CaseResult, handles: &[Handle]) -> Vec<String> {
         .collect()
 }
 
+/// The default opens (writable with its page check, and the checked read-only open) never
+/// return wrong data. The unverified opens trust a cleanly closed file: damage to a B-tree key
+/// can hide a row from a point lookup (a `highest_seq` of 0 for an entity with history), which
+/// only a page check or a full scan (`verify`) can notice. They are measured, not asserted.
 #[test]
 fn damaged_files_never_read_back_wrong_data() {
-    run().assert_none("wrong data", |r| {
-        wrong_data(r, &[Handle::Writable, Handle::ReadOnly])
-    });
-}
-
-#[test]
-fn damaged_files_never_read_back_wrong_data_with_verify_on_open() {
-    run().assert_none("wrong data (verify_on_open)", |r| {
-        wrong_data(r, &[Handle::WritableVerified])
+    let r = run();
+    let unverified: usize = r
+        .results
+        .iter()
+        .map(|c| wrong_data(c, &[Handle::WritableUnverified, Handle::ReadOnly]).len())
+        .sum();
+    println!("unverified opens (verify_on_open(false), open_read_only): {unverified} wrong reads");
+    r.assert_none("wrong data", |c| {
+        wrong_data(c, &[Handle::Writable, Handle::ReadOnlyChecked])
     });
 }
 
@@ -867,7 +891,7 @@ fn foreign_and_degenerate_files_are_refused() {
             .filter_map(|(h, o)| {
                 let ok = match (r.expect, h, o) {
                     (Expect::Original, _, _) => true,
-                    (Expect::EmptyFile, Handle::Writable | Handle::WritableVerified, o) => {
+                    (Expect::EmptyFile, Handle::Writable | Handle::WritableUnverified, o) => {
                         matches!(o, Outcome::Correct)
                     }
                     (Expect::EmptyFile | Expect::NotAJournal, _, Outcome::Typed(v, _)) => {
