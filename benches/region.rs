@@ -29,7 +29,10 @@ use stateline::prelude::*;
 use stateline_journal::{Manifest, NewEvent};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn enabled(name: &str) -> bool {
@@ -46,7 +49,11 @@ struct Sensor {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum SensorCommand {
-    Record { value: u64, #[serde(with = "serde_bytes")] memo: Vec<u8> },
+    Record {
+        value: u64,
+        #[serde(with = "serde_bytes")]
+        memo: Vec<u8>,
+    },
     Touch,
 }
 
@@ -104,7 +111,11 @@ fn ms(us: u64) -> f64 {
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -114,7 +125,11 @@ fn owned(t: u64, n: u64, entities: u64) -> u64 {
     let per = entities.div_ceil(1024);
     let k = (n / 1024) % per;
     let e = t + 1024 * k;
-    if e < entities { e } else { t }
+    if e < entities {
+        e
+    } else {
+        t
+    }
 }
 
 /// Journal-only baseline: 1,024 appenders, one event per append.
@@ -132,7 +147,14 @@ async fn journal_only(dir: &std::path::Path, events: u64, entities: u64) -> f64 
                 let pid = PersistenceId::parse("sensor", &id(e)).unwrap();
                 let seq = seqs.entry(e).or_insert(0u64);
                 *seq += 1;
-                let ev = NewEvent::encode(Manifest::new("sensor", 1), &Recorded { value: n, memo: memo() }).unwrap();
+                let ev = NewEvent::encode(
+                    Manifest::new("sensor", 1),
+                    &Recorded {
+                        value: n,
+                        memo: memo(),
+                    },
+                )
+                .unwrap();
                 j.append(&pid, Seq(*seq), vec![ev]).await.unwrap();
                 n += 1024;
             }
@@ -167,10 +189,18 @@ async fn region_persist(dir: &std::path::Path) {
             while n < events {
                 let t0 = Instant::now();
                 region
-                    .send(&id(owned(t, n, entities)), SensorCommand::Record { value: n, memo: memo() })
+                    .send(
+                        &id(owned(t, n, entities)),
+                        SensorCommand::Record {
+                            value: n,
+                            memo: memo(),
+                        },
+                    )
                     .await
                     .unwrap();
-                hist.borrow_mut().record(t0.elapsed().as_micros() as u64).unwrap();
+                hist.borrow_mut()
+                    .record(t0.elapsed().as_micros() as u64)
+                    .unwrap();
                 n += 1024;
             }
         }));
@@ -179,7 +209,7 @@ async fn region_persist(dir: &std::path::Path) {
         t.await.unwrap();
     }
     let rate = events as f64 / started.elapsed().as_secs_f64();
-    let h = hist.borrow();
+    let h = hist.borrow().clone();
     println!(
         "RESULT region_persist events={events} events_per_sec={rate:.0} p50_ms={:.2} p99_ms={:.2} journal_events_per_sec={baseline:.0} ratio={:.2}",
         ms(h.value_at_quantile(0.5)),
@@ -205,7 +235,17 @@ async fn rescale(dir: &std::path::Path) {
     // Make every entity live (one persisted event each).
     let mut window = VecDeque::new();
     for i in 0..live {
-        window.push_back(region.enqueue(&id(i), SensorCommand::Record { value: i, memo: memo() }).unwrap());
+        window.push_back(
+            region
+                .enqueue(
+                    &id(i),
+                    SensorCommand::Record {
+                        value: i,
+                        memo: memo(),
+                    },
+                )
+                .unwrap(),
+        );
         if window.len() >= 2048 {
             window.pop_front().unwrap().await.unwrap().unwrap();
         }
@@ -227,8 +267,19 @@ async fn rescale(dir: &std::path::Path) {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let t0 = Instant::now();
-                region.send(&id(x % live), SensorCommand::Record { value: x, memo: memo() }).await.unwrap();
-                samples.borrow_mut().push((t0, t0.elapsed().as_micros() as u64));
+                region
+                    .send(
+                        &id(x % live),
+                        SensorCommand::Record {
+                            value: x,
+                            memo: memo(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                samples
+                    .borrow_mut()
+                    .push((t0, t0.elapsed().as_micros() as u64));
             }
         }));
     }
@@ -248,7 +299,7 @@ async fn rescale(dir: &std::path::Path) {
     for t in tasks {
         t.await.unwrap();
     }
-    let samples = samples.borrow();
+    let samples = std::mem::take(&mut *samples.borrow_mut());
     let inside = |t: &Instant| windows.iter().any(|(a, b)| t >= a && t <= b);
     let mut outside = histogram();
     let mut during = histogram();
@@ -276,7 +327,11 @@ async fn recovery(dir: &std::path::Path) {
     let path = dir.join("recovery.redb");
     {
         let journal = Journal::open(&path).unwrap();
-        let state = rmp_serde::to_vec_named(&Sensor { readings: 10, last: 0 }).unwrap();
+        let state = rmp_serde::to_vec_named(&Sensor {
+            readings: 10,
+            last: 0,
+        })
+        .unwrap();
         let mut tasks = Vec::new();
         for t in 0..64u64 {
             let j = journal.clone();
@@ -286,12 +341,32 @@ async fn recovery(dir: &std::path::Path) {
                 while e < n {
                     let pid = PersistenceId::parse("sensor", &id(e)).unwrap();
                     let first: Vec<NewEvent> = (0..10)
-                        .map(|v| NewEvent::encode(Manifest::new("sensor", 1), &Recorded { value: v, memo: memo() }).unwrap())
+                        .map(|v| {
+                            NewEvent::encode(
+                                Manifest::new("sensor", 1),
+                                &Recorded {
+                                    value: v,
+                                    memo: memo(),
+                                },
+                            )
+                            .unwrap()
+                        })
                         .collect();
                     j.append(&pid, Seq(1), first).await.unwrap();
-                    j.save_snapshot(&pid, Seq(10), Manifest::new("sensor", 1), state.clone()).await.unwrap();
+                    j.save_snapshot(&pid, Seq(10), Manifest::new("sensor", 1), state.clone())
+                        .await
+                        .unwrap();
                     let rest: Vec<NewEvent> = (0..100)
-                        .map(|v| NewEvent::encode(Manifest::new("sensor", 1), &Recorded { value: v, memo: memo() }).unwrap())
+                        .map(|v| {
+                            NewEvent::encode(
+                                Manifest::new("sensor", 1),
+                                &Recorded {
+                                    value: v,
+                                    memo: memo(),
+                                },
+                            )
+                            .unwrap()
+                        })
                         .collect();
                     j.append(&pid, Seq(11), rest).await.unwrap();
                     e += 64;

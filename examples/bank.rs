@@ -259,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
         t.await?;
     }
     let elapsed = started.elapsed();
-    let lat = latencies.borrow();
+    let lat = std::mem::take(&mut *latencies.borrow_mut());
     let mut sorted: Vec<Duration> = lat.iter().map(|(_, d)| *d).collect();
     sorted.sort();
     println!(
@@ -287,7 +287,6 @@ async fn main() -> anyhow::Result<()> {
             r.from, r.to, r.handoff, r.moved_key_groups, r.entities_handed_off, r.buffered_commands, worst
         );
     }
-    drop(lat);
     let mut expected = initial.clone();
     for (a, delta) in acked.borrow().iter() {
         expected[*a as usize] += delta;

@@ -164,6 +164,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         db: Arc<Store<Database>>,
         shared: Arc<Shared>,
