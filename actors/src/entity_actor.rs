@@ -3,7 +3,7 @@
 //! persisting), applies and replies only after the commit is durable (G1).
 
 use actix::prelude::*;
-use stateline_journal::{Journal, PersistenceId, Seq};
+use stateline_journal::{EntityId, Journal, PersistenceId, Seq};
 use tokio::sync::oneshot;
 use tracing::{debug, info_span, warn, Instrument};
 
@@ -11,6 +11,7 @@ use crate::core::{encode_event, save_snapshot, EntityCore};
 use crate::effect::Kind;
 use crate::entity::EventSourced;
 use crate::error::{CommandError, RecoveryError};
+use crate::shard::Shard;
 
 /// Where an entity's reply goes.
 pub(crate) type ReplyTo<S> =
@@ -20,7 +21,7 @@ pub(crate) type ReplyTo<S> =
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Processed {
-    pub id: String,
+    pub id: EntityId,
     pub incarnation: u64,
     pub persisted: u64,
     pub stopped: bool,
@@ -31,7 +32,7 @@ pub(crate) struct Processed {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Passivated {
-    pub id: String,
+    pub id: EntityId,
     pub incarnation: u64,
 }
 
@@ -51,42 +52,38 @@ impl<S: EventSourced> Message for Exec<S> {
 pub(crate) struct Passivate;
 
 pub(crate) struct EntityActor<S: EventSourced> {
-    id: String,
     incarnation: u64,
     pid: PersistenceId,
-    journal: Journal,
+    /// Until recovery moves it into `core` (boxed: live entities should not carry it twice).
+    journal: Option<Box<Journal>>,
     core: Option<EntityCore<S>>,
-    failed: Option<RecoveryError>,
-    shard: Recipient<Processed>,
-    passivated: Recipient<Passivated>,
-    commands: u64,
+    failed: Option<Box<RecoveryError>>,
+    /// Shared by all entities of the shard (cloning an `Addr` allocates a sender).
+    shard: std::sync::Arc<Addr<Shard<S>>>,
+    commands: u32,
 }
 
 impl<S: EventSourced> EntityActor<S> {
     pub(crate) fn new(
-        id: String,
         incarnation: u64,
         pid: PersistenceId,
         journal: Journal,
-        shard: Recipient<Processed>,
-        passivated: Recipient<Passivated>,
+        shard: std::sync::Arc<Addr<Shard<S>>>,
     ) -> Self {
         Self {
-            id,
             incarnation,
             pid,
-            journal,
+            journal: Some(Box::new(journal)),
             core: None,
             failed: None,
             shard,
-            passivated,
             commands: 0,
         }
     }
 
     fn report(&self, persisted: u64, stopped: bool, state_bytes: Option<u64>) {
         self.shard.do_send(Processed {
-            id: self.id.clone(),
+            id: self.pid.entity_id().clone(),
             incarnation: self.incarnation,
             persisted,
             stopped,
@@ -113,11 +110,14 @@ impl<S: EventSourced> Actor for EntityActor<S> {
     fn started(&mut self, _ctx: &mut Self::Context) {
         // Synchronous: the mailbox is not polled until recovery is done, so commands that
         // arrive meanwhile wait and run afterwards, in order.
-        match EntityCore::<S>::recover(self.journal.clone(), self.pid.clone()) {
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        match EntityCore::<S>::recover(*journal, self.pid.clone()) {
             Ok(core) => self.core = Some(core),
             Err(e) => {
                 warn!(error = %e, "entity recovery failed");
-                self.failed = Some(e);
+                self.failed = Some(Box::new(e));
             }
         }
     }
@@ -130,7 +130,7 @@ impl<S: EventSourced> Handler<Exec<S>> for EntityActor<S> {
         let done = || AtomicResponse::new(Box::pin(fut::ready(())));
         let Some(core) = self.core.as_mut() else {
             let err = match self.failed.take() {
-                Some(e) => CommandError::Recovery(e),
+                Some(e) => CommandError::Recovery(*e),
                 None => CommandError::EntityStopped,
             };
             let _ = msg.reply_to.send(Err(err));
@@ -138,7 +138,7 @@ impl<S: EventSourced> Handler<Exec<S>> for EntityActor<S> {
             ctx.stop();
             return done();
         };
-        let span = info_span!("command", entity_type = S::TYPE_NAME, id = %self.id);
+        let span = info_span!("command", entity_type = S::TYPE_NAME, id = %self.pid.entity_id());
         let effect = span.in_scope(|| core.state.handle(msg.command));
         let after = effect.after;
         match effect.kind {
@@ -276,8 +276,8 @@ impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
             }
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|_, act, ctx| {
-            act.passivated.do_send(Passivated {
-                id: act.id.clone(),
+            act.shard.do_send(Passivated {
+                id: act.pid.entity_id().clone(),
                 incarnation: act.incarnation,
             });
             act.core = None;

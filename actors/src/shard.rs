@@ -114,6 +114,8 @@ pub struct Shard<S: EventSourced> {
     stopping: Vec<oneshot::Sender<()>>,
     releases: Vec<PendingRelease>,
     key_groups: u32,
+    /// This shard's address, shared with its entities.
+    me: Option<Arc<Addr<Shard<S>>>>,
 }
 
 /// A handoff in progress: the entities of some key groups still to drain.
@@ -172,6 +174,7 @@ impl<S: EventSourced> Shard<S> {
             stopping: Vec::new(),
             releases: Vec::new(),
             key_groups: journal_key_groups,
+            me: None,
         };
         let mailbox = capacity.saturating_mul(2).clamp(1024, 1 << 30);
         // The handle bounds what is queued (max_queued_commands); the actix mailbox must not
@@ -222,14 +225,15 @@ impl<S: EventSourced> Shard<S> {
                     Err(_) => return,
                 },
             );
-            let actor = EntityActor::<S>::new(
-                id.to_string(),
-                incarnation,
-                pid,
-                self.journal.clone(),
-                ctx.address().recipient(),
-                ctx.address().recipient(),
-            );
+            let me = match &self.me {
+                Some(me) => me.clone(),
+                None => {
+                    let me = Arc::new(ctx.address());
+                    self.me = Some(me.clone());
+                    me
+                }
+            };
+            let actor = EntityActor::<S>::new(incarnation, pid, self.journal.clone(), me);
             let addr = actor.start();
             self.live += 1;
             if let Some(slot) = self.slots.get_mut(id) {
@@ -240,6 +244,10 @@ impl<S: EventSourced> Shard<S> {
         self.touch(id);
         if let Some(slot) = self.slots.get_mut(id) {
             if let (Some(p), Some(addr)) = (slot.queue.pop_front(), slot.addr.as_ref()) {
+                if slot.queue.is_empty() {
+                    // Most entities are idle most of the time: keep no buffer for them.
+                    slot.queue = VecDeque::new();
+                }
                 slot.busy = true;
                 addr.do_send(Exec::<S> {
                     command: p.command,
@@ -260,7 +268,9 @@ impl<S: EventSourced> Shard<S> {
             .filter(|(_, s)| s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty())
             .map(|(id, s)| (s.tick, id))
             .collect();
-        let n = (self.config.max_active_entities / 100).max(1).min(idle.len());
+        let n = (self.config.max_active_entities / 100)
+            .max(1)
+            .min(idle.len());
         if n == 0 {
             return;
         }
@@ -285,7 +295,11 @@ impl<S: EventSourced> Shard<S> {
     fn sweep(&mut self) {
         self.epoch += 1;
         let interval = self.config.sweep_interval.max(Duration::from_millis(1));
-        let idle_epochs = self.config.passivate_after.as_nanos().div_ceil(interval.as_nanos()) as u64;
+        let idle_epochs = self
+            .config
+            .passivate_after
+            .as_nanos()
+            .div_ceil(interval.as_nanos()) as u64;
         let epoch = self.epoch;
         let idle: Vec<String> = self
             .slots
@@ -449,7 +463,8 @@ impl<S: EventSourced> Handler<Processed> for Shard<S> {
         self.queued.fetch_sub(1, Ordering::SeqCst);
         self.stats.messages_handled += 1;
         self.stats.events_persisted += msg.persisted;
-        let Some(slot) = self.slots.get_mut(&msg.id) else {
+        let id = msg.id.as_str();
+        let Some(slot) = self.slots.get_mut(id) else {
             return;
         };
         if slot.incarnation != msg.incarnation {
@@ -463,8 +478,8 @@ impl<S: EventSourced> Handler<Processed> for Shard<S> {
             self.live -= 1;
             slot.state_bytes = 0;
         }
-        self.pump(&msg.id, ctx);
-        self.remove_if_idle(&msg.id);
+        self.pump(msg.id.as_str(), ctx);
+        self.remove_if_idle(msg.id.as_str());
         self.continue_stopping(ctx);
     }
 }
@@ -473,7 +488,7 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
     type Result = ();
 
     fn handle(&mut self, msg: Passivated, ctx: &mut Context<Self>) {
-        let Some(slot) = self.slots.get_mut(&msg.id) else {
+        let Some(slot) = self.slots.get_mut(msg.id.as_str()) else {
             return;
         };
         if slot.incarnation != msg.incarnation {
@@ -487,8 +502,8 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
         self.stats.passivations += 1;
         debug!(id = %msg.id, "entity passivated");
         // Commands that arrived while it was passivating go to a fresh incarnation.
-        self.pump(&msg.id, ctx);
-        self.remove_if_idle(&msg.id);
+        self.pump(msg.id.as_str(), ctx);
+        self.remove_if_idle(msg.id.as_str());
         self.continue_stopping(ctx);
     }
 }
