@@ -3,6 +3,8 @@
 pub use stateline_actors as actors;
 pub use stateline_journal as journal;
 
+pub mod cli;
+
 pub use stateline_actors::{
     CommandError, Effect, EventSourced, Persist, RecoveryError, Shard, ShardConfig, ShardRef,
     ShardStats, SnapshotPolicy,

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use stateline_journal::{
-    CodecError, Journal, JournalError, Manifest, NewEvent, PersistenceId, Seq, SnapshotCriteria,
+    CodecError, Journal, JournalError, Manifest, NewEvent, PersistenceId, Seq,
 };
 use tracing::{debug, info_span, warn};
 
@@ -133,8 +133,8 @@ impl<S: EventSourced> EntityCore<S> {
             .is_some_and(|n| self.seq >= self.snapshot_seq + n)
     }
 
-    pub(crate) fn has_unsnapshotted_events(&self) -> bool {
-        self.seq > self.snapshot_seq
+    pub(crate) fn events_since_snapshot(&self) -> u64 {
+        self.seq.saturating_sub(self.snapshot_seq)
     }
 
     /// What to save for a snapshot now: `(seq, bytes)`. Marks the snapshot as taken.
@@ -161,9 +161,8 @@ pub(crate) async fn save_snapshot<S: EventSourced>(
     bytes: Vec<u8>,
 ) -> Result<(), JournalError> {
     let manifest = Manifest::new(S::TYPE_NAME, S::SNAPSHOT_VERSION);
-    journal.save_snapshot(&pid, seq, manifest, bytes).await?;
     journal
-        .delete_snapshots(&pid, SnapshotCriteria::keep_newest(policy.keep.max(1)))
+        .save_snapshot_retaining(&pid, seq, manifest, bytes, policy.keep.max(1))
         .await?;
     if policy.delete_covered_events {
         journal.delete_events_to(&pid, seq).await?;
@@ -182,7 +181,10 @@ pub(crate) fn save_snapshot_blocking<S: EventSourced>(
 ) -> Result<(), JournalError> {
     let manifest = Manifest::new(S::TYPE_NAME, S::SNAPSHOT_VERSION);
     journal.save_snapshot_blocking(pid, seq, manifest, bytes)?;
-    journal.delete_snapshots_blocking(pid, SnapshotCriteria::keep_newest(policy.keep.max(1)))?;
+    journal.delete_snapshots_blocking(
+        pid,
+        stateline_journal::SnapshotCriteria::keep_newest(policy.keep.max(1)),
+    )?;
     if policy.delete_covered_events {
         journal.delete_events_to_blocking(pid, seq)?;
     }

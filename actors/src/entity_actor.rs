@@ -254,7 +254,9 @@ impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
 
     fn handle(&mut self, _: Passivate, _ctx: &mut Context<Self>) -> Self::Result {
         let snapshot = self.core.as_mut().and_then(|core| {
-            if core.policy.on_stop && core.has_unsnapshotted_events() {
+            if core.policy.on_stop
+                && core.events_since_snapshot() >= core.policy.on_stop_min_events.max(1)
+            {
                 core.take_snapshot().map(|(seq, bytes)| {
                     (
                         core.journal.clone(),

@@ -27,10 +27,15 @@ pub struct RegionConfig {
     /// Most commands buffered for key groups in handoff, over the whole region; more are
     /// refused with [`CommandError::Overloaded`], handing the command back. Default 100,000.
     pub buffer_capacity: usize,
-    /// How long a rescale waits for old owners to drain their moving key groups. Default 30 s.
-    /// On timeout the rescale is aborted: ownership stays where it was, buffered commands go
-    /// to the old owners in arrival order, and [`RegionError::HandoffTimeout`] is returned.
+    /// How long a rescale waits for the old owners to drain one wave of moving key groups.
+    /// Default 30 s. On timeout the rescale stops: the waves already moved stay moved, the
+    /// timed-out wave and the rest stay with their old owners (buffered commands go to them in
+    /// arrival order), every key group keeps exactly one owner, and
+    /// [`RegionError::HandoffTimeout`] is returned; calling `rescale` again continues.
     pub handoff_timeout: Duration,
+    /// Key groups moved per handoff wave. Default 32. A command for a moving key group waits
+    /// for its wave only, so smaller waves mean shorter pauses (and more, smaller drains).
+    pub handoff_wave_key_groups: usize,
     /// Configuration of every shard actor.
     pub shard: ShardConfig,
 }
@@ -41,6 +46,7 @@ impl Default for RegionConfig {
             shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
             buffer_capacity: 100_000,
             handoff_timeout: Duration::from_secs(30),
+            handoff_wave_key_groups: 32,
             shard: ShardConfig::default(),
         }
     }
@@ -53,8 +59,8 @@ pub enum RegionError {
     /// A region needs at least one shard actor.
     #[error("shard count must be at least 1")]
     InvalidShardCount,
-    /// A shard did not drain its moving key groups in time; the rescale was aborted and the
-    /// previous layout stays in force.
+    /// A shard did not drain its moving key groups in time; the rescale stopped at a consistent
+    /// intermediate layout (see [`RegionConfig::handoff_timeout`]).
     #[error(
         "handoff timed out after {waited:?}: shard owning {key_groups:?} did not stop its entities"
     )]
@@ -405,10 +411,9 @@ impl<S: EventSourced> ShardRegion<S> {
                 fresh.push((i, shard, arbiter));
             }
         }
-        // Switch the moving key groups to buffering.
+        // Register the new shards and plan every key group's move.
         let mut new_owner = vec![0u64; k as usize];
-        let mut releases: HashMap<u64, Vec<u32>> = HashMap::new();
-        let mut new_ids = Vec::new();
+        let mut by_old: BTreeMap<u64, VecDeque<u32>> = BTreeMap::new();
         {
             let mut r = self.routing();
             let mut ids = Vec::with_capacity(ranges.len());
@@ -427,11 +432,10 @@ impl<S: EventSourced> ShardRegion<S> {
                             ShardSlot {
                                 shard,
                                 arbiter,
-                                // Owns nothing until the handoff completes.
+                                // Owns nothing until its key groups arrive.
                                 range: ranges[i].start..ranges[i].start,
                             },
                         );
-                        new_ids.push(id);
                         id
                     }
                 };
@@ -442,60 +446,80 @@ impl<S: EventSourced> ShardRegion<S> {
                     new_owner[kg as usize] = ids[i];
                     let old = r.owner[kg as usize];
                     if old != ids[i] {
-                        releases.entry(old).or_default().push(kg);
-                        r.moving.insert(kg, VecDeque::new());
+                        by_old.entry(old).or_default().push_back(kg);
                     }
                 }
             }
         }
-        let moved: usize = releases.values().map(Vec::len).sum();
-
-        // Drain the moving key groups on their old owners, all shards at once.
-        let mut waits = Vec::new();
-        {
-            let r = self.routing();
-            for (old, kgs) in &releases {
-                if let Some(slot) = r.shards.get(old) {
-                    let range = slot.range.clone();
-                    waits.push((range, slot.shard.start_release(ranges_of(kgs.clone()))));
+        let moved: usize = by_old.values().map(VecDeque::len).sum();
+        // Waves of key groups, taken round-robin from the old owners so that every draining
+        // shard works at once; a command waits only for its own wave, not the whole handoff.
+        let wave_size = self.inner.config.handoff_wave_key_groups.max(1);
+        let mut waves: Vec<Vec<u32>> = Vec::new();
+        let mut current = Vec::new();
+        while by_old.values().any(|q| !q.is_empty()) {
+            for q in by_old.values_mut() {
+                if let Some(kg) = q.pop_front() {
+                    current.push(kg);
+                    if current.len() == wave_size {
+                        waves.push(std::mem::take(&mut current));
+                    }
                 }
             }
         }
-        let deadline = tokio::time::Instant::now() + self.inner.config.handoff_timeout;
+        if !current.is_empty() {
+            waves.push(current);
+        }
+
         let mut handed_off = 0;
+        let mut buffered_commands = 0;
         let mut failed: Option<Range<u32>> = None;
-        for (range, rx) in waits {
-            let outcome = match rx {
-                Some(rx) => tokio::time::timeout_at(deadline, rx)
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
-                None => None,
-            };
-            match outcome {
-                Some(report) => handed_off += report.entities,
-                None => {
-                    failed.get_or_insert(range);
+        for wave in waves {
+            // Buffer the wave's key groups, then drain them on their old owners.
+            let mut waits = Vec::new();
+            {
+                let mut r = self.routing();
+                let mut per_old: HashMap<u64, Vec<u32>> = HashMap::new();
+                for &kg in &wave {
+                    r.moving.insert(kg, VecDeque::new());
+                    per_old.entry(r.owner[kg as usize]).or_default().push(kg);
+                }
+                for (old, kgs) in per_old {
+                    if let Some(slot) = r.shards.get(&old) {
+                        let range = slot.range.clone();
+                        waits.push((range, slot.shard.start_release(ranges_of(kgs))));
+                    }
                 }
             }
-        }
-
-        // Commit (or abort) under the routing lock, flushing buffers in arrival order.
-        let mut retired = Vec::new();
-        let mut buffered_commands = 0;
-        let abort = failed.is_some();
-        {
+            let deadline = tokio::time::Instant::now() + self.inner.config.handoff_timeout;
+            for (range, rx) in waits {
+                let outcome = match rx {
+                    Some(rx) => tokio::time::timeout_at(deadline, rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    None => None,
+                };
+                match outcome {
+                    Some(report) => handed_off += report.entities,
+                    None => {
+                        failed.get_or_insert(range);
+                    }
+                }
+            }
+            // Hand the wave over (or back, on timeout), flushing its buffers in arrival order.
+            let abort = failed.is_some();
             let mut r = self.routing();
-            let moving: Vec<(u32, VecDeque<Buffered<S>>)> = r.moving.drain().collect();
-            for (kg, buf) in moving {
+            for kg in wave {
+                let Some(buf) = r.moving.remove(&kg) else {
+                    continue;
+                };
                 let target = if abort {
                     r.owner[kg as usize]
                 } else {
                     new_owner[kg as usize]
                 };
-                if !abort {
-                    r.owner[kg as usize] = target;
-                }
+                r.owner[kg as usize] = target;
                 buffered_commands += buf.len();
                 self.inner.buffered.fetch_sub(buf.len(), Ordering::SeqCst);
                 for b in buf {
@@ -516,25 +540,34 @@ impl<S: EventSourced> ShardRegion<S> {
                 }
             }
             if abort {
-                for id in &new_ids {
-                    if let Some(slot) = r.shards.remove(id) {
-                        retired.push(slot);
+                break;
+            }
+        }
+
+        // Shards that own nothing any more stop; the others get their new ranges.
+        let mut retired = Vec::new();
+        {
+            let mut r = self.routing();
+            let mut spans: HashMap<u64, Range<u32>> = HashMap::new();
+            for (kg, id) in r.owner.iter().enumerate() {
+                let kg = kg as u32;
+                spans
+                    .entry(*id)
+                    .and_modify(|s| s.end = kg + 1)
+                    .or_insert(kg..kg + 1);
+            }
+            let ids: Vec<u64> = r.shards.keys().copied().collect();
+            for id in ids {
+                match spans.get(&id) {
+                    Some(span) => {
+                        if let Some(slot) = r.shards.get_mut(&id) {
+                            slot.range = span.clone();
+                        }
                     }
-                }
-            } else {
-                let keep: std::collections::HashSet<u64> = new_owner.iter().copied().collect();
-                let ids: Vec<u64> = r.shards.keys().copied().collect();
-                for id in ids {
-                    if !keep.contains(&id) {
+                    None => {
                         if let Some(slot) = r.shards.remove(&id) {
                             retired.push(slot);
                         }
-                    }
-                }
-                for (i, range) in ranges.iter().enumerate() {
-                    let id = new_owner[range.start as usize];
-                    if let Some(slot) = r.shards.get_mut(&id) {
-                        slot.range = ranges[i].clone();
                     }
                 }
             }
@@ -545,7 +578,7 @@ impl<S: EventSourced> ShardRegion<S> {
         }
         if let Some(key_groups) = failed {
             let waited = started.elapsed();
-            warn!(?key_groups, ?waited, "handoff timed out; rescale aborted");
+            warn!(?key_groups, ?waited, "handoff timed out; rescale stopped");
             return Err(RegionError::HandoffTimeout { key_groups, waited });
         }
         let report = RescaleReport {

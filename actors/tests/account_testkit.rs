@@ -83,7 +83,7 @@ fn snapshots_follow_the_policy_and_keep_the_newest() {
         every_events: Some(5),
         keep: 2,
         delete_covered_events: true,
-        on_stop: true,
+        ..SnapshotPolicy::default()
     };
     let mut kit = EventSourcedTestKit::<Account>::with_policy("erin", policy);
     for _ in 0..23 {

@@ -426,6 +426,35 @@ impl Journal {
             manifest,
             payload,
             timestamp,
+            keep: None,
+            reply,
+        })
+        .await
+    }
+
+    /// [`Self::save_snapshot`], then keeps only the newest `keep_newest` snapshots of `pid`,
+    /// in the same write (one request instead of two: what entities do after each snapshot).
+    ///
+    /// # Errors
+    /// As [`Self::save_snapshot`].
+    pub async fn save_snapshot_retaining(
+        &self,
+        pid: &PersistenceId,
+        seq: Seq,
+        manifest: Manifest,
+        payload: Vec<u8>,
+        keep_newest: usize,
+    ) -> Result<()> {
+        self.check_snapshot(&manifest, &payload)?;
+        let pid = pid.clone();
+        let timestamp = Utc::now();
+        self.call(|reply| Request::SaveSnapshot {
+            pid,
+            seq,
+            manifest,
+            payload,
+            timestamp,
+            keep: Some(keep_newest.max(1)),
             reply,
         })
         .await
@@ -451,6 +480,7 @@ impl Journal {
             manifest,
             payload,
             timestamp,
+            keep: None,
             reply,
         })
     }
@@ -543,6 +573,7 @@ impl Journal {
             manifest: rec.manifest,
             payload: rec.payload,
             timestamp: rec.timestamp,
+            keep: None,
             reply,
         })
     }

@@ -44,6 +44,8 @@ pub(crate) enum Request {
         manifest: Manifest,
         payload: Vec<u8>,
         timestamp: DateTime<Utc>,
+        /// Keep only this many newest snapshots afterwards.
+        keep: Option<usize>,
         reply: Reply<()>,
     },
     DeleteEventsTo {
@@ -364,8 +366,10 @@ impl Writer {
                         manifest,
                         payload,
                         timestamp,
+                        keep,
                         reply,
                     } => {
+                        let pid_for_keep = keep.map(|_| pid.clone());
                         let rec = SnapshotRecord {
                             persistence_id: pid,
                             seq,
@@ -374,6 +378,10 @@ impl Writer {
                             payload,
                         };
                         let r = self.save_snapshot(rec, &mut entities, &mut snapshots)?;
+                        if let (Ok(()), Some(k), Some(pid)) = (&r, keep, pid_for_keep) {
+                            let criteria = SnapshotCriteria::keep_newest(k);
+                            self.delete_snapshots(&pid, criteria, &mut entities, &mut snapshots)?;
+                        }
                         done.push(Done::Unit(reply, r));
                     }
                     Request::DeleteEventsTo { pid, to_seq, reply } => {
