@@ -30,6 +30,7 @@ pub(crate) struct State {
     /// under way.
     pub pack_cursor: Option<Vec<u8>>,
     /// Events written to chunk rows of the generation being packed so far.
+    #[serde(default)]
     pub pack_events: u64,
 }
 
@@ -80,5 +81,6 @@ pub(crate) struct GenerationRow {
     pub end_offset: u64,
     /// Events stored in the generation's chunk rows (lowered when deletes remove chunks), so
     /// a reader can tell that it found all of them.
+    #[serde(default)]
     pub events: u64,
 }
