@@ -23,6 +23,11 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+/// glibc's allocator degrades badly under this workload's cross-thread frees (see README,
+/// "Allocator"); both the region and its journal-only baseline run on mimalloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde::{Deserialize, Serialize};
 use stateline::actors::{RegionConfig, ShardConfig, ShardRegion};
 use stateline::prelude::*;
@@ -177,7 +182,10 @@ async fn region_persist(dir: &std::path::Path) {
         journal_only(dir, events, entities).await
     };
     eprintln!("journal only: {baseline:.0} events/s");
-    let journal = Journal::open(dir.join("region.redb")).unwrap();
+    let journal = Journal::builder()
+        .pack_cache_bytes(env_or("STATELINE_BENCH_PACK_CACHE", 64usize << 20))
+        .open(dir.join("region.redb"))
+        .unwrap();
     let region = ShardRegion::<Sensor>::start(journal, RegionConfig::default()).unwrap();
     let hist = Rc::new(RefCell::new(histogram()));
     let started = Instant::now();

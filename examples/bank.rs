@@ -20,6 +20,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+/// See the README's "Allocator" section: glibc's malloc degrades under cross-thread frees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde::{Deserialize, Serialize};
 use stateline::actors::{RegionConfig, ShardRegion};
 use stateline::prelude::*;

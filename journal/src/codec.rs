@@ -68,6 +68,16 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     rmp_serde::to_vec(value).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Encodes and seals in one buffer (the append hot path: one allocation, no copy).
+fn encode_sealed<T: Serialize>(value: &T, size_hint: usize) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(CRC_LEN + size_hint);
+    out.extend_from_slice(&[0; CRC_LEN]);
+    rmp_serde::encode::write(&mut out, value).map_err(|e| CodecError::Encode(e.to_string()))?;
+    let crc = crc32fast::hash(&out[CRC_LEN..]).to_le_bytes();
+    out[..CRC_LEN].copy_from_slice(&crc);
+    Ok(out)
+}
+
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
     rmp_serde::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))
 }
@@ -100,7 +110,8 @@ pub(crate) fn encode_event(rec: &EventRecord) -> Result<Vec<u8>, CodecError> {
         version: rec.manifest.version,
         payload: &rec.payload,
     };
-    Ok(seal(encode(&env)?))
+    let hint = 64 + env.entity_type.len() + env.entity_id.len() + env.manifest.len();
+    encode_sealed(&env, hint + rec.payload.len())
 }
 
 /// Decodes one stored event.

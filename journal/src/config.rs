@@ -47,6 +47,7 @@ pub struct JournalBuilder {
     pub(crate) pack_step_events: usize,
     pub(crate) max_chunk_bytes: usize,
     pub(crate) max_batch_events: usize,
+    pub(crate) pack_cache_bytes: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) cache_bytes: usize,
     pub(crate) create: bool,
@@ -64,6 +65,7 @@ impl Default for JournalBuilder {
             pack_step_events: 8_192,
             max_chunk_bytes: 256 << 10,
             max_batch_events: 16_384,
+            pack_cache_bytes: 64 << 20,
             queue_capacity: 65_536,
             cache_bytes: 256 << 20,
             create: true,
@@ -130,6 +132,13 @@ impl JournalBuilder {
     /// Most events one group commit takes. Default 16,384.
     pub fn max_batch_events(mut self, n: usize) -> Self {
         self.max_batch_events = n.max(1);
+        self
+    }
+
+    /// Bytes of recently appended events the writer keeps in memory so that packing copies
+    /// them without reading the log back. Default 64 MiB; 0 disables the cache.
+    pub fn pack_cache_bytes(mut self, n: usize) -> Self {
+        self.pack_cache_bytes = n;
         self
     }
 

@@ -139,7 +139,7 @@ pub(crate) fn decode_row(ek: &[u8], bytes: &[u8]) -> Result<EntityRow> {
 /// What a committed transaction changes in memory.
 #[derive(Default)]
 struct Effects {
-    tail: Vec<(Vec<u8>, TailRef)>,
+    tail: Vec<(Vec<u8>, Vec<TailRef>)>,
     packed_segment: Option<u64>,
     appended: usize,
     packed: usize,
@@ -155,6 +155,12 @@ pub(crate) struct Writer {
     plan: Option<BTreeMap<Vec<u8>, Vec<TailRef>>>,
     /// Generation → first offset (the key of its generation row).
     gen_index: BTreeMap<u64, u64>,
+    /// Stored bytes of recently appended events, by offset, so that packing copies them from
+    /// memory instead of looking each one up in the log (bounded by `pack_cache_bytes`; empty
+    /// after a reopen, when packing reads the log).
+    pack_cache: HashMap<u64, Vec<u8>>,
+    pack_cache_bytes: usize,
+    pack_cache_limit: usize,
     pack_waiters: Vec<Reply<()>>,
     durability: Durability,
     segment_events: u64,
@@ -186,6 +192,9 @@ impl Writer {
             highest,
             plan: None,
             gen_index,
+            pack_cache: HashMap::new(),
+            pack_cache_bytes: 0,
+            pack_cache_limit: cfg.pack_cache_bytes,
             pack_waiters: Vec::new(),
             durability: cfg.durability,
             segment_events: cfg.segment_events,
@@ -294,8 +303,10 @@ impl Writer {
     fn apply(&mut self, fx: &Effects) {
         {
             let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
-            for (ek, r) in &fx.tail {
-                tail.push(ek, *r);
+            for (ek, refs) in &fx.tail {
+                for r in refs {
+                    tail.push(ek, *r);
+                }
             }
             if let Some(seg) = fx.packed_segment {
                 // Readers that saw the old entity rows retry when the version moves (read.rs).
@@ -431,6 +442,14 @@ impl Writer {
                     cursor.insert_before(*offset, bytes.as_slice())?;
                 }
                 cursor.close()?;
+                // (If the commit fails the journal is poisoned and the cache never used.)
+                for (offset, bytes) in inserts.drain(..) {
+                    if self.pack_cache_bytes + bytes.len() > self.pack_cache_limit {
+                        break;
+                    }
+                    self.pack_cache_bytes += bytes.len();
+                    self.pack_cache.insert(offset, bytes);
+                }
             }
             let budget = self.pack_step_events.max(2 * fx.appended);
             self.pack_step(&txn, &mut entities, &mut chunks, budget, &mut fx)?;
@@ -508,21 +527,25 @@ impl Writer {
                 }
             }
         }
+        let mut refs = Vec::with_capacity(encoded.len());
         for (seq, offset, ts, bytes) in encoded {
-            fx.tail.push((
-                ek.clone(),
-                TailRef {
-                    seq,
-                    offset,
-                    segment,
-                    timestamp_micros: ts,
-                    bytes: bytes.len() as u32,
-                },
-            ));
+            refs.push(TailRef {
+                seq,
+                offset,
+                segment,
+                timestamp_micros: ts,
+                bytes: bytes.len() as u32,
+            });
             inserts.push((offset, bytes));
         }
         self.state.next_offset += n;
-        self.highest.insert(ek, current + n);
+        match self.highest.get_mut(&ek) {
+            Some(h) => *h = current + n,
+            None => {
+                self.highest.insert(ek.clone(), current + n);
+            }
+        }
+        fx.tail.push((ek, refs));
         fx.appended += n as usize;
         Ok(Ok(AppendAck {
             first_seq: Seq(current + 1),
@@ -773,13 +796,23 @@ impl Writer {
                     if r.seq <= row.deleted_to {
                         continue;
                     }
-                    let v = log.get(r.offset)?.ok_or_else(|| {
-                        JournalError::corrupted(
-                            format!("{name}/{}", r.offset),
-                            "event missing from log",
-                        )
-                    })?;
-                    let v = v.value();
+                    let cached = self.pack_cache.remove(&r.offset);
+                    let guard;
+                    let v: &[u8] = match &cached {
+                        Some(b) => {
+                            self.pack_cache_bytes -= b.len();
+                            b
+                        }
+                        None => {
+                            guard = log.get(r.offset)?.ok_or_else(|| {
+                                JournalError::corrupted(
+                                    format!("{name}/{}", r.offset),
+                                    "event missing from log",
+                                )
+                            })?;
+                            guard.value()
+                        }
+                    };
                     if let Some(c) = current.as_mut() {
                         if buf.len() + 4 + v.len() > self.max_chunk_bytes {
                             let key = keys::chunk_key(seg.number, &ek, c.first_seq);
@@ -830,6 +863,16 @@ impl Writer {
                 events: self.state.pack_events,
             };
             self.gen_index.insert(seg.number, seg.first_offset);
+            // Events of the segment that packing skipped (deleted) leave the cache too.
+            let mut freed = 0;
+            self.pack_cache.retain(|offset, bytes| {
+                let keep = *offset >= end_offset;
+                if !keep {
+                    freed += bytes.len();
+                }
+                keep
+            });
+            self.pack_cache_bytes -= freed;
             let mut gens = txn.open_table(keys::GENERATIONS)?;
             let bytes = codec::encode_meta(&gen).map_err(|e| JournalError::Io(e.to_string()))?;
             gens.insert(seg.first_offset, bytes.as_slice())?;
