@@ -54,6 +54,12 @@ pub trait EventSourced: Default + Serialize + DeserializeOwned + Send + Unpin + 
     /// version is skipped (recovery falls back to older snapshots or full replay).
     const SNAPSHOT_VERSION: u32 = 1;
 
+    /// Whether a shard that receives this type's key groups in a handoff recovers their
+    /// entities at once (in the background, a few at a time) instead of on their first
+    /// command. Default `false` (lazy). Eager recovery suits entities that must be warm, such
+    /// as those with timers or low-latency first commands.
+    const RECOVER_EAGERLY: bool = false;
+
     /// What callers send.
     type Command: Send + Unpin + 'static;
     /// What is persisted.

@@ -509,6 +509,7 @@ impl<S: EventSourced> ShardRegion<S> {
             }
             // Hand the wave over (or back, on timeout), flushing its buffers in arrival order.
             let abort = failed.is_some();
+            let wave_kgs = wave.clone();
             let mut r = self.routing();
             for kg in wave {
                 let Some(buf) = r.moving.remove(&kg) else {
@@ -541,6 +542,18 @@ impl<S: EventSourced> ShardRegion<S> {
             }
             if abort {
                 break;
+            }
+            if S::RECOVER_EAGERLY {
+                // The new owners recover the moved entities now, a few at a time.
+                let mut per_new: HashMap<u64, Vec<u32>> = HashMap::new();
+                for &kg in &wave_kgs {
+                    per_new.entry(new_owner[kg as usize]).or_default().push(kg);
+                }
+                for (id, kgs) in per_new {
+                    if let Some(slot) = r.shards.get(&id) {
+                        slot.shard.warm(ranges_of(kgs));
+                    }
+                }
             }
         }
 

@@ -116,6 +116,8 @@ pub struct Shard<S: EventSourced> {
     key_groups: u32,
     /// This shard's address, shared with its entities.
     me: Option<Arc<Addr<Shard<S>>>>,
+    /// Entities to recover eagerly, a few per turn of the mailbox.
+    warming: VecDeque<EntityId>,
 }
 
 /// A handoff in progress: the entities of some key groups still to drain.
@@ -175,6 +177,7 @@ impl<S: EventSourced> Shard<S> {
             releases: Vec::new(),
             key_groups: journal_key_groups,
             me: None,
+            warming: VecDeque::new(),
         };
         let mailbox = capacity.saturating_mul(2).clamp(1024, 1 << 30);
         // The handle bounds what is queued (max_queued_commands); the actix mailbox must not
@@ -204,6 +207,56 @@ impl<S: EventSourced> Shard<S> {
         }
     }
 
+    /// Starts (and so recovers) the entity actor of a slot that has none.
+    fn start_entity(&mut self, id: &str, ctx: &mut Context<Self>) {
+        if self.live >= self.config.max_active_entities {
+            self.evict_lru(ctx);
+        }
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        let pid = PersistenceId::new(
+            self.entity_type.clone(),
+            // Validated when the command was delivered.
+            match EntityId::new(id) {
+                Ok(e) => e,
+                Err(_) => return,
+            },
+        );
+        let me = match &self.me {
+            Some(me) => me.clone(),
+            None => {
+                let me = Arc::new(ctx.address());
+                self.me = Some(me.clone());
+                me
+            }
+        };
+        let actor = EntityActor::<S>::new(incarnation, pid, self.journal.clone(), me);
+        let addr = actor.start();
+        self.live += 1;
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.addr = Some(addr);
+            slot.incarnation = incarnation;
+        }
+    }
+
+    /// Queues the stored entities of `key_groups` for eager recovery.
+    fn warm(&mut self, key_groups: &[std::ops::Range<u32>], ctx: &mut Context<Self>) {
+        let was_idle = self.warming.is_empty();
+        for range in key_groups {
+            match self.journal.entities(Some(range.clone())) {
+                Ok(list) => self.warming.extend(
+                    list.into_iter()
+                        .filter(|e| e.persistence_id.entity_type() == &self.entity_type)
+                        .map(|e| e.persistence_id.entity_id().clone()),
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot list entities to recover eagerly"),
+            }
+        }
+        if was_idle && !self.warming.is_empty() {
+            ctx.notify(WarmStep);
+        }
+    }
+
     /// Runs the next queued command of `id` if its entity is free.
     fn pump(&mut self, id: &str, ctx: &mut Context<Self>) {
         let needs_start = match self.slots.get(id) {
@@ -212,34 +265,7 @@ impl<S: EventSourced> Shard<S> {
             None => return,
         };
         if needs_start {
-            if self.live >= self.config.max_active_entities {
-                self.evict_lru(ctx);
-            }
-            let incarnation = self.next_incarnation;
-            self.next_incarnation += 1;
-            let pid = PersistenceId::new(
-                self.entity_type.clone(),
-                // Validated when the command was delivered.
-                match EntityId::new(id) {
-                    Ok(e) => e,
-                    Err(_) => return,
-                },
-            );
-            let me = match &self.me {
-                Some(me) => me.clone(),
-                None => {
-                    let me = Arc::new(ctx.address());
-                    self.me = Some(me.clone());
-                    me
-                }
-            };
-            let actor = EntityActor::<S>::new(incarnation, pid, self.journal.clone(), me);
-            let addr = actor.start();
-            self.live += 1;
-            if let Some(slot) = self.slots.get_mut(id) {
-                slot.addr = Some(addr);
-                slot.incarnation = incarnation;
-            }
+            self.start_entity(id, ctx);
         }
         self.touch(id);
         if let Some(slot) = self.slots.get_mut(id) {
@@ -520,6 +546,72 @@ impl<S: EventSourced> Handler<GetStats> for Shard<S> {
     }
 }
 
+/// Recover the stored entities of some key groups now (handoff of an eager entity type).
+pub(crate) struct Warm(pub Vec<std::ops::Range<u32>>);
+
+impl Message for Warm {
+    type Result = ();
+}
+
+impl<S: EventSourced> Handler<Warm> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Warm, ctx: &mut Context<Self>) {
+        self.warm(&msg.0, ctx);
+    }
+}
+
+/// Start the next few queued eager recoveries, then yield to commands.
+struct WarmStep;
+
+impl Message for WarmStep {
+    type Result = ();
+}
+
+/// Eager recoveries started per turn: recovery runs on the shard's thread, so this bounds how
+/// long commands wait behind it.
+const WARM_BATCH: usize = 16;
+
+impl<S: EventSourced> Handler<WarmStep> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: WarmStep, ctx: &mut Context<Self>) {
+        for _ in 0..WARM_BATCH {
+            let Some(id) = self.warming.pop_front() else {
+                break;
+            };
+            if !self.stopping.is_empty() || self.slots.contains_key(id.as_str()) {
+                continue;
+            }
+            if self.live >= self.config.max_active_entities {
+                // Never evict to warm: stop warming instead.
+                self.warming.clear();
+                break;
+            }
+            let key_group = KeyGroup::of(S::TYPE_NAME, id.as_str(), self.key_groups).0;
+            self.slots.insert(
+                id.as_str().to_string(),
+                Slot {
+                    addr: None,
+                    incarnation: 0,
+                    queue: VecDeque::new(),
+                    busy: false,
+                    passivating: false,
+                    tick: self.next_tick,
+                    last_used: self.epoch,
+                    state_bytes: 0,
+                    key_group,
+                    draining: false,
+                },
+            );
+            self.start_entity(id.as_str(), ctx);
+        }
+        if !self.warming.is_empty() {
+            ctx.notify(WarmStep);
+        }
+    }
+}
+
 /// Finish queued commands, passivate every entity, then stop.
 pub(crate) struct Shutdown(oneshot::Sender<()>);
 
@@ -742,6 +834,11 @@ impl<S: EventSourced> ShardRef<S> {
         let (done, rx) = oneshot::channel();
         self.addr.do_send(Release { key_groups, done });
         self.addr.connected().then_some(rx)
+    }
+
+    /// Recovers the stored entities of `key_groups` in the background (eager entity types).
+    pub(crate) fn warm(&self, key_groups: Vec<std::ops::Range<u32>>) {
+        self.addr.do_send(Warm(key_groups));
     }
 
     /// Passivates entity `id` now if it is idle (its next command starts it again).

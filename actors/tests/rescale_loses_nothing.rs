@@ -12,6 +12,7 @@ mod support;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use stateline_actors::{CommandError, RegionConfig, ShardRegion};
 use stateline_journal::{Durability, Journal};
@@ -221,4 +222,90 @@ async fn a_full_handoff_buffer_hands_commands_back_and_loses_nothing_else() {
             .unwrap();
         assert_eq!(got, *want, "entity e{i}");
     }
+}
+
+/// An entity type that asks for eager recovery after a handoff.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Warm {
+    n: u64,
+}
+
+impl stateline_actors::EventSourced for Warm {
+    const TYPE_NAME: &'static str = "warm";
+    const RECOVER_EAGERLY: bool = true;
+    type Command = ();
+    type Event = ();
+    type Reply = u64;
+
+    fn handle(&self, _: ()) -> stateline_actors::Effect<Self> {
+        stateline_actors::Effect::persist(vec![()]).then_reply(|s: &Self| s.n)
+    }
+
+    fn apply(&mut self, _: &()) {
+        self.n += 1;
+    }
+}
+
+async fn live_after_rescale<S: stateline_actors::EventSourced>(
+    make: impl Fn() -> S::Command,
+    wait: std::time::Duration,
+) -> (usize, usize) {
+    let journal = Journal::builder()
+        .open_with_backend(redb::backends::InMemoryBackend::new(), "mem")
+        .unwrap();
+    let region = ShardRegion::<S>::start(
+        journal,
+        RegionConfig {
+            shards: 1,
+            ..RegionConfig::default()
+        },
+    )
+    .unwrap();
+    for i in 0..300 {
+        assert!(region.send(&format!("w{i}"), make()).await.is_ok());
+    }
+    let report = region.rescale(2).await.unwrap();
+    // Let background recoveries run; poll with a deadline instead of sleeping blindly.
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let live: usize = region
+            .stats()
+            .await
+            .unwrap()
+            .shards
+            .iter()
+            .map(|s| s.stats.live_entities)
+            .sum();
+        if live == 300 || std::time::Instant::now() > deadline {
+            region.stop().await;
+            return (live, report.entities_handed_off);
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn eager_entity_types_are_recovered_on_their_new_owner_without_a_command() {
+    let (live, moved) = live_after_rescale::<Warm>(|| (), Duration::from_secs(10)).await;
+    assert!(moved > 0);
+    assert_eq!(
+        live, 300,
+        "every entity live again, the moved ones recovered eagerly"
+    );
+}
+
+#[actix_rt::test]
+async fn lazy_entity_types_wait_for_their_first_command() {
+    // Nothing is in flight once the rescale resolves: a short look is enough.
+    let (live, moved) = live_after_rescale::<Account>(
+        || AccountCommand::Deposit { amount: 1 },
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(moved > 0);
+    assert_eq!(
+        live,
+        300 - moved,
+        "moved entities stay stopped until a command arrives"
+    );
 }
