@@ -6,14 +6,13 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::backends::InMemoryBackend;
-use redb::StorageBackend;
 use stateline_actors::{CommandError, Shard, ShardConfig, ShardRef};
-use stateline_journal::{Journal, JournalError, Manifest, NewEvent, PersistenceId, Seq};
+use stateline_journal::{
+    FaultyStorage, Journal, JournalError, Manifest, NewEvent, PersistenceId, Seq,
+};
 use support::*;
 
 fn journal() -> Journal {
@@ -155,48 +154,9 @@ async fn a_seq_conflict_stops_the_entity_and_the_next_incarnation_recovers() {
     assert_eq!(seqs, vec![1, 2, 3]);
 }
 
-#[derive(Debug, Clone)]
-struct Faulty {
-    inner: Arc<InMemoryBackend>,
-    fail: Arc<AtomicBool>,
-}
-
-impl Faulty {
-    fn check(&self) -> Result<(), std::io::Error> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other("injected"));
-        }
-        Ok(())
-    }
-}
-
-impl StorageBackend for Faulty {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
-    }
-    fn read(&self, o: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.inner.read(o, out)
-    }
-    fn set_len(&self, l: u64) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.set_len(l)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, o: u64, d: &[u8]) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.write(o, d)
-    }
-}
-
 #[actix_rt::test]
 async fn an_io_failure_fails_the_command_and_stops_the_entity() {
-    let storage = Faulty {
-        inner: Arc::new(InMemoryBackend::new()),
-        fail: Arc::new(AtomicBool::new(false)),
-    };
+    let storage = FaultyStorage::new();
     let j = Journal::builder()
         .open_with_backend(storage.clone(), "faulty")
         .unwrap();
@@ -206,7 +166,7 @@ async fn an_io_failure_fails_the_command_and_stops_the_entity() {
         .await
         .unwrap()
         .unwrap();
-    storage.fail.store(true, Ordering::SeqCst);
+    storage.fail_now(true);
     let err = shard
         .send("a", AccountCommand::Deposit { amount: 1 })
         .await

@@ -49,6 +49,12 @@ fn seal(body: Vec<u8>) -> Vec<u8> {
 }
 
 fn unseal(bytes: &[u8]) -> Result<&[u8], CodecError> {
+    unseal_keyed(&[], bytes)
+}
+
+/// Checks the checksum over `key ‖ body` (an empty key for plain sealed values) and returns
+/// the body.
+fn unseal_keyed<'a>(key: &[u8], bytes: &'a [u8]) -> Result<&'a [u8], CodecError> {
     if bytes.len() < CRC_LEN {
         return Err(CodecError::Truncated {
             needed: CRC_LEN,
@@ -57,7 +63,10 @@ fn unseal(bytes: &[u8]) -> Result<&[u8], CodecError> {
     }
     let (crc, body) = bytes.split_at(CRC_LEN);
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let computed = crc32fast::hash(body);
+    let mut h = crc32fast::Hasher::new();
+    h.update(key);
+    h.update(body);
+    let computed = h.finalize();
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }
@@ -203,22 +212,7 @@ pub(crate) fn decode_keyed<T: for<'a> Deserialize<'a>>(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<T, CodecError> {
-    if bytes.len() < CRC_LEN {
-        return Err(CodecError::Truncated {
-            needed: CRC_LEN,
-            found: bytes.len(),
-        });
-    }
-    let (crc, body) = bytes.split_at(CRC_LEN);
-    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let mut h = crc32fast::Hasher::new();
-    h.update(key);
-    h.update(body);
-    let computed = h.finalize();
-    if stored != computed {
-        return Err(CodecError::Checksum { stored, computed });
-    }
-    decode(body)
+    decode(unseal_keyed(key, bytes)?)
 }
 
 /// Decodes a sealed metadata value.

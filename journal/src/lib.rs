@@ -22,6 +22,7 @@
 mod codec;
 mod config;
 mod error;
+mod fault;
 mod ids;
 mod journal;
 mod keys;
@@ -38,6 +39,7 @@ pub use config::{
     DEFAULT_MAX_SNAPSHOT_BYTES,
 };
 pub use error::{CodecError, InvalidId, JournalError, Rejected, Result};
+pub use fault::FaultyStorage;
 pub use ids::{
     EntityId, EntityType, KeyGroup, Offset, PersistenceId, Seq, KEY_GROUP_HASH, MAX_ENTITY_ID_LEN,
     MAX_TYPE_NAME_LEN,

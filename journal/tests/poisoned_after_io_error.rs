@@ -3,50 +3,7 @@
 //! finds every acknowledged event (G1) with contiguous seqs (G3).
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use redb::backends::InMemoryBackend;
-use redb::StorageBackend;
 use stateline_journal::*;
-
-/// Storage that fails every write and sync while `fail` is set.
-#[derive(Debug, Clone)]
-struct Faulty {
-    inner: Arc<InMemoryBackend>,
-    fail: Arc<AtomicBool>,
-}
-
-impl Faulty {
-    fn check(&self) -> Result<(), std::io::Error> {
-        if self.fail.load(Ordering::SeqCst) {
-            Err(std::io::Error::other("injected fault"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl StorageBackend for Faulty {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-}
 
 fn ev(i: u64) -> NewEvent {
     NewEvent::new(Manifest::new("E", 1), i.to_le_bytes().to_vec())
@@ -54,10 +11,7 @@ fn ev(i: u64) -> NewEvent {
 
 #[test]
 fn an_io_error_poisons_until_reopen() {
-    let storage = Faulty {
-        inner: Arc::new(InMemoryBackend::new()),
-        fail: Arc::new(AtomicBool::new(false)),
-    };
+    let storage = FaultyStorage::new();
     let pid = PersistenceId::parse("account", "a").unwrap();
     let j = Journal::builder()
         .open_with_backend(storage.clone(), "mem")
@@ -65,12 +19,12 @@ fn an_io_error_poisons_until_reopen() {
     for s in 1..=5 {
         j.append_blocking(&pid, Seq(s), vec![ev(s)]).unwrap();
     }
-    storage.fail.store(true, Ordering::SeqCst);
+    storage.fail_now(true);
     let err = j.append_blocking(&pid, Seq(6), vec![ev(6)]).unwrap_err();
     assert!(matches!(err, JournalError::Io(_)), "{err}");
     assert!(!err.is_rejected());
     // Storage is healthy again, but the handle stays poisoned.
-    storage.fail.store(false, Ordering::SeqCst);
+    storage.fail_now(false);
     for _ in 0..3 {
         let err = j.append_blocking(&pid, Seq(6), vec![ev(6)]).unwrap_err();
         assert!(matches!(err, JournalError::Poisoned), "{err}");
@@ -97,4 +51,49 @@ fn an_io_error_poisons_until_reopen() {
     );
     let next = j.highest_seq(&pid).unwrap().0 + 1;
     j.append_blocking(&pid, Seq(next), vec![ev(next)]).unwrap();
+}
+
+/// Storage that stops accepting writes after k writes/syncs, for every k up to where a run of
+/// appends completes: reopening finds exactly the acknowledged appends, plus at most the one in
+/// flight, as a prefix (G1, G2, G3). `STATELINE_SOAK=1` tries more interleavings.
+#[test]
+fn a_fault_after_any_write_leaves_a_prefix_of_committed_appends() {
+    let soak = std::env::var("STATELINE_SOAK").is_ok_and(|v| v == "1");
+    let appends = if soak { 60 } else { 20 };
+    let pid = PersistenceId::parse("account", "a").unwrap();
+    let mut k = 0u64;
+    loop {
+        let storage = FaultyStorage::new();
+        let j = Journal::builder()
+            .open_with_backend(storage.clone(), "mem")
+            .unwrap();
+        storage.fail_after(k);
+        let mut acked = 0u64;
+        for s in 1..=appends {
+            match j.append_blocking(&pid, Seq(2 * s - 1), vec![ev(s), ev(s + 1000)]) {
+                Ok(_) => acked = s,
+                Err(JournalError::Io(_)) => break,
+                Err(e) => panic!("k={k}: unexpected {e}"),
+            }
+        }
+        drop(j);
+        storage.fail_now(false);
+        let j = Journal::builder()
+            .open_with_backend(storage, "mem")
+            .unwrap();
+        let events = j.all_events(&pid).unwrap();
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq.0).collect();
+        let n = seqs.len() as u64;
+        assert!(n % 2 == 0, "k={k}: a two-event append was torn: {seqs:?}");
+        assert!(
+            n / 2 == acked || n / 2 == acked + 1,
+            "k={k}: acked {acked}, found {seqs:?}"
+        );
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "k={k}: not a prefix");
+        if acked == appends {
+            break;
+        }
+        k += 1;
+        assert!(k < 10_000, "faults never stopped mattering");
+    }
 }
