@@ -440,6 +440,34 @@ async fn memory(dir: &std::path::Path) {
 }
 
 fn main() {
+    // The memory scenario measures resident memory, so it runs in a process of its own when
+    // other scenarios ran before it (their freed memory would hide its growth).
+    let only_memory = std::env::var("STATELINE_BENCH_SCENARIOS").is_ok_and(|v| v == "memory");
+    let others = ["region_persist", "rescale", "recovery"]
+        .iter()
+        .any(|s| enabled(s));
+    if enabled("memory") && others && !only_memory {
+        let mut scenarios: Vec<&str> = ["region_persist", "rescale", "recovery"]
+            .into_iter()
+            .filter(|s| enabled(s))
+            .collect();
+        run_scenarios(&scenarios);
+        scenarios.clear();
+        let exe = std::env::current_exe().expect("own executable");
+        let status = std::process::Command::new(exe)
+            .args(std::env::args().skip(1))
+            .env("STATELINE_BENCH_SCENARIOS", "memory")
+            .status()
+            .expect("memory scenario process");
+        assert!(status.success(), "memory scenario failed");
+        return;
+    }
+    let all = ["region_persist", "rescale", "recovery", "memory"];
+    run_scenarios(&all.into_iter().filter(|s| enabled(s)).collect::<Vec<_>>());
+}
+
+fn run_scenarios(scenarios: &[&str]) {
+    let enabled = |name: &str| scenarios.contains(&name);
     let dir = tempfile::tempdir().expect("temp dir");
     actix_rt::System::new().block_on(async {
         if enabled("region_persist") {

@@ -33,7 +33,7 @@ pub struct RegionConfig {
     /// arrival order), every key group keeps exactly one owner, and
     /// [`RegionError::HandoffTimeout`] is returned; calling `rescale` again continues.
     pub handoff_timeout: Duration,
-    /// Key groups moved per handoff wave. Default 32. A command for a moving key group waits
+    /// Key groups moved per handoff wave. Default 16. A command for a moving key group waits
     /// for its wave only, so smaller waves mean shorter pauses (and more, smaller drains).
     pub handoff_wave_key_groups: usize,
     /// Configuration of every shard actor.
@@ -46,7 +46,7 @@ impl Default for RegionConfig {
             shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
             buffer_capacity: 100_000,
             handoff_timeout: Duration::from_secs(30),
-            handoff_wave_key_groups: 32,
+            handoff_wave_key_groups: 16,
             shard: ShardConfig::default(),
         }
     }
