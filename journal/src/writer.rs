@@ -3,7 +3,7 @@
 //! segments into per-entity chunk rows in bounded steps inside the same transactions. Replies
 //! go out only after the commit is durable. See `FORMAT.md` for the crash argument.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ use crate::keys;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, SegmentInfo, State};
 use crate::record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
-use crate::tail::{Shared, Tail, TailRef};
+use crate::tail::{FastMap, Shared, Tail, TailRef};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -151,16 +151,14 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
     state: State,
-    highest: HashMap<Vec<u8>, u64>,
+    highest: FastMap<Vec<u8>, u64>,
     plan: Option<BTreeMap<Vec<u8>, Vec<TailRef>>>,
     /// Generation → first offset (the key of its generation row).
     gen_index: BTreeMap<u64, u64>,
     /// Stored bytes of recently appended events, by offset, so that packing copies them from
     /// memory instead of looking each one up in the log (bounded by `pack_cache_bytes`; empty
     /// after a reopen, when packing reads the log).
-    pack_cache: HashMap<u64, Vec<u8>>,
-    pack_cache_bytes: usize,
-    pack_cache_limit: usize,
+    pack_cache: PackCache,
     pack_waiters: Vec<Reply<()>>,
     durability: Durability,
     segment_events: u64,
@@ -178,7 +176,7 @@ impl Writer {
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Request>,
         state: State,
-        highest: HashMap<Vec<u8>, u64>,
+        highest: FastMap<Vec<u8>, u64>,
         gen_index: BTreeMap<u64, u64>,
         cfg: &JournalBuilder,
         path: PathBuf,
@@ -192,9 +190,7 @@ impl Writer {
             highest,
             plan: None,
             gen_index,
-            pack_cache: HashMap::new(),
-            pack_cache_bytes: 0,
-            pack_cache_limit: cfg.pack_cache_bytes,
+            pack_cache: PackCache::new(cfg.pack_cache_bytes),
             pack_waiters: Vec::new(),
             durability: cfg.durability,
             segment_events: cfg.segment_events,
@@ -304,9 +300,7 @@ impl Writer {
         {
             let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
             for (ek, refs) in &fx.tail {
-                for r in refs {
-                    tail.push(ek, *r);
-                }
+                tail.extend(ek, refs);
             }
             if let Some(seg) = fx.packed_segment {
                 // Readers that saw the old entity rows retry when the version moves (read.rs).
@@ -444,11 +438,7 @@ impl Writer {
                 cursor.close()?;
                 // (If the commit fails the journal is poisoned and the cache never used.)
                 for (offset, bytes) in inserts.drain(..) {
-                    if self.pack_cache_bytes + bytes.len() > self.pack_cache_limit {
-                        break;
-                    }
-                    self.pack_cache_bytes += bytes.len();
-                    self.pack_cache.insert(offset, bytes);
+                    self.pack_cache.put(offset, bytes);
                 }
             }
             let budget = self.pack_step_events.max(2 * fx.appended);
@@ -796,13 +786,10 @@ impl Writer {
                     if r.seq <= row.deleted_to {
                         continue;
                     }
-                    let cached = self.pack_cache.remove(&r.offset);
+                    let cached = self.pack_cache.take(r.offset);
                     let guard;
                     let v: &[u8] = match &cached {
-                        Some(b) => {
-                            self.pack_cache_bytes -= b.len();
-                            b
-                        }
+                        Some(b) => b,
                         None => {
                             guard = log.get(r.offset)?.ok_or_else(|| {
                                 JournalError::corrupted(
@@ -864,15 +851,7 @@ impl Writer {
             };
             self.gen_index.insert(seg.number, seg.first_offset);
             // Events of the segment that packing skipped (deleted) leave the cache too.
-            let mut freed = 0;
-            self.pack_cache.retain(|offset, bytes| {
-                let keep = *offset >= end_offset;
-                if !keep {
-                    freed += bytes.len();
-                }
-                keep
-            });
-            self.pack_cache_bytes -= freed;
+            self.pack_cache.forget_below(end_offset);
             let mut gens = txn.open_table(keys::GENERATIONS)?;
             let bytes = codec::encode_meta(&gen).map_err(|e| JournalError::Io(e.to_string()))?;
             gens.insert(seg.first_offset, bytes.as_slice())?;
@@ -908,6 +887,86 @@ impl Writer {
     }
 }
 
+/// Stored bytes of recent events by offset, for packing without reading the log back. Offsets
+/// are dense and increasing, so a deque indexed by `offset - base` is the whole index; the
+/// byte budget caps memory (events past it are read from the log when packed).
+struct PackCache {
+    base: u64,
+    slots: std::collections::VecDeque<Option<Vec<u8>>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl PackCache {
+    fn new(limit: usize) -> Self {
+        Self {
+            base: 0,
+            slots: std::collections::VecDeque::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn put(&mut self, offset: u64, bytes: Vec<u8>) {
+        if self.bytes + bytes.len() > self.limit {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.base = offset;
+        }
+        let Some(index) = offset.checked_sub(self.base) else {
+            return;
+        };
+        let index = index as usize;
+        if index > self.slots.len() + (1 << 20) {
+            // A gap this large means the cache was skipped for a while: start over.
+            self.slots.clear();
+            self.bytes = 0;
+            self.base = offset;
+            return self.put(offset, bytes);
+        }
+        while self.slots.len() < index {
+            self.slots.push_back(None);
+        }
+        self.bytes += bytes.len();
+        if index == self.slots.len() {
+            self.slots.push_back(Some(bytes));
+        } else if let Some(old) = self.slots[index].replace(bytes) {
+            self.bytes -= old.len();
+        }
+    }
+
+    fn take(&mut self, offset: u64) -> Option<Vec<u8>> {
+        let index = usize::try_from(offset.checked_sub(self.base)?).ok()?;
+        let taken = self.slots.get_mut(index)?.take();
+        if let Some(b) = &taken {
+            self.bytes -= b.len();
+        }
+        while matches!(self.slots.front(), Some(None)) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        taken
+    }
+
+    fn forget_below(&mut self, end: u64) {
+        while self.base < end {
+            match self.slots.pop_front() {
+                Some(slot) => {
+                    if let Some(b) = slot {
+                        self.bytes -= b.len();
+                    }
+                    self.base += 1;
+                }
+                None => {
+                    self.base = end;
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Rebuilds the tail index from the unpacked segments on open, checking each record and the
 /// contiguity of seqs within the tail. Returns the tail, the highest seq of every entity in it,
 /// and the highest committed offset.
@@ -915,10 +974,10 @@ pub(crate) fn rebuild_tail(
     db: &impl redb::ReadableDatabase,
     state: &State,
     key_groups: u32,
-) -> Result<(Tail, HashMap<Vec<u8>, u64>, u64)> {
+) -> Result<(Tail, FastMap<Vec<u8>, u64>, u64)> {
     let rtx = db.begin_read()?;
     let mut tail = Tail::default();
-    let mut highest: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut highest: FastMap<Vec<u8>, u64> = FastMap::default();
     for seg in &state.segments {
         let name = keys::segment_table_name(seg.number);
         let table = match rtx.open_table(keys::segment_table(&name)) {
@@ -976,4 +1035,28 @@ pub(crate) fn load_generations(db: &impl redb::ReadableDatabase) -> Result<BTree
         out.insert(row.generation, k.value());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PackCache;
+
+    #[test]
+    fn pack_cache_is_indexed_by_offset_and_bounded() {
+        let mut c = PackCache::new(10);
+        c.put(5, vec![1; 4]);
+        c.put(6, vec![2; 4]);
+        c.put(7, vec![3; 4]); // over the budget: not kept
+        assert_eq!(c.take(7), None);
+        assert_eq!(c.take(6), Some(vec![2; 4]));
+        assert_eq!(c.take(6), None);
+        c.put(8, vec![4; 2]);
+        assert_eq!(c.take(5), Some(vec![1; 4]));
+        assert_eq!(c.bytes, 2);
+        c.forget_below(9);
+        assert_eq!((c.bytes, c.take(8)), (0, None));
+        c.put(20, vec![9]);
+        assert_eq!(c.take(20), Some(vec![9]));
+        assert_eq!(c.take(3), None);
+    }
 }
