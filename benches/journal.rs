@@ -20,8 +20,8 @@
 //! `STATELINE_BENCH_BASELINE_CURSOR` [0] (1: the persist baseline appends through a redb cursor
 //! instead of `Table::insert`), `STATELINE_BENCH_BASELINE_SINGLE_WRITER` [0] (1: the baseline
 //! opens redb in `ConcurrencyMode::SingleWriter`, as the journal does), `STATELINE_BENCH_SEAL`
-//! [0] (1: one extra append after the timed persist seals the last segment, so replay reads
-//! only packed chunks). With `RUST_LOG` set, the journal's tracing output goes to stderr.
+//! [0] (1: after the timed persist, a segment's worth of events of an extra entity seals the
+//! last segment, so replay reads only packed chunks). With `RUST_LOG` set, the journal's tracing output goes to stderr.
 //!
 //! The persist baseline runs once before and once after the journal; its rate is over both.
 
@@ -254,7 +254,8 @@ fn baseline_writer(
     mut rx: mpsc::Receiver<BaseReq>,
     max_batch: usize,
     cursor: bool,
-) -> String {
+) -> (String, Option<f64>) {
+    let cpu0 = own_thread_cpu_secs();
     let mut next: u64 = 1;
     let mut commits: u64 = 0;
     let mut largest = 0usize;
@@ -296,9 +297,13 @@ fn baseline_writer(
             let _ = r.reply.send(first_offset + k as u64);
         }
     }
-    format!(
-        "{commits} commits, {:.0} events/commit on average, largest {largest}",
-        (next - 1) as f64 / commits.max(1) as f64
+    let cpu = own_thread_cpu_secs().zip(cpu0).map(|(b, a)| b - a);
+    (
+        format!(
+            "{commits} commits, {:.0} events/commit on average, largest {largest}",
+            (next - 1) as f64 / commits.max(1) as f64
+        ),
+        cpu,
     )
 }
 
@@ -307,6 +312,54 @@ fn redb_builder() -> redb::Builder {
     // Same page cache as the journal's default.
     b.set_cache_size(256 << 20);
     b
+}
+
+/// utime + stime in seconds from a `/proc/.../stat` line (Linux; `None` elsewhere).
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
+    // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ
+}
+
+/// CPU seconds used so far by the calling thread.
+fn own_thread_cpu_secs() -> Option<f64> {
+    stat_cpu_secs(&std::fs::read_to_string("/proc/thread-self/stat").ok()?)
+}
+
+/// CPU seconds used so far by the threads of this process whose name starts with `prefix`.
+fn threads_cpu_secs(prefix: &str) -> Option<f64> {
+    let mut total = None;
+    // Threads may come and go while we look: skip what cannot be read.
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(prefix) {
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            if let Some(secs) = stat_cpu_secs(&stat) {
+                *total.get_or_insert(0.0) += secs;
+            }
+        }
+    }
+    total
+}
+
+/// CPU seconds used so far by the whole process.
+fn process_cpu_secs() -> Option<f64> {
+    stat_cpu_secs(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// `"writer CPU x s (y µs/event), process CPU z s (w µs/event)"` for the run.
+fn cpu_note(writer: Option<f64>, process: Option<f64>, events: u64) -> String {
+    let one = |name: &str, v: Option<f64>| match v {
+        Some(s) => format!(
+            "{name} CPU {s:.2} s ({:.2} µs/event)",
+            s * 1e6 / events as f64
+        ),
+        None => format!("{name} CPU n/a"),
+    };
+    format!("{}, {}", one("writer", writer), one("process", process))
 }
 
 fn file_mib(path: &Path) -> f64 {
@@ -338,6 +391,7 @@ fn baseline_persist(
         .name("baseline-writer".into())
         .spawn(move || baseline_writer(db, rx, max_batch, cursor))
         .expect("spawn baseline writer");
+    let proc0 = process_cpu_secs();
     let (elapsed, hist, _) = rt.block_on(run_appenders(cfg, move |_i, _seq, bytes| {
         let tx = tx.clone();
         async move {
@@ -351,10 +405,11 @@ fn baseline_persist(
             black_box(rx.await.expect("baseline reply"));
         }
     }));
-    let stats = writer.join().expect("baseline writer panicked");
+    let (stats, writer_cpu) = writer.join().expect("baseline writer panicked");
+    let process_cpu = process_cpu_secs().zip(proc0).map(|(b, a)| b - a);
     eprintln!(
         "  baseline ({label}{}{}): {:.2} s, {:.0} events/s, ack p50 {:.2} ms p99 {:.2} ms \
-         p99.9 {:.2} ms; {stats}; file {:.0} MiB",
+         p99.9 {:.2} ms; {stats}; {}; file {:.0} MiB",
         if cfg.baseline_cursor { ", cursor" } else { "" },
         if cfg.baseline_single_writer {
             ", SingleWriter"
@@ -366,6 +421,7 @@ fn baseline_persist(
         ms(hist.value_at_quantile(0.5)),
         ms(hist.value_at_quantile(0.99)),
         ms(hist.value_at_quantile(0.999)),
+        cpu_note(writer_cpu, process_cpu, cfg.events),
         file_mib(path),
     );
     elapsed
@@ -408,6 +464,10 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
             .collect(),
     );
     let (j, p) = (journal.clone(), pids.clone());
+    // A round trip to the writer thread, so that it has named itself before we look it up.
+    rt.block_on(journal.flush(false)).expect("journal flush");
+    let writer0 = threads_cpu_secs("stateline-journ");
+    let proc0 = process_cpu_secs();
     let (elapsed, hist, highest) = rt.block_on(run_appenders(cfg, move |i, seq, bytes| {
         let (j, p) = (j.clone(), p.clone());
         async move {
@@ -422,18 +482,31 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     }));
     let eps = per_sec(cfg.events, elapsed);
     if cfg.seal_before_replay {
-        // Investigation only: one event of an extra entity seals the current segment, so that
-        // the flush below packs every event of the run into chunks (no tail for replay).
+        // Investigation only: a segment's worth of events of an extra entity (not replayed)
+        // makes the segment holding the run's last events fill and seal, so that the flush
+        // below packs every event of the run into chunks (no tail for replay).
         let extra = PersistenceId::parse(ENTITY_TYPE, "seal").expect("valid pid");
-        let ev = NewEvent::new(Manifest::new("Deposited", 1), payload(0, 1, memo_len()));
-        rt.block_on(journal.append(&extra, Seq(1), vec![ev]))
-            .expect("sealing append");
+        let mut seq = 1;
+        let total = cfg.segment_events.unwrap_or(65_536) + 1;
+        while seq <= total {
+            let n = (total + 1 - seq).min(1_000);
+            let evs = (seq..seq + n)
+                .map(|s| NewEvent::new(Manifest::new("Deposited", 1), payload(0, s, memo_len())))
+                .collect();
+            rt.block_on(journal.append(&extra, Seq(seq), evs))
+                .expect("sealing append");
+            seq += n;
+        }
     }
     // Packing left over from the run finishes before the second baseline, so the two writers
     // never compete (its time is reported, not counted).
     let flush_started = Instant::now();
     rt.block_on(journal.flush(true)).expect("journal flush");
     let flush = flush_started.elapsed();
+    let writer_cpu = threads_cpu_secs("stateline-journ")
+        .zip(writer0)
+        .map(|(b, a)| b - a);
+    let process_cpu = process_cpu_secs().zip(proc0).map(|(b, a)| b - a);
     let after = baseline_persist(rt, cfg, &dir.join("baseline-log-2.redb"), "after");
     let base_eps = per_sec(2 * cfg.events, before + after);
     let (p50, p99, p999) = (
@@ -443,10 +516,12 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     );
     eprintln!(
         "  journal: {:.2} s, {eps:.0} events/s, ack p50 {p50:.2} ms p99 {p99:.2} ms p99.9 \
-         {p999:.2} ms max {:.2} ms; flush(pack) afterwards {:.2} s; file {:.0} MiB",
+         {p999:.2} ms max {:.2} ms; flush(pack) afterwards {:.2} s; {} (incl. flush); file \
+         {:.0} MiB",
         elapsed.as_secs_f64(),
         ms(hist.max()),
         flush.as_secs_f64(),
+        cpu_note(writer_cpu, process_cpu, cfg.events),
         file_mib(&path),
     );
     let ratio = eps / base_eps;

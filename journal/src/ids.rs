@@ -164,11 +164,22 @@ impl KeyGroup {
     /// without building a [`PersistenceId`] (the routing hot path). Same result as
     /// [`PersistenceId::key_group`].
     pub fn of(entity_type: &str, entity_id: &str, key_groups: u32) -> KeyGroup {
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        h.update(entity_type.as_bytes());
-        h.update(&[0]);
-        h.update(entity_id.as_bytes());
-        KeyGroup((h.digest() % u64::from(key_groups.max(1))) as u32)
+        let (t, i) = (entity_type.as_bytes(), entity_id.as_bytes());
+        let n = t.len() + 1 + i.len();
+        let hash = if n <= 128 {
+            // The common case: one-shot hashing of a stack buffer.
+            let mut buf = [0u8; 128];
+            buf[..t.len()].copy_from_slice(t);
+            buf[t.len() + 1..n].copy_from_slice(i);
+            xxh3_64(&buf[..n])
+        } else {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            h.update(t);
+            h.update(&[0]);
+            h.update(i);
+            h.digest()
+        };
+        KeyGroup((hash % u64::from(key_groups.max(1))) as u32)
     }
 
     pub(crate) fn of_bytes(hash_input: &[u8], key_groups: u32) -> KeyGroup {
@@ -222,5 +233,10 @@ mod tests {
         for n in [1, 7, 1024, 65_536] {
             assert_eq!(KeyGroup::of("account", "42", n), pid.key_group(n));
         }
+        let long = PersistenceId::parse("account", &"x".repeat(300)).expect("valid");
+        assert_eq!(
+            KeyGroup::of("account", &"x".repeat(300), 1024),
+            long.key_group(1024)
+        );
     }
 }

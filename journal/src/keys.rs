@@ -36,7 +36,11 @@ pub(crate) const META_STATE: &str = "state";
 /// `key group (u32 BE) ‖ type ‖ NUL ‖ id`: entities of one key group are contiguous, so a
 /// key-group range is one range scan.
 pub(crate) fn entity_key(pid: &PersistenceId, key_groups: u32) -> Vec<u8> {
-    let kg = pid.key_group(key_groups);
+    let kg = KeyGroup::of(
+        pid.entity_type().as_str(),
+        pid.entity_id().as_str(),
+        key_groups,
+    );
     let t = pid.entity_type().as_str().as_bytes();
     let i = pid.entity_id().as_str().as_bytes();
     let mut k = Vec::with_capacity(4 + t.len() + 1 + i.len());
