@@ -157,6 +157,14 @@ pub enum JournalError {
         /// What the caller configured.
         requested: String,
     },
+    /// The file was not closed cleanly (a crash) and needs the recovery that only a writable
+    /// open performs; a read-only open cannot. Open it with [`crate::Journal::open`] once (an
+    /// application restart does), then read it.
+    #[error("{path}: journal needs crash recovery; open it for writing once")]
+    NeedsRecovery {
+        /// The path opened.
+        path: PathBuf,
+    },
     /// Another process (or handle) has the journal open for writing.
     #[error("{path}: journal is locked by another process")]
     Locked {

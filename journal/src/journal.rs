@@ -152,6 +152,9 @@ pub(crate) fn open_error(path: &Path, e: redb::DatabaseError) -> JournalError {
         redb::DatabaseError::DatabaseAlreadyOpen => JournalError::Locked {
             path: path.to_path_buf(),
         },
+        redb::DatabaseError::RepairAborted => JournalError::NeedsRecovery {
+            path: path.to_path_buf(),
+        },
         redb::DatabaseError::UpgradeRequired(v) => JournalError::NotAJournal {
             path: path.to_path_buf(),
             detail: format!("redb file format {v} is not supported by this build"),

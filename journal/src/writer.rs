@@ -441,7 +441,9 @@ impl Writer {
                     self.pack_cache.put(offset, bytes);
                 }
             }
-            let budget = self.pack_step_events.max(2 * fx.appended);
+            // Packing a little more than was appended keeps up with any rate while spreading
+            // the work thinly over commits (short pauses).
+            let budget = self.pack_step_events.max(fx.appended + fx.appended / 4 + 1);
             self.pack_step(&txn, &mut entities, &mut chunks, budget, &mut fx)?;
             let mut meta = txn.open_table(keys::META)?;
             let state =

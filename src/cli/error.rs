@@ -82,7 +82,7 @@ impl CliError {
                 "{p}: journal is locked by another process; stop the application that has it \
                  open (read-only commands work meanwhile)"
             )),
-            JournalError::Io(m) if m.contains("repair aborted") => Self::usage(format!(
+            JournalError::NeedsRecovery { .. } => Self::usage(format!(
                 "{p}: journal was not closed cleanly and needs the recovery that only a writable \
                  open performs (open it with the application, or run `stateline verify`)"
             )),

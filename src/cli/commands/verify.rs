@@ -149,7 +149,7 @@ fn payloads(r: &JournalReader, registry: &Registry, progress: &Progress, report:
 /// Whether a read-only open failed because the file needs the crash recovery that only a
 /// writable open performs (redb reports it as an aborted repair).
 pub(crate) fn needs_recovery(e: &JournalError) -> bool {
-    matches!(e, JournalError::Io(m) if m.contains("repair aborted"))
+    matches!(e, JournalError::NeedsRecovery { .. })
 }
 
 /// Runs `verify`.
