@@ -820,9 +820,10 @@ impl<S: EventSourced> ShardRef<S> {
     /// journal is no longer referenced by this shard.
     pub async fn stop(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.addr.try_send(Shutdown(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        // `do_send` ignores the mailbox bound: a busy shard must still get its stop request.
+        // If the shard is already gone the sender is dropped and `rx` resolves at once.
+        self.addr.do_send(Shutdown(tx));
+        let _ = rx.await;
     }
 
     /// Asks the shard to drain and stop the entities of `key_groups`; the receiver fires when
