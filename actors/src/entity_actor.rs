@@ -36,6 +36,14 @@ pub(crate) struct Passivated {
     pub incarnation: u64,
 }
 
+/// Reported by an entity actor's drop when it stopped without saying so (a panic).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Gone {
+    pub id: EntityId,
+    pub incarnation: u64,
+}
+
 /// Run one command.
 pub(crate) struct Exec<S: EventSourced> {
     pub command: S::Command,
@@ -61,6 +69,19 @@ pub(crate) struct EntityActor<S: EventSourced> {
     /// Shared by all entities of the shard (cloning an `Addr` allocates a sender).
     shard: std::sync::Arc<Addr<Shard<S>>>,
     commands: u32,
+    /// Set once the shard was told this incarnation ended (stopped or passivated).
+    ended: bool,
+}
+
+impl<S: EventSourced> Drop for EntityActor<S> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.shard.do_send(Gone {
+                id: self.pid.entity_id().clone(),
+                incarnation: self.incarnation,
+            });
+        }
+    }
 }
 
 impl<S: EventSourced> EntityActor<S> {
@@ -78,10 +99,12 @@ impl<S: EventSourced> EntityActor<S> {
             failed: None,
             shard,
             commands: 0,
+            ended: false,
         }
     }
 
-    fn report(&self, persisted: u64, stopped: bool, state_bytes: Option<u64>) {
+    fn report(&mut self, persisted: u64, stopped: bool, state_bytes: Option<u64>) {
+        self.ended |= stopped;
         self.shard.do_send(Processed {
             id: self.pid.entity_id().clone(),
             incarnation: self.incarnation,
@@ -278,6 +301,7 @@ impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
             }
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|_, act, ctx| {
+            act.ended = true;
             act.shard.do_send(Passivated {
                 id: act.pid.entity_id().clone(),
                 incarnation: act.incarnation,

@@ -56,8 +56,8 @@ impl Default for RegionConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegionError {
-    /// A region needs at least one shard actor.
-    #[error("shard count must be at least 1")]
+    /// A region needs at least one shard actor, and at most one per key group.
+    #[error("shard count must be between 1 and the number of key groups")]
     InvalidShardCount,
     /// A shard did not drain its moving key groups in time; the rescale stopped at a consistent
     /// intermediate layout (see [`RegionConfig::handoff_timeout`]).
@@ -98,7 +98,8 @@ pub struct RescaleReport {
 /// Per shard actor in [`RegionStats`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardInfo {
-    /// Key groups it owns.
+    /// Key groups it owns: the span from its first to its last (contiguous, except after a
+    /// rescale that stopped on a handoff timeout).
     pub key_groups: Range<u32>,
     /// Its counters.
     pub stats: ShardStats,
@@ -192,10 +193,6 @@ pub fn layout(key_groups: u32, n: usize) -> Vec<Range<u32>> {
         .collect()
 }
 
-fn overlap(a: &Range<u32>, b: &Range<u32>) -> u32 {
-    a.end.min(b.end).saturating_sub(a.start.max(b.start))
-}
-
 /// Merges sorted key groups into ranges.
 fn ranges_of(mut kgs: Vec<u32>) -> Vec<Range<u32>> {
     kgs.sort_unstable();
@@ -215,7 +212,7 @@ impl<S: EventSourced> ShardRegion<S> {
     /// # Errors
     /// [`RegionError::InvalidShardCount`], [`RegionError::InvalidType`].
     pub fn start(journal: Journal, config: RegionConfig) -> Result<Self, RegionError> {
-        if config.shards == 0 {
+        if config.shards == 0 || config.shards > journal.key_groups() as usize {
             return Err(RegionError::InvalidShardCount);
         }
         let entity_type = EntityType::new(S::TYPE_NAME)?;
@@ -353,28 +350,58 @@ impl<S: EventSourced> ShardRegion<S> {
     /// [`RegionError::InvalidShardCount`]; [`RegionError::HandoffTimeout`] (the rescale was
     /// aborted, the old layout stays); [`RegionError::Stopped`].
     pub async fn rescale(&self, shards: usize) -> Result<RescaleReport, RegionError> {
-        if shards == 0 {
+        if shards == 0 || shards > self.inner.key_groups as usize {
             return Err(RegionError::InvalidShardCount);
         }
+        // Run to completion even if the caller stops waiting: a rescale abandoned halfway
+        // would leave key groups buffering forever.
+        let me = self.clone();
+        actix_rt::spawn(async move { me.rescale_now(shards).await })
+            .await
+            .map_err(|_| RegionError::Stopped)?
+    }
+
+    async fn rescale_now(&self, shards: usize) -> Result<RescaleReport, RegionError> {
         let mut history = self.inner.rescales.lock().await;
         let started = Instant::now();
         let k = self.inner.key_groups;
         let ranges = layout(k, shards);
 
-        // Plan: reuse the old shard with the largest overlap for each new range.
-        let (from, old_ranges) = {
+        // Plan: each new range goes to the shard that already owns most of it (by actual
+        // ownership, which after an interrupted rescale need not be contiguous).
+        let (from, owner, ids) = {
             let r = self.routing();
             if r.stopped {
                 return Err(RegionError::Stopped);
             }
-            let old: Vec<(u64, Range<u32>)> = r
-                .shards
-                .iter()
-                .map(|(id, s)| (*id, s.range.clone()))
-                .collect();
-            (r.shards.len(), old)
+            let ids: Vec<u64> = r.shards.keys().copied().collect();
+            (r.shards.len(), r.owner.clone(), ids)
         };
-        if from == shards {
+        let mut used = std::collections::HashSet::new();
+        let mut assignment: Vec<Option<u64>> = Vec::with_capacity(ranges.len());
+        for range in &ranges {
+            let best = ids
+                .iter()
+                .filter(|id| !used.contains(*id))
+                .map(|id| {
+                    let owned = range
+                        .clone()
+                        .filter(|kg| owner[*kg as usize] == *id)
+                        .count();
+                    (owned, *id)
+                })
+                .filter(|(o, _)| *o > 0)
+                .max();
+            if let Some((_, id)) = best {
+                used.insert(id);
+            }
+            assignment.push(best.map(|(_, id)| id));
+        }
+        let in_place = from == shards
+            && ranges.iter().zip(&assignment).all(|(range, a)| {
+                a.is_some_and(|id| range.clone().all(|kg| owner[kg as usize] == id))
+            });
+        if in_place {
             return Ok(RescaleReport {
                 from,
                 to: shards,
@@ -383,20 +410,6 @@ impl<S: EventSourced> ShardRegion<S> {
                 buffered_commands: 0,
                 handoff: started.elapsed(),
             });
-        }
-        let mut used = std::collections::HashSet::new();
-        let mut assignment: Vec<Option<u64>> = Vec::with_capacity(ranges.len());
-        for range in &ranges {
-            let best = old_ranges
-                .iter()
-                .filter(|(id, _)| !used.contains(id))
-                .map(|(id, r)| (overlap(r, range), *id))
-                .filter(|(o, _)| *o > 0)
-                .max();
-            if let Some((_, id)) = best {
-                used.insert(id);
-            }
-            assignment.push(best.map(|(_, id)| id));
         }
         // Start the new shards before taking the routing lock.
         let mut fresh = Vec::new();
@@ -523,7 +536,18 @@ impl<S: EventSourced> ShardRegion<S> {
                 r.owner[kg as usize] = target;
                 buffered_commands += buf.len();
                 self.inner.buffered.fetch_sub(buf.len(), Ordering::SeqCst);
+                // Once the new owner refuses one of an entity's commands, the entity's later
+                // buffered commands are refused too, so a retry cannot overtake them.
+                let mut refused: std::collections::HashSet<EntityId> = Default::default();
                 for b in buf {
+                    if refused.contains(&b.id) {
+                        let _ = b.reply_to.send(Err(CommandError::Overloaded {
+                            command: b.command,
+                            queued: 0,
+                        }));
+                        continue;
+                    }
+                    let id = b.id.clone();
                     let result = match r.shards.get(&target) {
                         Some(slot) => slot.shard.enqueue_with(b.id, b.command, b.reply_to),
                         None => {
@@ -536,6 +560,7 @@ impl<S: EventSourced> ShardRegion<S> {
                     // A refusal by the new owner goes back to the caller with the command.
                     if let Err((e, reply_to)) = result {
                         warn!(error = %e, "buffered command refused after handoff");
+                        refused.insert(id);
                         let _ = reply_to.send(Err(e));
                     }
                 }

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::entity::EventSourced;
-use crate::entity_actor::{EntityActor, Exec, Passivate, Passivated, Processed, ReplyTo};
+use crate::entity_actor::{EntityActor, Exec, Gone, Passivate, Passivated, Processed, ReplyTo};
 use crate::error::CommandError;
 
 /// Configuration of a shard actor, with documented defaults.
@@ -100,7 +100,8 @@ impl Message for GetStats {
 
 /// A shard actor hosting entities of type `S`.
 pub struct Shard<S: EventSourced> {
-    journal: Journal,
+    /// `None` once the shard has stopped: a stopped shard holds no journal handle.
+    journal: Option<Journal>,
     entity_type: EntityType,
     config: ShardConfig,
     slots: HashMap<String, Slot<S>>,
@@ -118,6 +119,8 @@ pub struct Shard<S: EventSourced> {
     me: Option<Arc<Addr<Shard<S>>>>,
     /// Entities to recover eagerly, a few per turn of the mailbox.
     warming: VecDeque<EntityId>,
+    /// Stopped: every command is refused and handed back.
+    closed: bool,
 }
 
 /// A handoff in progress: the entities of some key groups still to drain.
@@ -163,7 +166,7 @@ impl<S: EventSourced> Shard<S> {
         let queued = Arc::new(AtomicUsize::new(0));
         let capacity = config.max_queued_commands;
         let shard = Shard::<S> {
-            journal,
+            journal: Some(journal),
             entity_type: entity_type.clone(),
             config,
             slots: HashMap::new(),
@@ -178,6 +181,7 @@ impl<S: EventSourced> Shard<S> {
             key_groups: journal_key_groups,
             me: None,
             warming: VecDeque::new(),
+            closed: false,
         };
         let mailbox = capacity.saturating_mul(2).clamp(1024, 1 << 30);
         // The handle bounds what is queued (max_queued_commands); the actix mailbox must not
@@ -230,7 +234,10 @@ impl<S: EventSourced> Shard<S> {
                 me
             }
         };
-        let actor = EntityActor::<S>::new(incarnation, pid, self.journal.clone(), me);
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let actor = EntityActor::<S>::new(incarnation, pid, journal, me);
         let addr = actor.start();
         self.live += 1;
         if let Some(slot) = self.slots.get_mut(id) {
@@ -243,7 +250,10 @@ impl<S: EventSourced> Shard<S> {
     fn warm(&mut self, key_groups: &[std::ops::Range<u32>], ctx: &mut Context<Self>) {
         let was_idle = self.warming.is_empty();
         for range in key_groups {
-            match self.journal.entities(Some(range.clone())) {
+            let Some(journal) = &self.journal else {
+                return;
+            };
+            match journal.entities(Some(range.clone())) {
                 Ok(list) => self.warming.extend(
                     list.into_iter()
                         .filter(|e| e.persistence_id.entity_type() == &self.entity_type)
@@ -381,6 +391,13 @@ impl<S: EventSourced> Shard<S> {
         key_groups: &[std::ops::Range<u32>],
         done: oneshot::Sender<ReleaseReport>,
     ) {
+        // Eager recoveries still queued for these key groups must not start after the handoff
+        // (the new owner would have them too: G5).
+        let k = self.key_groups;
+        self.warming.retain(|id| {
+            let kg = KeyGroup::of(S::TYPE_NAME, id.as_str(), k).0;
+            !key_groups.iter().any(|r| r.contains(&kg))
+        });
         let ids: Vec<String> = self
             .slots
             .iter()
@@ -407,12 +424,19 @@ impl<S: EventSourced> Shard<S> {
     }
 
     /// While stopping: stop once no entity is left.
-    fn continue_stopping(&mut self, ctx: &mut Context<Self>) {
+    ///
+    /// The actor itself stays until its last handle is gone, answering later commands with
+    /// [`CommandError::ShardStopped`] (handing them back) instead of dropping them with its
+    /// mailbox; it releases the journal and its own address now.
+    fn continue_stopping(&mut self, _ctx: &mut Context<Self>) {
         if !self.stopping.is_empty() && self.slots.is_empty() {
+            self.journal = None;
+            self.me = None;
+            self.warming.clear();
+            self.closed = true;
             for done in self.stopping.drain(..) {
                 let _ = done.send(());
             }
-            ctx.stop();
         }
     }
 
@@ -435,7 +459,9 @@ impl<S: EventSourced> Actor for Shard<S> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.config.sweep_interval, |act, _| act.sweep());
+        // A zero interval would spin: at least a millisecond.
+        let every = self.config.sweep_interval.max(Duration::from_millis(1));
+        ctx.run_interval(every, |act, _| act.sweep());
     }
 }
 
@@ -443,7 +469,7 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver<S>, ctx: &mut Context<Self>) {
-        if !self.stopping.is_empty() {
+        if !self.stopping.is_empty() || self.closed {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             let _ = msg.reply_to.send(Err(CommandError::ShardStopped {
                 command: msg.command,
@@ -506,6 +532,34 @@ impl<S: EventSourced> Handler<Processed> for Shard<S> {
         }
         self.pump(msg.id.as_str(), ctx);
         self.remove_if_idle(msg.id.as_str());
+        self.continue_stopping(ctx);
+    }
+}
+
+impl<S: EventSourced> Handler<Gone> for Shard<S> {
+    type Result = ();
+
+    /// An entity actor died without reporting (a panic in user code): free its slot, fail its
+    /// in-flight command (its caller already saw the reply channel close), carry on.
+    fn handle(&mut self, msg: Gone, ctx: &mut Context<Self>) {
+        let id = msg.id.as_str();
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if slot.incarnation != msg.incarnation || slot.addr.is_none() {
+            return;
+        }
+        tracing::warn!(id, "entity actor died (panic in its code?)");
+        slot.addr = None;
+        slot.passivating = false;
+        slot.state_bytes = 0;
+        self.live -= 1;
+        if slot.busy {
+            slot.busy = false;
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.pump(id, ctx);
+        self.remove_if_idle(id);
         self.continue_stopping(ctx);
     }
 }
