@@ -2,13 +2,14 @@
 //! a journal (and the entities above it) behave on I/O errors (G8).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use redb::backends::InMemoryBackend;
 use redb::StorageBackend;
 
 /// In-memory storage that fails writes and syncs while [`Self::fail_now`] is on, or after a
-/// set number of further writes and syncs ([`Self::fail_after`]). Clones share the same bytes
+/// set number of further writes and syncs ([`Self::fail_after`]), and that can stall them
+/// ([`Self::stall`]: a disk that stops answering, for overload tests). Clones share the same bytes
 /// and switches, so a test can keep one clone to flip faults and reopen the journal on the
 /// same storage. Reads never fail (a crash-free disk that refuses to write).
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct FaultyStorage {
     failing: Arc<AtomicBool>,
     /// Writes and syncs allowed before failing starts; `u64::MAX` means never.
     budget: Arc<AtomicU64>,
+    /// While true, writes and syncs wait.
+    stalled: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Default for FaultyStorage {
@@ -32,7 +35,15 @@ impl FaultyStorage {
             inner: Arc::new(InMemoryBackend::new()),
             failing: Arc::new(AtomicBool::new(false)),
             budget: Arc::new(AtomicU64::new(u64::MAX)),
+            stalled: Arc::new((Mutex::new(false), Condvar::new())),
         }
+    }
+
+    /// Makes writes and syncs wait (`true`) until released (`false`).
+    pub fn stall(&self, on: bool) {
+        let (lock, cv) = &*self.stalled;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = on;
+        cv.notify_all();
     }
 
     /// Makes every write and sync fail (`true`) or succeed (`false`) from now on.
@@ -49,6 +60,13 @@ impl FaultyStorage {
     }
 
     fn check(&self) -> Result<(), std::io::Error> {
+        {
+            let (lock, cv) = &*self.stalled;
+            let mut stalled = lock.lock().unwrap_or_else(|p| p.into_inner());
+            while *stalled {
+                stalled = cv.wait(stalled).unwrap_or_else(|p| p.into_inner());
+            }
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Err(std::io::Error::other("injected storage fault"));
         }
