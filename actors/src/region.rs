@@ -101,6 +101,8 @@ pub struct ShardInfo {
     /// Key groups it owns: the span from its first to its last (contiguous, except after a
     /// rescale that stopped on a handoff timeout).
     pub key_groups: Range<u32>,
+    /// Commands the region holds for its key groups that are in handoff right now.
+    pub buffered_commands: usize,
     /// Its counters.
     pub stats: ShardStats,
 }
@@ -156,7 +158,10 @@ struct Inner<S: EventSourced> {
     routing: Mutex<Routing<S>>,
     buffered: AtomicUsize,
     config: RegionConfig,
-    rescales: tokio::sync::Mutex<Vec<RescaleReport>>,
+    /// Serializes rescales (and stop).
+    rescaling: tokio::sync::Mutex<()>,
+    /// Every completed rescale; readable while another one runs.
+    history: Mutex<Vec<RescaleReport>>,
 }
 
 /// The front door of stateline: routes commands for entities of type `S` by key group to shard
@@ -250,7 +255,8 @@ impl<S: EventSourced> ShardRegion<S> {
                 }),
                 buffered: AtomicUsize::new(0),
                 config,
-                rescales: tokio::sync::Mutex::new(Vec::new()),
+                rescaling: tokio::sync::Mutex::new(()),
+                history: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -362,7 +368,7 @@ impl<S: EventSourced> ShardRegion<S> {
     }
 
     async fn rescale_now(&self, shards: usize) -> Result<RescaleReport, RegionError> {
-        let mut history = self.inner.rescales.lock().await;
+        let _serialized = self.inner.rescaling.lock().await;
         let started = Instant::now();
         let k = self.inner.key_groups;
         let ranges = layout(k, shards);
@@ -636,7 +642,11 @@ impl<S: EventSourced> ShardRegion<S> {
             handoff_ms = report.handoff.as_millis() as u64,
             "rescale complete"
         );
-        history.push(report.clone());
+        self.inner
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(report.clone());
         Ok(report)
     }
 
@@ -647,17 +657,26 @@ impl<S: EventSourced> ShardRegion<S> {
     /// [`RegionError::Stopped`] if a shard stopped; journal read errors are reported as an
     /// empty key-group list.
     pub async fn stats(&self) -> Result<RegionStats, RegionError> {
-        let shards: Vec<(Range<u32>, ShardRef<S>)> = self
-            .routing()
-            .shards
-            .values()
-            .map(|s| (s.range.clone(), s.shard.clone()))
-            .collect();
+        let shards: Vec<(Range<u32>, ShardRef<S>, usize)> = {
+            let r = self.routing();
+            let mut buffered: HashMap<u64, usize> = HashMap::new();
+            for (kg, buf) in &r.moving {
+                *buffered.entry(r.owner[*kg as usize]).or_default() += buf.len();
+            }
+            r.shards
+                .iter()
+                .map(|(id, s)| {
+                    let b = buffered.get(id).copied().unwrap_or(0);
+                    (s.range.clone(), s.shard.clone(), b)
+                })
+                .collect()
+        };
         let mut infos = Vec::new();
-        for (range, shard) in shards {
+        for (range, shard, buffered_commands) in shards {
             let stats = shard.stats().await.map_err(|_| RegionError::Stopped)?;
             infos.push(ShardInfo {
                 key_groups: range,
+                buffered_commands,
                 stats,
             });
         }
@@ -677,11 +696,18 @@ impl<S: EventSourced> ShardRegion<S> {
                 info.bytes += e.bytes;
             }
         }
+        // From the same moment as the per-shard counts.
+        let buffered_commands = infos.iter().map(|s| s.buffered_commands).sum();
         Ok(RegionStats {
             shards: infos,
-            buffered_commands: self.inner.buffered.load(Ordering::SeqCst),
+            buffered_commands,
             key_groups: per_kg.into_values().collect(),
-            rescales: self.inner.rescales.lock().await.clone(),
+            rescales: self
+                .inner
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         })
     }
 
@@ -689,7 +715,7 @@ impl<S: EventSourced> ShardRegion<S> {
     /// commands are refused with [`CommandError::ShardStopped`]. Resolves when every shard has
     /// stopped.
     pub async fn stop(&self) {
-        let _serialized = self.inner.rescales.lock().await;
+        let _serialized = self.inner.rescaling.lock().await;
         let slots: Vec<ShardSlot<S>> = {
             let mut r = self.routing();
             r.stopped = true;

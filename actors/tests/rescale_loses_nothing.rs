@@ -207,6 +207,10 @@ async fn a_full_handoff_buffer_hands_commands_back_and_loses_nothing_else() {
             Err(e) => panic!("{e}"),
         }
     }
+    // Stats stay available during the handoff and show the buffered commands per shard.
+    let during = region.stats().await.unwrap();
+    let per_shard: usize = during.shards.iter().map(|s| s.buffered_commands).sum();
+    assert_eq!(per_shard, during.buffered_commands);
     let report = rescale.await.unwrap().unwrap();
     assert!(handed_back > 0, "the buffer never filled: {report:?}");
     let mut expect = vec![1i64; 2_000];
