@@ -1,5 +1,6 @@
 //! Review findings in the actor runtime (shard, entity actor, region): each test pins down a
-//! bug found by an adversarial review of G5/G6 and fails until it is fixed.
+//! bug an adversarial review of G5/G6 found (each failed before its fix; the comments say what
+//! was wrong), so that it stays fixed.
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -101,10 +102,10 @@ fn id_in(type_name: &str, range: Range<u32>) -> String {
 
 /// G5: a shard that was given key groups queues their stored entities for eager recovery (a
 /// few per mailbox turn). If a later rescale releases some of those key groups before the
-/// queue is worked off, the release only drains the entities live at that moment; `WarmStep`
-/// then starts the rest on the old owner, although the key groups now belong to another shard,
-/// which recovers them too: one entity live on two shards at once. (shard.rs `WarmStep` /
-/// `release`.)
+/// queue is worked off, the release used to drain only the entities live at that moment, and
+/// `WarmStep` then started the rest on the old owner although the key groups belonged to
+/// another shard, which recovered them too: one entity live on two shards at once. A release
+/// now drops queued recoveries of its key groups.
 #[actix_rt::test]
 async fn release_cancels_pending_eager_recoveries_of_its_key_groups() {
     let journal = journal();
@@ -163,11 +164,10 @@ async fn release_cancels_pending_eager_recoveries_of_its_key_groups() {
     region.stop().await;
 }
 
-/// G6: `rescale` is not cancel-safe. Dropping its future (a caller's `timeout` or `select!`)
-/// while a wave is in flight leaves that wave's key groups in `moving` forever: commands for
-/// them are accepted, buffered and never delivered nor answered, and the buffered counter only
-/// grows. The new shard is already registered, so `rescale(2)` is then a no-op and cannot
-/// repair it. (region.rs `rescale`: `moving` entries are removed only at the end of a wave.)
+/// G6: a rescale whose caller stops waiting (a `timeout` or `select!` dropping its future)
+/// must not strand commands: before the fix, the wave's key groups stayed in `moving` forever
+/// and commands for them were accepted, buffered and never answered. `rescale` now runs to
+/// completion in a task of its own.
 #[actix_rt::test]
 async fn cancelled_rescale_does_not_strand_commands() {
     let region = ShardRegion::<Account>::start(
@@ -178,12 +178,9 @@ async fn cancelled_rescale_does_not_strand_commands() {
         },
     )
     .unwrap();
-    // Cancelled at its first await that is not ready: in the middle of some wave.
-    let cancelled = tokio::time::timeout(Duration::ZERO, region.rescale(2)).await;
-    assert!(
-        cancelled.is_err(),
-        "the rescale should not finish in one poll"
-    );
+    // Cancelled at its first await that is not ready (the caller stops waiting). Whether
+    // the rescale had got far by then depends on scheduling; either way nothing may strand.
+    let _cancelled = tokio::time::timeout(Duration::ZERO, region.rescale(2)).await;
     let mut pending = Vec::new();
     for i in 0..2000 {
         pending.push(
@@ -211,10 +208,9 @@ async fn cancelled_rescale_does_not_strand_commands() {
 }
 
 /// `RegionConfig::handoff_timeout` promises "calling `rescale` again continues" after a timed-out
-/// rescale. But when every fresh shard already received key groups before the timeout, the
-/// shard count equals the target and the retry is a no-op (`from == shards`), leaving the
-/// layout half moved for good. (region.rs `rescale`: the no-op test compares shard counts, not
-/// ownership.)
+/// rescale. When every fresh shard had already received key groups before the timeout, the
+/// shard count equalled the target and the retry was a no-op (`from == shards`), leaving the
+/// layout half moved for good. The no-op test now compares ownership.
 #[actix_rt::test]
 async fn rescale_after_a_handoff_timeout_completes_the_layout() {
     let region = ShardRegion::<Worker>::start(
@@ -258,10 +254,9 @@ async fn rescale_after_a_handoff_timeout_completes_the_layout() {
 }
 
 /// G6 / stop: a panic in user code (`handle` here; `apply` after a durable persist is worse)
-/// kills the entity actor's task without a `Processed` report. Its slot stays busy forever:
-/// every later command for that entity is accepted and never answered, and `stop()` (so also
-/// `ShardRegion::stop` and a rescale that retires the shard) never completes.
-/// (entity_actor.rs: nothing reports an entity actor that dies; shard.rs keeps `busy`.)
+/// kills the entity actor's task without a `Processed` report. Its slot used to stay busy
+/// forever: every later command for that entity was accepted and never answered, and `stop()`
+/// never completed. The actor's drop now reports `Gone` and the shard frees the slot.
 #[actix_rt::test]
 async fn a_panicking_handler_does_not_wedge_its_entity_or_the_shard() {
     let shard = Shard::<Worker>::start(journal(), ShardConfig::default()).unwrap();
@@ -278,11 +273,10 @@ async fn a_panicking_handler_does_not_wedge_its_entity_or_the_shard() {
     assert!(stopped.is_ok(), "shard stop hangs after an entity panicked");
 }
 
-/// G6: a command accepted by a shard whose `Shutdown` is ahead of it in the mailbox is dropped
-/// with the shard (the shard stops mid-batch once its last entity is gone, and the rest of
-/// the mailbox is discarded): the caller gets `EntityStopped` ("may have been applied")
-/// instead of `ShardStopped` with the command handed back. (shard.rs `continue_stopping`
-/// stops at once; queued `Deliver`s are never answered.)
+/// G6: a command accepted by a shard whose `Shutdown` is ahead of it in the mailbox used to be
+/// dropped with the shard's mailbox: the caller got `EntityStopped` ("may have been applied")
+/// instead of `ShardStopped` with the command handed back. A stopped shard now stays to answer
+/// later commands until its last handle is gone.
 #[actix_rt::test]
 async fn a_command_racing_shard_stop_is_handed_back() {
     let shard = Shard::<Account>::start(journal(), ShardConfig::default()).unwrap();
