@@ -326,3 +326,42 @@ async fn a_full_shard_refuses_and_hands_commands_back() {
     }
     assert_eq!(total, n, "every accepted command applied exactly once");
 }
+
+#[actix_rt::test]
+async fn commands_arriving_during_recovery_wait_and_apply_exactly_once_in_order() {
+    let j = journal();
+    // A long history makes recovery take a while.
+    let pid = PersistenceId::parse("account", "slow").unwrap();
+    let ev = NewEvent::encode(
+        Manifest::new("account", 1),
+        &AccountEvent::Deposited { amount: 1 },
+    )
+    .unwrap();
+    for s in 0..50u64 {
+        let batch = vec![ev.clone(); 100];
+        j.append(&pid, Seq(s * 100 + 1), batch).await.unwrap();
+    }
+    let shard: ShardRef<Account> = Shard::start(j, ShardConfig::default()).unwrap();
+    // All sent before the entity has recovered: they wait in order.
+    let pending: Vec<_> = (1..=200u64)
+        .map(|n| {
+            shard
+                .enqueue(
+                    "slow",
+                    AccountCommand::Tagged {
+                        sender: 9,
+                        n,
+                        amount: 1,
+                    },
+                )
+                .unwrap()
+        })
+        .collect();
+    for (i, rx) in pending.into_iter().enumerate() {
+        assert_eq!(rx.await.unwrap().unwrap(), Ok(5_000 + i as i64 + 1));
+    }
+    assert_eq!(
+        shard.send("slow", AccountCommand::Balance).await.unwrap(),
+        Ok(5_200)
+    );
+}
