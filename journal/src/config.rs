@@ -108,9 +108,9 @@ impl JournalBuilder {
     }
 
     /// Events per log segment before a new segment starts and the old one is packed into
-    /// per-entity chunks. Default 131,072 (measured against 65,536 and 262,144 in
-    /// `cargo bench --bench journal`: best persist and replay of the three). Smaller values pack sooner (less memory for the tail
-    /// index, more chunks per entity).
+    /// per-entity chunks. Default 131,072 (of 65,536, 131,072 and 262,144 measured with
+    /// `cargo bench --bench journal`, the best for persist and replay). Smaller values pack
+    /// sooner (less memory for the tail index, more chunks per entity).
     pub fn segment_events(mut self, n: u64) -> Self {
         self.segment_events = n.max(1);
         self
