@@ -48,6 +48,7 @@ pub struct JournalBuilder {
     pub(crate) max_chunk_bytes: usize,
     pub(crate) max_batch_events: usize,
     pub(crate) pack_cache_bytes: usize,
+    pub(crate) merge_generations: bool,
     pub(crate) queue_capacity: usize,
     pub(crate) cache_bytes: usize,
     pub(crate) create: bool,
@@ -66,6 +67,7 @@ impl Default for JournalBuilder {
             max_chunk_bytes: 256 << 10,
             max_batch_events: 16_384,
             pack_cache_bytes: 64 << 20,
+            merge_generations: false,
             queue_capacity: 65_536,
             cache_bytes: 256 << 20,
             create: true,
@@ -142,6 +144,16 @@ impl JournalBuilder {
     /// them without reading the log back. Default 64 MiB; 0 disables the cache.
     pub fn pack_cache_bytes(mut self, n: usize) -> Self {
         self.pack_cache_bytes = n;
+        self
+    }
+
+    /// Merge packed generations four at a time, size-tiered, so that an entity's history lives
+    /// in a number of chunks logarithmic in its age (faster replay of long histories, entity
+    /// rows that stop growing). Default `false`: measured with `cargo bench --bench journal`,
+    /// merging raised replay from ~1.4M to ~1.6M events/s but p99.9 ack from ~24 ms to ~65 ms,
+    /// and the file grows while source and target generations coexist.
+    pub fn merge_generations(mut self, yes: bool) -> Self {
+        self.merge_generations = yes;
         self
     }
 

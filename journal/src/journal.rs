@@ -596,8 +596,9 @@ impl Journal {
         })
     }
 
-    /// Resolves once everything queued before it is committed, and packing of sealed segments
-    /// has caught up when `pack` is true (useful before measuring or handing a file over).
+    /// Resolves once everything queued before it is committed, and, when `pack` is true, once
+    /// background work has caught up: sealed segments packed and due generation merges done
+    /// (useful before measuring or handing a file over).
     ///
     /// # Errors
     /// I/O errors as [`Self::append`].

@@ -32,6 +32,26 @@ pub(crate) struct State {
     /// Events written to chunk rows of the generation being packed so far.
     #[serde(default)]
     pub pack_events: u64,
+    /// A merge of old generations under way, if any.
+    #[serde(default)]
+    pub merge: Option<MergeState>,
+}
+
+/// Consecutive packed generations being merged into one (fewer chunks per entity). Their chunk
+/// rows and generation rows stay until the last entity is merged; then one transaction swaps
+/// them for the target's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MergeState {
+    /// The generations merged, oldest first (contiguous offsets).
+    pub sources: Vec<u64>,
+    /// The generation their chunks move to.
+    pub target: u64,
+    pub first_offset: u64,
+    pub end_offset: u64,
+    /// Entity key up to which (exclusive) entities have been merged.
+    pub cursor: Option<Vec<u8>>,
+    /// Events written to the target's chunk rows so far.
+    pub events: u64,
 }
 
 /// An unpacked log segment.

@@ -180,10 +180,25 @@ impl JournalReader {
                     .map(move |c| keys::chunk_key(c.generation, ek, c.first_seq))
             })
             .collect();
+        // During a merge, chunks of its sources that were already merged are unreferenced
+        // until the merge completes and deletes them.
+        let merging: Vec<u64> = state
+            .merge
+            .as_ref()
+            .map(|m| m.sources.clone())
+            .unwrap_or_default();
         let chunks = rtx.open_table(keys::CHUNKS)?;
         for item in chunks.range::<&[u8]>(..)? {
             let (k, _) = item?;
             report.chunks += 1;
+            let gen = k.value().get(..8).map(|b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                u64::from_be_bytes(a)
+            });
+            if gen.is_some_and(|g| merging.contains(&g)) {
+                continue;
+            }
             if !referenced.contains(k.value()) {
                 report.problem(
                     format!("chunks/{:?}", k.value()),

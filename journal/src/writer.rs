@@ -23,7 +23,7 @@ use crate::error::{JournalError, Rejected, Result};
 use crate::ids::{Offset, PersistenceId, Seq};
 use crate::journal::SnapshotCriteria;
 use crate::keys;
-use crate::meta::{ChunkRef, EntityRow, GenerationRow, SegmentInfo, State};
+use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState, SegmentInfo, State};
 use crate::record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
 use crate::tail::{FastMap, Shared, Tail, TailRef};
@@ -155,6 +155,11 @@ pub(crate) struct Writer {
     plan: Option<BTreeMap<Vec<u8>, Vec<TailRef>>>,
     /// Generation → first offset (the key of its generation row).
     gen_index: BTreeMap<u64, u64>,
+    /// Entities still to merge in the merge under way (rebuilt from chunk keys on open).
+    merge_plan: Option<std::collections::BTreeSet<Vec<u8>>>,
+    /// Number of generations when a merge was last looked for.
+    merge_checked: usize,
+    merge_enabled: bool,
     /// Stored bytes of recently appended events, by offset, so that packing copies them from
     /// memory instead of looking each one up in the log (bounded by `pack_cache_bytes`; empty
     /// after a reopen, when packing reads the log).
@@ -190,6 +195,9 @@ impl Writer {
             highest,
             plan: None,
             gen_index,
+            merge_plan: None,
+            merge_checked: 0,
+            merge_enabled: cfg.merge_generations,
             pack_cache: PackCache::new(cfg.pack_cache_bytes),
             pack_waiters: Vec::new(),
             durability: cfg.durability,
@@ -211,7 +219,7 @@ impl Writer {
         loop {
             let mut batch = Vec::new();
             let mut weight = 0;
-            if self.pack_pending() && !self.shared.is_poisoned() {
+            if (self.pack_pending() || self.merge_pending()) && !self.shared.is_poisoned() {
                 match self.rx.try_recv() {
                     Ok(r) => batch.push(r),
                     Err(mpsc::error::TryRecvError::Empty) => {}
@@ -267,7 +275,7 @@ impl Writer {
                 for d in done {
                     d.send();
                 }
-                if !self.pack_pending() {
+                if !self.pack_pending() && !self.merge_pending() {
                     for w in self.pack_waiters.drain(..) {
                         drop(w.send(Ok(())));
                     }
@@ -416,7 +424,7 @@ impl Writer {
                         done.push(Done::Unit(reply, r));
                     }
                     Request::Flush { pack, reply } => {
-                        if pack && self.pack_pending() {
+                        if pack && (self.pack_pending() || self.merge_pending()) {
                             self.pack_waiters.push(reply);
                         } else {
                             done.push(Done::Unit(reply, Ok(())));
@@ -445,6 +453,9 @@ impl Writer {
             // the work thinly over commits (short pauses).
             let budget = self.pack_step_events.max(fx.appended + fx.appended / 4 + 1);
             self.pack_step(&txn, &mut entities, &mut chunks, budget, &mut fx)?;
+            if !self.pack_pending() {
+                self.merge_step(&txn, &mut entities, &mut chunks, budget)?;
+            }
             let mut meta = txn.open_table(keys::META)?;
             let state =
                 codec::encode_meta(&self.state).map_err(|e| JournalError::Io(e.to_string()))?;
@@ -657,6 +668,13 @@ impl Writer {
             self.state.pack_events = self.state.pack_events.saturating_sub(n);
             return Ok(());
         }
+        if let Some(m) = self.state.merge.as_mut() {
+            if m.target == c.generation {
+                // The merge target's row is written when the merge completes.
+                m.events = m.events.saturating_sub(n);
+                return Ok(());
+            }
+        }
         let Some(first) = self.gen_index.get(&c.generation).copied() else {
             return Err(JournalError::corrupted(
                 format!("generation {}", c.generation),
@@ -771,7 +789,9 @@ impl Writer {
         let name = keys::segment_table_name(seg.number);
         {
             let log = txn.open_table(keys::segment_table(&name))?;
-            let mut cursor = chunks.upper_bound_mut(Bound::<&[u8]>::Unbounded)?;
+            // At the end of this generation's key range (a merge target, newer, may follow it).
+            let next_gen = (seg.number + 1).to_be_bytes();
+            let mut cursor = chunks.upper_bound_mut(Bound::Excluded(&next_gen[..]))?;
             while budget > 0 {
                 let Some((ek, refs)) = plan.pop_first() else {
                     break;
@@ -867,6 +887,216 @@ impl Writer {
         Ok(())
     }
 
+    fn merge_pending(&self) -> bool {
+        self.state.merge.is_some()
+    }
+
+    /// Picks generations to merge: the oldest run of [`MERGE_FANIN`] consecutive generations
+    /// of the same size tier (offset span in powers of the fan-in times the segment size), so
+    /// an entity's history lives in a number of chunks logarithmic in its age.
+    fn plan_merge(&mut self, txn: &redb::WriteTransaction) -> Result<()> {
+        let gens_table = txn.open_table(keys::GENERATIONS)?;
+        let mut gens = Vec::new();
+        for item in gens_table.range::<u64>(..)? {
+            let (k, v) = item?;
+            let g = codec::decode_meta::<GenerationRow>(v.value())
+                .map_err(|e| JournalError::corrupted(format!("generations/{}", k.value()), e))?;
+            gens.push(g);
+        }
+        let seg = self.segment_events.max(1);
+        let tier = |g: &GenerationRow| {
+            let mut span = g.end_offset.saturating_sub(g.first_offset) / seg;
+            let mut t = 0;
+            while span >= MERGE_FANIN as u64 {
+                span /= MERGE_FANIN as u64;
+                t += 1;
+            }
+            t
+        };
+        let run = gens.windows(MERGE_FANIN).find(|w| {
+            w.iter().all(|g| tier(g) == tier(&w[0]))
+                && w.windows(2).all(|p| p[0].end_offset == p[1].first_offset)
+        });
+        if let Some(w) = run {
+            let target = self.state.next_segment;
+            self.state.next_segment += 1;
+            self.state.merge = Some(MergeState {
+                sources: w.iter().map(|g| g.generation).collect(),
+                target,
+                first_offset: w[0].first_offset,
+                end_offset: w[MERGE_FANIN - 1].end_offset,
+                cursor: None,
+                events: 0,
+            });
+            self.merge_plan = None;
+        }
+        Ok(())
+    }
+
+    /// The entities with chunks in the merge's sources still to merge, from the chunk keys.
+    fn build_merge_plan(
+        &self,
+        chunks: &Table<&[u8], &[u8]>,
+        m: &MergeState,
+    ) -> Result<std::collections::BTreeSet<Vec<u8>>> {
+        let mut plan = std::collections::BTreeSet::new();
+        for g in &m.sources {
+            let lo = g.to_be_bytes();
+            let hi = (g + 1).to_be_bytes();
+            for item in chunks.range(&lo[..]..&hi[..])? {
+                let (k, _) = item?;
+                let k = k.value();
+                if k.len() < 8 + 9 {
+                    return Err(JournalError::corrupted("chunks", "chunk key too short"));
+                }
+                let ek = &k[8..k.len() - 9];
+                if m.cursor.as_deref().is_some_and(|c| ek < c) {
+                    continue;
+                }
+                plan.insert(ek.to_vec());
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Merges up to `budget` events of the merge under way (starting one when due); when the
+    /// last entity is merged, swaps the sources' chunk and generation rows for the target's.
+    fn merge_step(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        entities: &mut Table<&[u8], &[u8]>,
+        chunks: &mut Table<&[u8], &[u8]>,
+        mut budget: usize,
+    ) -> Result<()> {
+        if self.state.merge.is_none() {
+            if !self.merge_enabled {
+                return Ok(());
+            }
+            // Look for a run only when the set of generations changed.
+            if self.gen_index.len() < MERGE_FANIN || self.merge_checked == self.gen_index.len() {
+                return Ok(());
+            }
+            self.merge_checked = self.gen_index.len();
+            self.plan_merge(txn)?;
+        }
+        let Some(m) = self.state.merge.clone() else {
+            return Ok(());
+        };
+        let mut plan = match self.merge_plan.take() {
+            Some(p) => p,
+            None => self.build_merge_plan(chunks, &m)?,
+        };
+        let mut written = 0u64;
+        while budget > 0 {
+            let Some(ek) = plan.pop_first() else {
+                break;
+            };
+            let mut row = match entities.get(ek.as_slice())? {
+                Some(v) => decode_row(&ek, v.value())?,
+                None => EntityRow::default(),
+            };
+            let (mine, rest): (Vec<ChunkRef>, Vec<ChunkRef>) = row
+                .chunks
+                .iter()
+                .partition(|c| m.sources.contains(&c.generation));
+            let mut merged: Vec<ChunkRef> = Vec::new();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut current: Option<ChunkRef> = None;
+            for c in &mine {
+                let key = keys::chunk_key(c.generation, &ek, c.first_seq);
+                let Some(v) = chunks.get(key.as_slice())? else {
+                    return Err(JournalError::corrupted(
+                        format!("chunk {key:?}"),
+                        "referenced chunk missing during merge",
+                    ));
+                };
+                let bytes = v.value().to_vec();
+                drop(v);
+                for frame in codec::Frames::new(&bytes) {
+                    let frame =
+                        frame.map_err(|e| JournalError::corrupted(format!("chunk {key:?}"), e))?;
+                    let rec = codec::decode_event(frame)
+                        .map_err(|e| JournalError::corrupted(format!("chunk {key:?}"), e))?;
+                    if rec.seq.0 <= row.deleted_to {
+                        continue;
+                    }
+                    if let Some(cur) = current.as_mut() {
+                        if buf.len() + 4 + frame.len() > self.max_chunk_bytes {
+                            let k = keys::chunk_key(m.target, &ek, cur.first_seq);
+                            chunks.insert(k.as_slice(), buf.as_slice())?;
+                            merged.push(*cur);
+                            buf.clear();
+                            current = None;
+                        }
+                    }
+                    let cur = current.get_or_insert(ChunkRef {
+                        generation: m.target,
+                        first_seq: rec.seq.0,
+                        last_seq: rec.seq.0,
+                        events: 0,
+                        bytes: 0,
+                    });
+                    cur.last_seq = rec.seq.0;
+                    cur.events += 1;
+                    cur.bytes += frame.len() as u32;
+                    codec::push_frame(&mut buf, frame);
+                    written += 1;
+                }
+                budget = budget.saturating_sub(c.events as usize);
+            }
+            if let Some(cur) = current {
+                let k = keys::chunk_key(m.target, &ek, cur.first_seq);
+                chunks.insert(k.as_slice(), buf.as_slice())?;
+                merged.push(cur);
+            }
+            if !mine.is_empty() {
+                let mut all = merged;
+                all.extend(rest);
+                all.sort_by_key(|c| c.first_seq);
+                row.chunks = all;
+                entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
+            }
+            budget = budget.saturating_sub(1);
+            let mut next = ek;
+            next.push(0);
+            if let Some(ms) = self.state.merge.as_mut() {
+                ms.cursor = Some(next);
+            }
+        }
+        if let Some(ms) = self.state.merge.as_mut() {
+            ms.events += written;
+        }
+        if !plan.is_empty() {
+            self.merge_plan = Some(plan);
+            return Ok(());
+        }
+        // Done: the sources' rows go, the target's generation row arrives, in one commit.
+        let Some(m) = self.state.merge.take() else {
+            return Ok(());
+        };
+        let mut gens = txn.open_table(keys::GENERATIONS)?;
+        for g in &m.sources {
+            let lo = g.to_be_bytes();
+            let hi = (g + 1).to_be_bytes();
+            chunks.retain_in(&lo[..]..&hi[..], |_, _| false)?;
+            if let Some(first) = self.gen_index.remove(g) {
+                gens.remove(first)?;
+            }
+        }
+        let row = GenerationRow {
+            generation: m.target,
+            first_offset: m.first_offset,
+            end_offset: m.end_offset,
+            events: m.events,
+        };
+        let bytes = codec::encode_meta(&row).map_err(|e| JournalError::Io(e.to_string()))?;
+        gens.insert(m.first_offset, bytes.as_slice())?;
+        self.gen_index.insert(m.target, m.first_offset);
+        self.merge_plan = None;
+        debug!(sources = ?m.sources, target = m.target, events = m.events, "generations merged");
+        Ok(())
+    }
+
     /// The entities of `segment` still to pack, in key order, from the tail index.
     fn build_plan(&self, segment: u64) -> BTreeMap<Vec<u8>, Vec<TailRef>> {
         let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
@@ -888,6 +1118,9 @@ impl Writer {
         plan
     }
 }
+
+/// Generations merged at once.
+const MERGE_FANIN: usize = 4;
 
 /// Stored bytes of recent events by offset, for packing without reading the log back. Offsets
 /// are dense and increasing, so a deque indexed by `offset - base` is the whole index; the

@@ -377,6 +377,61 @@ async fn replay_is_the_same_before_and_after_packing_and_reopen() {
 }
 
 #[tokio::test]
+async fn old_generations_merge_without_changing_what_reads_return() {
+    let merging = || {
+        Journal::builder()
+            .segment_events(16)
+            .pack_step_events(5)
+            .merge_generations(true)
+    };
+    let f = fixture_with(merging());
+    let ids: Vec<_> = (0..5).map(|i| pid(&format!("m{i}"))).collect();
+    let mut before_pack = Vec::new();
+    for round in 0..40 {
+        for p in &ids {
+            write_n(&f.j, p, 1).await;
+        }
+        if round == 20 {
+            // Deletes while generations exist (and possibly while they merge).
+            f.j.delete_events_to(&ids[0], Seq(5)).await.unwrap();
+        }
+    }
+    for p in &ids {
+        before_pack.push(f.j.all_events(p).unwrap());
+    }
+    let changelog: Vec<_> =
+        f.j.changelog(Offset(1))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+    f.j.flush(true).await.unwrap();
+    let report = f.j.verify(&mut |_, _| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    // 200 events in segments of 16: 12 generations; merged four at a time into 3.
+    assert!(
+        report.chunks <= 5 * 6,
+        "{} chunk rows: generations were not merged",
+        report.chunks
+    );
+    for (p, want) in ids.iter().zip(&before_pack) {
+        assert_eq!(&f.j.all_events(p).unwrap(), want);
+    }
+    let after: Vec<_> =
+        f.j.changelog(Offset(1))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+    assert_eq!(after, changelog);
+    let path = f.path.clone();
+    drop(f.j);
+    let j = merging().open(&path).unwrap();
+    for (p, want) in ids.iter().zip(&before_pack) {
+        assert_eq!(&j.all_events(p).unwrap(), want);
+    }
+    assert!(j.verify(&mut |_, _| {}).unwrap().is_ok());
+}
+
+#[tokio::test]
 async fn deletes_apply_to_packed_and_unpacked_events() {
     let f = fixture_with(small_segments());
     let a = pid("a");

@@ -59,6 +59,8 @@ fn builder() -> JournalBuilder {
     Journal::builder()
         .segment_events(SEGMENT_EVENTS)
         .pack_step_events(PACK_STEP_EVENTS)
+        // Generation merges run too, so kills also land in the middle of them.
+        .merge_generations(true)
         .durability(Durability::Immediate)
 }
 

@@ -50,6 +50,7 @@ fn open(path: &Path) -> Journal {
         .segment_events(7)
         .pack_step_events(3)
         .max_chunk_bytes(64)
+        .merge_generations(true)
         .key_groups(4)
         .open(path)
         .unwrap()
