@@ -181,16 +181,13 @@ pub enum JournalError {
     /// The journal handle was closed (its writer stopped). Nothing was written.
     #[error("journal is closed")]
     Closed,
-    /// The journal's writer queue is full (backpressure). Nothing was written; retry later.
-    #[error("journal writer queue is full")]
-    Overloaded,
 }
 
 impl JournalError {
     /// Whether this error means the write was refused with nothing written and the entity may
     /// continue (*rejected*), as opposed to *failed* (outcome unknown, or state diverged).
     pub fn is_rejected(&self) -> bool {
-        matches!(self, JournalError::Rejected(_) | JournalError::Overloaded)
+        matches!(self, JournalError::Rejected(_))
     }
 
     pub(crate) fn corrupted(location: impl Into<String>, detail: impl ToString) -> Self {

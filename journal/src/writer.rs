@@ -558,6 +558,24 @@ impl Writer {
         }))
     }
 
+    /// The entity's row and its highest seq, reading the row once (the seq cache is filled from
+    /// it on a miss, as `current_highest` would).
+    fn row_and_highest(
+        &mut self,
+        ek: &[u8],
+        entities: &Table<&[u8], &[u8]>,
+    ) -> Result<(EntityRow, u64)> {
+        let row = self.load_row(ek, entities)?;
+        let highest = match self.highest.get(ek) {
+            Some(h) => *h,
+            None => {
+                self.highest.insert(ek.to_vec(), row.highest_seq);
+                row.highest_seq
+            }
+        };
+        Ok((row, highest))
+    }
+
     fn load_row(&self, ek: &[u8], entities: &Table<&[u8], &[u8]>) -> Result<EntityRow> {
         match entities.get(ek)? {
             Some(v) => decode_row(ek, v.value()),
@@ -572,7 +590,7 @@ impl Writer {
         snapshots: &mut Table<&[u8], &[u8]>,
     ) -> Result<Result<()>> {
         let ek = keys::entity_key(&rec.persistence_id, self.key_groups);
-        let highest = self.current_highest(&ek, entities)?;
+        let (mut row, highest) = self.row_and_highest(&ek, entities)?;
         if rec.seq.0 > highest {
             return Ok(Err(Rejected::SnapshotAhead {
                 seq: rec.seq,
@@ -584,7 +602,6 @@ impl Writer {
             Ok(b) => b,
             Err(e) => return Ok(Err(Rejected::InvalidManifest(e.to_string()).into())),
         };
-        let mut row = self.load_row(&ek, entities)?;
         row.highest_seq = row.highest_seq.max(highest);
         let existed = snapshots
             .insert(
@@ -609,8 +626,7 @@ impl Writer {
         chunks: &mut Table<&[u8], &[u8]>,
     ) -> Result<Seq> {
         let ek = keys::entity_key(pid, self.key_groups);
-        let highest = self.current_highest(&ek, entities)?;
-        let mut row = self.load_row(&ek, entities)?;
+        let (mut row, highest) = self.row_and_highest(&ek, entities)?;
         row.highest_seq = row.highest_seq.max(highest);
         let to = to_seq.0.min(highest);
         if to > row.deleted_to {
@@ -632,7 +648,7 @@ impl Writer {
         entities: &mut Table<&[u8], &[u8]>,
     ) -> Result<Result<()>> {
         let ek = keys::entity_key(pid, self.key_groups);
-        let highest = self.current_highest(&ek, entities)?;
+        let (mut row, highest) = self.row_and_highest(&ek, entities)?;
         if highest != 0 {
             return Ok(Err(JournalError::Conflict {
                 pid: pid.clone(),
@@ -640,7 +656,6 @@ impl Writer {
                 actual: Seq(highest),
             }));
         }
-        let mut row = self.load_row(&ek, entities)?;
         row.highest_seq = deleted_to.0;
         row.deleted_to = deleted_to.0;
         entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
@@ -750,8 +765,7 @@ impl Writer {
         snapshots: &mut Table<&[u8], &[u8]>,
     ) -> Result<()> {
         let ek = keys::entity_key(pid, self.key_groups);
-        let highest = self.current_highest(&ek, entities)?;
-        let mut row = self.load_row(&ek, entities)?;
+        let (mut row, highest) = self.row_and_highest(&ek, entities)?;
         for c in &row.chunks {
             self.remove_chunk(txn, chunks, &ek, c)?;
         }
