@@ -36,6 +36,19 @@ pub(crate) struct Passivated {
     pub incarnation: u64,
 }
 
+/// Reported to the shard by an idle entity asked to hibernate: its state, handed over as the
+/// actor stops, or `None` if it could not hibernate now (a snapshot still being written, or no
+/// state because recovery failed) and stays as it is.
+pub(crate) struct Hibernated<S: EventSourced> {
+    pub id: EntityId,
+    pub incarnation: u64,
+    pub core: Option<Box<EntityCore<S>>>,
+}
+
+impl<S: EventSourced> Message for Hibernated<S> {
+    type Result = ();
+}
+
 /// Reported by an entity actor's drop when it stopped without saying so (a panic).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -59,6 +72,12 @@ impl<S: EventSourced> Message for Exec<S> {
 #[rtype(result = "()")]
 pub(crate) struct Passivate;
 
+/// Idle for a while: hand the state to the shard and stop the actor (see
+/// [`crate::ShardConfig::hibernate_after`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Hibernate;
+
 pub(crate) struct EntityActor<S: EventSourced> {
     incarnation: u64,
     pid: PersistenceId,
@@ -69,8 +88,10 @@ pub(crate) struct EntityActor<S: EventSourced> {
     /// Shared by all entities of the shard (cloning an `Addr` allocates a sender).
     shard: std::sync::Arc<Addr<Shard<S>>>,
     commands: u32,
-    /// Set once the shard was told this incarnation ended (stopped or passivated).
+    /// Set once the shard was told this incarnation ended (stopped, passivated, hibernated).
     ended: bool,
+    /// Snapshots spawned and not yet written: the actor does not hibernate meanwhile.
+    snapshots_in_flight: u32,
 }
 
 impl<S: EventSourced> Drop for EntityActor<S> {
@@ -85,6 +106,7 @@ impl<S: EventSourced> Drop for EntityActor<S> {
 }
 
 impl<S: EventSourced> EntityActor<S> {
+    /// An actor that recovers `pid` from the journal when it starts.
     pub(crate) fn new(
         incarnation: u64,
         pid: PersistenceId,
@@ -100,6 +122,27 @@ impl<S: EventSourced> EntityActor<S> {
             shard,
             commands: 0,
             ended: false,
+            snapshots_in_flight: 0,
+        }
+    }
+
+    /// An actor that continues from the state a hibernated incarnation handed over: nothing
+    /// is read from the journal.
+    pub(crate) fn woken(
+        incarnation: u64,
+        core: Box<EntityCore<S>>,
+        shard: std::sync::Arc<Addr<Shard<S>>>,
+    ) -> Self {
+        Self {
+            incarnation,
+            pid: core.pid.clone(),
+            journal: None,
+            core: Some(*core),
+            failed: None,
+            shard,
+            commands: 0,
+            ended: false,
+            snapshots_in_flight: 0,
         }
     }
 
@@ -238,6 +281,7 @@ impl<S: EventSourced> Handler<Exec<S>> for EntityActor<S> {
                                     let j = core.journal.clone();
                                     let pid = core.pid.clone();
                                     let policy = core.policy;
+                                    act.snapshots_in_flight += 1;
                                     ctx.spawn(
                                         async move {
                                             if let Err(e) =
@@ -246,7 +290,8 @@ impl<S: EventSourced> Handler<Exec<S>> for EntityActor<S> {
                                                 warn!(error = %e, "snapshot failed");
                                             }
                                         }
-                                        .into_actor(act),
+                                        .into_actor(act)
+                                        .map(|(), act, _| act.snapshots_in_flight -= 1),
                                     );
                                 }
                             }
@@ -309,5 +354,29 @@ impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
             act.core = None;
             ctx.stop();
         })))
+    }
+}
+
+impl<S: EventSourced> Handler<Hibernate> for EntityActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: Hibernate, ctx: &mut Context<Self>) {
+        // The shard asks only when no command is queued or running. A snapshot still being
+        // written would be cancelled by stopping, so wait for a later sweep instead.
+        let core = if self.snapshots_in_flight == 0 {
+            self.core.take().map(Box::new)
+        } else {
+            None
+        };
+        let handed_over = core.is_some();
+        self.shard.do_send(Hibernated {
+            id: self.pid.entity_id().clone(),
+            incarnation: self.incarnation,
+            core,
+        });
+        if handed_over {
+            self.ended = true;
+            ctx.stop();
+        }
     }
 }

@@ -13,7 +13,10 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::entity::EventSourced;
-use crate::entity_actor::{EntityActor, Exec, Gone, Passivate, Passivated, Processed, ReplyTo};
+use crate::core::EntityCore;
+use crate::entity_actor::{
+    EntityActor, Exec, Gone, Hibernate, Hibernated, Passivate, Passivated, Processed, ReplyTo,
+};
 use crate::error::CommandError;
 
 /// Configuration of a shard actor, with documented defaults.
@@ -25,6 +28,13 @@ pub struct ShardConfig {
     /// Most live entities; starting one more passivates the least recently used idle one.
     /// Default 100,000.
     pub max_active_entities: usize,
+    /// An entity idle this long hibernates, as an Erlang process does: its actor (mailbox and
+    /// task) stops, its state stays in the shard, and its next command starts a fresh actor on
+    /// that state without reading the journal. It is still live (counted in
+    /// [`ShardStats::live_entities`] and in [`Self::max_active_entities`]); only passivation
+    /// ([`Self::passivate_after`]) drops the state. Keeps warm entities small in memory.
+    /// `Duration::MAX` keeps every live entity's actor running. Default 2 s.
+    pub hibernate_after: Duration,
     /// Most commands queued or running in the shard; more are refused with
     /// [`CommandError::Overloaded`], handing the command back. Default 100,000.
     pub max_queued_commands: usize,
@@ -37,6 +47,7 @@ impl Default for ShardConfig {
         Self {
             passivate_after: Duration::from_secs(120),
             max_active_entities: 100_000,
+            hibernate_after: Duration::from_secs(2),
             max_queued_commands: 100_000,
             sweep_interval: Duration::from_secs(1),
         }
@@ -46,8 +57,10 @@ impl Default for ShardConfig {
 /// Counters of one shard actor.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardStats {
-    /// Entities with a live actor.
+    /// Live entities: those with a running actor plus the hibernated ones.
     pub live_entities: usize,
+    /// Live entities that are hibernated (state kept, actor stopped while idle).
+    pub hibernated_entities: usize,
     /// Commands queued or running.
     pub queued_commands: usize,
     /// Commands handled since the shard started.
@@ -58,6 +71,8 @@ pub struct ShardStats {
     pub state_bytes: u64,
     /// Entities passivated since the shard started.
     pub passivations: u64,
+    /// Times an idle entity hibernated since the shard started.
+    pub hibernations: u64,
 }
 
 struct Pending<S: EventSourced> {
@@ -67,9 +82,12 @@ struct Pending<S: EventSourced> {
 
 struct Slot<S: EventSourced> {
     addr: Option<Addr<EntityActor<S>>>,
+    /// The state of a hibernated entity (never together with `addr`).
+    parked: Option<Box<EntityCore<S>>>,
     incarnation: u64,
     queue: VecDeque<Pending<S>>,
     busy: bool,
+    /// A passivation or hibernation is in flight: wait for the actor's answer.
     passivating: bool,
     tick: u64,
     /// Sweep epoch of the last command.
@@ -78,6 +96,13 @@ struct Slot<S: EventSourced> {
     key_group: u32,
     /// Being handed off or shut down: passivate as soon as idle, then forget.
     draining: bool,
+}
+
+impl<S: EventSourced> Slot<S> {
+    /// Has a running actor or a hibernated state.
+    fn is_live(&self) -> bool {
+        self.addr.is_some() || self.parked.is_some()
+    }
 }
 
 /// Deliver a command to an entity of the shard.
@@ -109,7 +134,9 @@ pub struct Shard<S: EventSourced> {
     epoch: u64,
     next_tick: u64,
     next_incarnation: u64,
+    /// Live entities: running actors plus hibernated states.
     live: usize,
+    hibernated: usize,
     queued: Arc<AtomicUsize>,
     stats: ShardStats,
     stopping: Vec<oneshot::Sender<()>>,
@@ -174,6 +201,7 @@ impl<S: EventSourced> Shard<S> {
             next_tick: 0,
             next_incarnation: 0,
             live: 0,
+            hibernated: 0,
             queued: queued.clone(),
             stats: ShardStats::default(),
             stopping: Vec::new(),
@@ -211,21 +239,15 @@ impl<S: EventSourced> Shard<S> {
         }
     }
 
-    /// Starts (and so recovers) the entity actor of a slot that has none.
+    /// Starts the entity actor of a slot that has none: on its hibernated state if it has
+    /// one, otherwise recovering from the journal.
     fn start_entity(&mut self, id: &str, ctx: &mut Context<Self>) {
-        if self.live >= self.config.max_active_entities {
+        let parked = self.slots.get_mut(id).and_then(|s| s.parked.take());
+        if parked.is_none() && self.live >= self.config.max_active_entities {
             self.evict_lru(ctx);
         }
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
-        let pid = PersistenceId::new(
-            self.entity_type.clone(),
-            // Validated when the command was delivered.
-            match EntityId::new(id) {
-                Ok(e) => e,
-                Err(_) => return,
-            },
-        );
         let me = match &self.me {
             Some(me) => me.clone(),
             None => {
@@ -234,12 +256,28 @@ impl<S: EventSourced> Shard<S> {
                 me
             }
         };
-        let Some(journal) = self.journal.clone() else {
-            return;
+        let actor = match parked {
+            Some(core) => {
+                self.hibernated -= 1;
+                EntityActor::<S>::woken(incarnation, core, me)
+            }
+            None => {
+                let pid = PersistenceId::new(
+                    self.entity_type.clone(),
+                    // Validated when the command was delivered.
+                    match EntityId::new(id) {
+                        Ok(e) => e,
+                        Err(_) => return,
+                    },
+                );
+                let Some(journal) = self.journal.clone() else {
+                    return;
+                };
+                self.live += 1;
+                EntityActor::<S>::new(incarnation, pid, journal, me)
+            }
         };
-        let actor = EntityActor::<S>::new(incarnation, pid, journal, me);
         let addr = actor.start();
-        self.live += 1;
         if let Some(slot) = self.slots.get_mut(id) {
             slot.addr = Some(addr);
             slot.incarnation = incarnation;
@@ -297,11 +335,11 @@ impl<S: EventSourced> Shard<S> {
     ///
     /// Evicts the oldest 1% at once (at least one), so that a shard at its limit pays one scan
     /// per hundred new entities rather than keeping an ordered index on every command.
-    fn evict_lru(&mut self, _ctx: &mut Context<Self>) {
+    fn evict_lru(&mut self, ctx: &mut Context<Self>) {
         let mut idle: Vec<(u64, &String)> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.addr.is_some() && !s.busy && !s.passivating && s.queue.is_empty())
+            .filter(|(_, s)| s.is_live() && !s.busy && !s.passivating && s.queue.is_empty())
             .map(|(id, s)| (s.tick, id))
             .collect();
         let n = (self.config.max_active_entities / 100)
@@ -315,11 +353,16 @@ impl<S: EventSourced> Shard<S> {
         }
         let victims: Vec<String> = idle[..n].iter().map(|(_, id)| (*id).clone()).collect();
         for id in victims {
-            self.passivate(&id);
+            self.passivate(&id, ctx);
         }
     }
 
-    fn passivate(&mut self, id: &str) {
+    /// Stops a live entity (snapshotting per its policy); a hibernated one is woken first, so
+    /// that passivation has one path.
+    fn passivate(&mut self, id: &str, ctx: &mut Context<Self>) {
+        if self.slots.get(id).is_some_and(|s| s.parked.is_some()) {
+            self.start_entity(id, ctx);
+        }
         if let Some(slot) = self.slots.get_mut(id) {
             if let Some(addr) = slot.addr.as_ref() {
                 slot.passivating = true;
@@ -328,42 +371,57 @@ impl<S: EventSourced> Shard<S> {
         }
     }
 
-    fn sweep(&mut self) {
-        self.epoch += 1;
+    fn hibernate(&mut self, id: &str) {
+        if let Some(slot) = self.slots.get_mut(id) {
+            if let Some(addr) = slot.addr.as_ref() {
+                slot.passivating = true;
+                addr.do_send(Hibernate);
+            }
+        }
+    }
+
+    /// Sweep epochs in `d` (at least one), `u64::MAX` for "never".
+    fn epochs(&self, d: Duration) -> u64 {
         let interval = self.config.sweep_interval.max(Duration::from_millis(1));
-        let idle_epochs = self
-            .config
-            .passivate_after
-            .as_nanos()
-            .div_ceil(interval.as_nanos()) as u64;
+        u64::try_from(d.as_nanos().div_ceil(interval.as_nanos())).unwrap_or(u64::MAX)
+    }
+
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        self.epoch += 1;
+        let passivate_epochs = self.epochs(self.config.passivate_after);
+        let hibernate_epochs = self.epochs(self.config.hibernate_after);
         let epoch = self.epoch;
-        let idle: Vec<String> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| {
-                s.addr.is_some()
-                    && !s.busy
-                    && !s.passivating
-                    && s.queue.is_empty()
-                    && epoch.saturating_sub(s.last_used) > idle_epochs
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in idle {
-            self.passivate(&id);
+        let mut passivate = Vec::new();
+        let mut hibernate = Vec::new();
+        for (id, s) in &self.slots {
+            if !s.is_live() || s.busy || s.passivating || !s.queue.is_empty() {
+                continue;
+            }
+            let idle = epoch.saturating_sub(s.last_used);
+            if idle > passivate_epochs {
+                passivate.push(id.clone());
+            } else if idle > hibernate_epochs && s.addr.is_some() {
+                hibernate.push(id.clone());
+            }
+        }
+        for id in passivate {
+            self.passivate(&id, ctx);
+        }
+        for id in hibernate {
+            self.hibernate(&id);
         }
     }
 
     /// Passivates a draining entity once it is idle; forgets it once stopped.
-    fn drain_step(&mut self, id: &str) {
+    fn drain_step(&mut self, id: &str, ctx: &mut Context<Self>) {
         let Some(slot) = self.slots.get(id) else {
             return;
         };
         if !slot.draining || slot.busy || slot.passivating || !slot.queue.is_empty() {
             return;
         }
-        if slot.addr.is_some() {
-            self.passivate(id);
+        if slot.is_live() {
+            self.passivate(id, ctx);
         } else if self.slots.remove(id).is_some() {
             self.finish_release(id);
         }
@@ -390,6 +448,7 @@ impl<S: EventSourced> Shard<S> {
         &mut self,
         key_groups: &[std::ops::Range<u32>],
         done: oneshot::Sender<ReleaseReport>,
+        ctx: &mut Context<Self>,
     ) {
         // Eager recoveries still queued for these key groups must not start after the handoff
         // (the new owner would have them too: G5).
@@ -419,7 +478,7 @@ impl<S: EventSourced> Shard<S> {
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.draining = true;
             }
-            self.drain_step(&id);
+            self.drain_step(&id, ctx);
         }
     }
 
@@ -440,15 +499,15 @@ impl<S: EventSourced> Shard<S> {
         }
     }
 
-    fn remove_if_idle(&mut self, id: &str) {
+    fn remove_if_idle(&mut self, id: &str, ctx: &mut Context<Self>) {
         if self.slots.get(id).is_some_and(|s| s.draining) {
-            self.drain_step(id);
+            self.drain_step(id, ctx);
             return;
         }
         let empty = self
             .slots
             .get(id)
-            .is_some_and(|s| s.addr.is_none() && s.queue.is_empty() && !s.busy && !s.passivating);
+            .is_some_and(|s| !s.is_live() && s.queue.is_empty() && !s.busy && !s.passivating);
         if empty {
             self.slots.remove(id);
         }
@@ -461,7 +520,7 @@ impl<S: EventSourced> Actor for Shard<S> {
     fn started(&mut self, ctx: &mut Self::Context) {
         // A zero interval would spin: at least a millisecond.
         let every = self.config.sweep_interval.max(Duration::from_millis(1));
-        ctx.run_interval(every, |act, _| act.sweep());
+        ctx.run_interval(every, |act, ctx| act.sweep(ctx));
     }
 }
 
@@ -492,6 +551,7 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
                 msg.id.as_str().to_string(),
                 Slot {
                     addr: None,
+                    parked: None,
                     incarnation: 0,
                     queue,
                     busy: false,
@@ -531,7 +591,7 @@ impl<S: EventSourced> Handler<Processed> for Shard<S> {
             slot.state_bytes = 0;
         }
         self.pump(msg.id.as_str(), ctx);
-        self.remove_if_idle(msg.id.as_str());
+        self.remove_if_idle(msg.id.as_str(), ctx);
         self.continue_stopping(ctx);
     }
 }
@@ -559,7 +619,7 @@ impl<S: EventSourced> Handler<Gone> for Shard<S> {
             self.queued.fetch_sub(1, Ordering::SeqCst);
         }
         self.pump(id, ctx);
-        self.remove_if_idle(id);
+        self.remove_if_idle(id, ctx);
         self.continue_stopping(ctx);
     }
 }
@@ -583,7 +643,32 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
         debug!(id = %msg.id, "entity passivated");
         // Commands that arrived while it was passivating go to a fresh incarnation.
         self.pump(msg.id.as_str(), ctx);
-        self.remove_if_idle(msg.id.as_str());
+        self.remove_if_idle(msg.id.as_str(), ctx);
+        self.continue_stopping(ctx);
+    }
+}
+
+impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Hibernated<S>, ctx: &mut Context<Self>) {
+        let Some(slot) = self.slots.get_mut(msg.id.as_str()) else {
+            return;
+        };
+        if slot.incarnation != msg.incarnation || slot.addr.is_none() {
+            return;
+        }
+        slot.passivating = false;
+        if let Some(core) = msg.core {
+            // The actor has stopped; its state waits here for the next command.
+            slot.addr = None;
+            slot.parked = Some(core);
+            self.hibernated += 1;
+            self.stats.hibernations += 1;
+        }
+        // Commands that arrived meanwhile wake it at once; a drain passivates it.
+        self.pump(msg.id.as_str(), ctx);
+        self.remove_if_idle(msg.id.as_str(), ctx);
         self.continue_stopping(ctx);
     }
 }
@@ -594,6 +679,7 @@ impl<S: EventSourced> Handler<GetStats> for Shard<S> {
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         let mut s = self.stats.clone();
         s.live_entities = self.live;
+        s.hibernated_entities = self.hibernated;
         s.queued_commands = self.queued.load(Ordering::SeqCst);
         s.state_bytes = self.slots.values().map(|s| s.state_bytes).sum();
         MessageResult(s)
@@ -647,6 +733,7 @@ impl<S: EventSourced> Handler<WarmStep> for Shard<S> {
                 id.as_str().to_string(),
                 Slot {
                     addr: None,
+                    parked: None,
                     incarnation: 0,
                     queue: VecDeque::new(),
                     busy: false,
@@ -683,7 +770,7 @@ impl<S: EventSourced> Handler<Shutdown> for Shard<S> {
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.draining = true;
             }
-            self.drain_step(&id);
+            self.drain_step(&id, ctx);
         }
         self.continue_stopping(ctx);
     }
@@ -702,8 +789,8 @@ impl Message for Release {
 impl<S: EventSourced> Handler<Release> for Shard<S> {
     type Result = ();
 
-    fn handle(&mut self, msg: Release, _: &mut Context<Self>) {
-        self.release(&msg.key_groups, msg.done);
+    fn handle(&mut self, msg: Release, ctx: &mut Context<Self>) {
+        self.release(&msg.key_groups, msg.done, ctx);
     }
 }
 
@@ -717,13 +804,13 @@ impl Message for PassivateNow {
 impl<S: EventSourced> Handler<PassivateNow> for Shard<S> {
     type Result = ();
 
-    fn handle(&mut self, msg: PassivateNow, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: PassivateNow, ctx: &mut Context<Self>) {
         let idle = self
             .slots
             .get(&msg.0)
-            .is_some_and(|s| !s.busy && s.queue.is_empty());
+            .is_some_and(|s| !s.busy && !s.passivating && s.queue.is_empty());
         if idle {
-            self.passivate(&msg.0);
+            self.passivate(&msg.0, ctx);
         }
     }
 }

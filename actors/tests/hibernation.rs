@@ -1,0 +1,269 @@
+//! Hibernation (`ShardConfig::hibernate_after`): an idle entity's actor stops while its state
+//! stays in the shard. Its next command continues from that state without reading the journal
+//! (G4: the woken state equals the state a recovery would build); commands racing hibernation
+//! are applied exactly once and in order (G6); hibernated entities still count as live, are
+//! passivated with a snapshot when idle long enough or when their key group moves, and recover
+//! on their new owner with the same state (G5: never live on two shards).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use redb::backends::InMemoryBackend;
+use serde::{Deserialize, Serialize};
+use stateline_actors::{
+    Effect, EventSourced, RegionConfig, Shard, ShardConfig, ShardRef, ShardRegion,
+};
+use stateline_journal::{Journal, PersistenceId};
+use support::*;
+
+fn journal() -> Journal {
+    Journal::builder()
+        .open_with_backend(InMemoryBackend::new(), "mem")
+        .unwrap()
+}
+
+async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn hibernating(after_ms: u64) -> ShardConfig {
+    ShardConfig {
+        hibernate_after: Duration::from_millis(after_ms),
+        sweep_interval: Duration::from_millis(2),
+        ..ShardConfig::default()
+    }
+}
+
+thread_local! {
+    /// Counts every `apply` on this thread (a test's own shard runs on its thread), live or
+    /// during recovery: a wake that read the journal would replay.
+    static APPLIED: Cell<u64> = const { Cell::new(0) };
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Tally {
+    total: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum TallyCmd {
+    Add(u64),
+    Get,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Added(u64);
+
+impl EventSourced for Tally {
+    const TYPE_NAME: &'static str = "tally";
+    type Command = TallyCmd;
+    type Event = Added;
+    type Reply = u64;
+
+    fn handle(&self, command: TallyCmd) -> Effect<Self> {
+        match command {
+            TallyCmd::Add(n) => Effect::persist(vec![Added(n)]).then_reply(|s: &Self| s.total),
+            TallyCmd::Get => Effect::reply(self.total),
+        }
+    }
+
+    fn apply(&mut self, event: &Added) {
+        APPLIED.with(|a| a.set(a.get() + 1));
+        self.total += event.0;
+    }
+}
+
+#[actix_rt::test]
+async fn idle_entities_hibernate_and_wake_on_their_state_without_replaying() {
+    let shard: ShardRef<Tally> = Shard::start(journal(), hibernating(20)).unwrap();
+    for i in 0..20u64 {
+        for n in 1..=5 {
+            shard.send(&format!("t{i}"), TallyCmd::Add(n)).await.unwrap();
+        }
+    }
+    eventually("all 20 hibernated", async || {
+        shard.stats().await.unwrap().hibernated_entities == 20
+    })
+    .await;
+    let stats = shard.stats().await.unwrap();
+    assert_eq!(stats.live_entities, 20, "hibernated entities are live");
+    assert_eq!(stats.passivations, 0);
+    let applied = APPLIED.with(Cell::get);
+    assert_eq!(applied, 100);
+    for i in 0..20u64 {
+        assert_eq!(shard.send(&format!("t{i}"), TallyCmd::Get).await.unwrap(), 15);
+        assert_eq!(
+            shard.send(&format!("t{i}"), TallyCmd::Add(1)).await.unwrap(),
+            16
+        );
+    }
+    // Woken on the kept state: only the 20 new events were applied, nothing replayed.
+    assert_eq!(APPLIED.with(Cell::get), applied + 20);
+    let stats = shard.stats().await.unwrap();
+    assert!(stats.hibernations >= 20, "{stats:?}");
+    assert_eq!(stats.live_entities, 20);
+    shard.stop().await;
+}
+
+#[actix_rt::test]
+async fn commands_racing_hibernation_are_applied_exactly_once_in_order() {
+    let shard: ShardRef<Account> = Shard::start(journal(), hibernating(1)).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut expected = [0i64; 4];
+    let mut pending = Vec::new();
+    for n in 1..=400u64 {
+        let e = (n % 4) as usize;
+        let rx = shard
+            .enqueue(
+                &format!("r{e}"),
+                AccountCommand::Tagged {
+                    sender: 1,
+                    n: n.div_ceil(4),
+                    amount: n as i64,
+                },
+            )
+            .unwrap();
+        expected[e] += n as i64;
+        pending.push(rx);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        if seed % 5 == 0 {
+            // Let the entities go idle long enough to hibernate (or be mid-hibernation).
+            for rx in pending.drain(..) {
+                rx.await.unwrap().unwrap().unwrap();
+            }
+            actix_rt::time::sleep(Duration::from_millis(seed % 6)).await;
+        }
+    }
+    for rx in pending {
+        // An out-of-order or repeated command would be refused with `OutOfOrder`.
+        rx.await.unwrap().unwrap().unwrap();
+    }
+    for (e, want) in expected.iter().enumerate() {
+        assert_eq!(
+            shard
+                .send(&format!("r{e}"), AccountCommand::Balance)
+                .await
+                .unwrap(),
+            Ok(*want)
+        );
+    }
+    let stats = shard.stats().await.unwrap();
+    assert_eq!(stats.events_persisted, 400);
+    assert!(stats.hibernations > 0, "never hibernated: {stats:?}");
+    shard.stop().await;
+}
+
+#[actix_rt::test]
+async fn hibernated_entities_are_passivated_when_idle_long_enough() {
+    let config = ShardConfig {
+        passivate_after: Duration::from_millis(150),
+        ..hibernating(5)
+    };
+    let shard: ShardRef<Account> = Shard::start(journal(), config).unwrap();
+    for id in ["a", "b", "c"] {
+        for _ in 0..20 {
+            shard
+                .send(id, AccountCommand::Deposit { amount: 2 })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    eventually("hibernated", async || {
+        shard.stats().await.unwrap().hibernated_entities == 3
+    })
+    .await;
+    eventually("passivated", async || {
+        shard.stats().await.unwrap().live_entities == 0
+    })
+    .await;
+    let stats = shard.stats().await.unwrap();
+    assert_eq!(stats.hibernated_entities, 0);
+    assert_eq!(stats.passivations, 3);
+    assert_eq!(
+        shard
+            .send("b", AccountCommand::Deposit { amount: 1 })
+            .await
+            .unwrap(),
+        Ok(41)
+    );
+    shard.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_active_limit_counts_hibernated_entities() {
+    let config = ShardConfig {
+        max_active_entities: 10,
+        ..hibernating(1)
+    };
+    let shard: ShardRef<Account> = Shard::start(journal(), config).unwrap();
+    for round in 1..=3i64 {
+        for i in 0..40 {
+            let r = shard
+                .send(&format!("e{i}"), AccountCommand::Deposit { amount: 1 })
+                .await;
+            assert_eq!(r.unwrap(), Ok(round));
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually("at most 10 live entities", async || {
+        shard.stats().await.unwrap().live_entities <= 10
+    })
+    .await;
+    shard.stop().await;
+}
+
+#[actix_rt::test]
+async fn hibernated_entities_move_with_their_key_groups_and_keep_their_state() {
+    let journal = journal();
+    let config = RegionConfig {
+        shards: 2,
+        shard: hibernating(5),
+        ..RegionConfig::default()
+    };
+    let region = ShardRegion::<Tally>::start(journal.clone(), config).unwrap();
+    let ids: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    // 20 events each: no periodic snapshot yet (every 100), above the on-stop threshold (16).
+    for round in 1..=20 {
+        for id in &ids {
+            region.send(id, TallyCmd::Add(round)).await.unwrap();
+        }
+    }
+    eventually("all hibernated", async || {
+        let s = region.stats().await.unwrap();
+        s.shards
+            .iter()
+            .map(|s| s.stats.hibernated_entities)
+            .sum::<usize>()
+            == ids.len()
+    })
+    .await;
+    region.rescale(4).await.unwrap();
+    // Half of the key groups moved: their hibernated entities were woken and passivated by
+    // the handoff, which wrote the policy's on-stop snapshot.
+    let snapshotted = ids
+        .iter()
+        .filter(|id| {
+            let pid = PersistenceId::parse("tally", id).unwrap();
+            journal.snapshot_seqs(&pid).unwrap().last().map(|s| s.0) == Some(20)
+        })
+        .count();
+    assert!(snapshotted >= 50, "{snapshotted} handoff snapshots");
+    region.rescale(1).await.unwrap();
+    let stats = region.stats().await.unwrap();
+    let live: usize = stats.shards.iter().map(|s| s.stats.live_entities).sum();
+    assert!(live <= ids.len(), "an entity is live twice: {live}");
+    for id in &ids {
+        assert_eq!(region.send(id, TallyCmd::Get).await.unwrap(), 210, "{id}");
+    }
+    region.stop().await;
+}
