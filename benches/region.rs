@@ -10,11 +10,17 @@
 //!   outside handoffs), `baseline_p50_ms`.
 //! - `recovery`: entities recovered per second from a snapshot plus 100 events each.
 //! - `memory`: resident memory per live entity with 100,000 live entities of a small state,
-//!   minus the same process before they started.
+//!   minus the same process before they started, with the default configuration once the
+//!   entities are idle (hibernated: state kept in the shard, actor stopped).
+//!   `memory_active` measures the same with `hibernate_after = Duration::MAX`: every live
+//!   entity keeps its actix actor. Both run with `MIMALLOC_PURGE_DELAY=0`, so that resident
+//!   memory counts the pages in use, not the freed pages mimalloc keeps resident for a while;
+//!   `memory_lazy_purge` repeats `memory` with mimalloc's default purge delay to show that
+//!   difference. Each runs in a process of its own.
 //!
 //! Sizes (env, default): `STATELINE_BENCH_REGION_EVENTS` [300000], `STATELINE_BENCH_LIVE`
 //! [100000], `STATELINE_BENCH_RECOVER` [10000], `STATELINE_BENCH_SCENARIOS`
-//! [region_persist,rescale,recovery,memory].
+//! [region_persist,rescale,recovery,memory,memory_active,memory_lazy_purge].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::cell::RefCell;
@@ -405,15 +411,25 @@ async fn recovery(dir: &std::path::Path) {
     region.stop().await;
 }
 
-async fn memory(dir: &std::path::Path) {
+async fn memory(dir: &std::path::Path, active: bool) {
     let live: u64 = env_or("STATELINE_BENCH_LIVE", 100_000);
-    eprintln!("== memory: {live} live entities");
+    let scenario = std::env::var("STATELINE_BENCH_MEMORY_SCENARIO").unwrap_or_default();
+    eprintln!("== {scenario}: {live} live entities");
     let journal = Journal::open(dir.join("memory.redb")).unwrap();
+    let mut shard = ShardConfig {
+        max_active_entities: live as usize * 2,
+        ..ShardConfig::default()
+    };
+    if active {
+        shard.hibernate_after = Duration::MAX;
+    }
+    let hibernate_ms = if active {
+        "never".to_string()
+    } else {
+        shard.hibernate_after.as_millis().to_string()
+    };
     let config = RegionConfig {
-        shard: ShardConfig {
-            max_active_entities: live as usize * 2,
-            ..ShardConfig::default()
-        },
+        shard,
         ..RegionConfig::default()
     };
     let region = ShardRegion::<Sensor>::start(journal, config).unwrap();
@@ -421,6 +437,7 @@ async fn memory(dir: &std::path::Path) {
     region.send("warm", SensorCommand::Touch).await.unwrap();
     actix_rt::time::sleep(Duration::from_millis(200)).await;
     let before = rss_bytes();
+    let started = Instant::now();
     let mut window = VecDeque::new();
     for i in 0..live {
         window.push_back(region.enqueue(&id(i), SensorCommand::Touch).unwrap());
@@ -431,39 +448,75 @@ async fn memory(dir: &std::path::Path) {
     for rx in window {
         rx.await.unwrap().unwrap();
     }
-    let stats = region.stats().await.unwrap();
+    let loaded = started.elapsed();
+    let peak = rss_bytes();
+    let mut stats = region.stats().await.unwrap();
+    if !active {
+        // Steady state: every entity idle long enough to hibernate.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let hibernated: usize = stats.shards.iter().map(|s| s.stats.hibernated_entities).sum();
+            let alive: usize = stats.shards.iter().map(|s| s.stats.live_entities).sum();
+            if hibernated == alive || Instant::now() > deadline {
+                break;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+            stats = region.stats().await.unwrap();
+        }
+    }
     let alive: usize = stats.shards.iter().map(|s| s.stats.live_entities).sum();
+    let hibernated: usize = stats.shards.iter().map(|s| s.stats.hibernated_entities).sum();
     let after = rss_bytes();
     let per = (after.saturating_sub(before)) as f64 / alive.max(1) as f64;
-    println!("RESULT memory live_entities={alive} rss_before_mb={:.1} rss_after_mb={:.1} bytes_per_entity={per:.0}", before as f64 / 1e6, after as f64 / 1e6);
+    let peak_per = (peak.saturating_sub(before)) as f64 / alive.max(1) as f64;
+    println!(
+        "RESULT {scenario} live_entities={alive} hibernated={hibernated} hibernate_after_ms={hibernate_ms} mimalloc_purge_delay_ms={} load_s={:.2} rss_before_mb={:.1} rss_peak_mb={:.1} rss_after_mb={:.1} peak_bytes_per_entity={peak_per:.0} bytes_per_entity={per:.0}",
+        std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "default".into()),
+        loaded.as_secs_f64(),
+        before as f64 / 1e6,
+        peak as f64 / 1e6,
+        after as f64 / 1e6
+    );
     region.stop().await;
 }
 
 fn main() {
-    // The memory scenario measures resident memory, so it runs in a process of its own when
-    // other scenarios ran before it (their freed memory would hide its growth).
-    let only_memory = std::env::var("STATELINE_BENCH_SCENARIOS").is_ok_and(|v| v == "memory");
-    let others = ["region_persist", "rescale", "recovery"]
-        .iter()
-        .any(|s| enabled(s));
-    if enabled("memory") && others && !only_memory {
-        let mut scenarios: Vec<&str> = ["region_persist", "rescale", "recovery"]
-            .into_iter()
-            .filter(|s| enabled(s))
-            .collect();
-        run_scenarios(&scenarios);
-        scenarios.clear();
-        let exe = std::env::current_exe().expect("own executable");
-        let status = std::process::Command::new(exe)
-            .args(std::env::args().skip(1))
-            .env("STATELINE_BENCH_SCENARIOS", "memory")
-            .status()
-            .expect("memory scenario process");
-        assert!(status.success(), "memory scenario failed");
+    // The memory scenarios measure resident memory, so each runs in a process of its own
+    // (freed memory of other scenarios, or of the other memory scenario, would hide growth).
+    if let Ok(mode) = std::env::var("STATELINE_BENCH_MEMORY_SCENARIO") {
+        let dir = tempfile::tempdir().expect("temp dir");
+        actix_rt::System::new().block_on(memory(dir.path(), mode == "memory_active"));
         return;
     }
-    let all = ["region_persist", "rescale", "recovery", "memory"];
-    run_scenarios(&all.into_iter().filter(|s| enabled(s)).collect::<Vec<_>>());
+    let others: Vec<&str> = ["region_persist", "rescale", "recovery"]
+        .into_iter()
+        .filter(|s| enabled(s))
+        .collect();
+    if !others.is_empty() {
+        run_scenarios(&others);
+    }
+    let exe = std::env::current_exe().expect("own executable");
+    for (scenario, purge_delay) in [
+        ("memory", Some("0")),
+        ("memory_active", Some("0")),
+        ("memory_lazy_purge", None),
+    ] {
+        if !enabled(scenario) {
+            continue;
+        }
+        let mut child = std::process::Command::new(&exe);
+        child
+            .args(std::env::args().skip(1))
+            .env("STATELINE_BENCH_MEMORY_SCENARIO", scenario);
+        match purge_delay {
+            Some(ms) => child.env("MIMALLOC_PURGE_DELAY", ms),
+            None => child.env_remove("MIMALLOC_PURGE_DELAY"),
+        };
+        let status = child
+            .status()
+            .expect("memory scenario process");
+        assert!(status.success(), "{scenario} scenario failed");
+    }
 }
 
 fn run_scenarios(scenarios: &[&str]) {
@@ -478,9 +531,6 @@ fn run_scenarios(scenarios: &[&str]) {
         }
         if enabled("recovery") {
             recovery(dir.path()).await;
-        }
-        if enabled("memory") {
-            memory(dir.path()).await;
         }
     });
 }
