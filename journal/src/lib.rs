@@ -27,6 +27,7 @@ mod ids;
 mod journal;
 mod keys;
 mod meta;
+mod power_loss;
 mod read;
 mod record;
 mod store;
@@ -46,6 +47,7 @@ pub use ids::{
 };
 pub use journal::{Journal, SnapshotCriteria};
 pub use meta::FORMAT_VERSION;
+pub use power_loss::PowerLossStorage;
 pub use read::{ChangelogIter, EntitySummary, EventIter, JournalInfo, JournalReader, RecoveryView};
 pub use record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord, MAX_MANIFEST_LEN};
 pub use verify::{check_file_integrity, compact_file, CompactReport, Problem, VerifyReport};
