@@ -8,7 +8,8 @@
 //! recovered balances. With `--ack-log FILE` it appends `<op_id> <account> <signed amount>`
 //! for every acknowledged change (flushed per line); every event carries its operation id, so
 //! a journal can be audited against the log. Refused withdrawals change nothing and are not
-//! logged.
+//! logged. `--sent-log FILE` logs every operation the same way before it is sent, so an audit
+//! can also find operations in the journal that were never sent.
 //!
 //! `cargo run --release --example bank -- --accounts 10000 --ops 200000 --rescale 8,2,6`
 
@@ -56,6 +57,10 @@ struct Args {
     /// Append `<op_id> <account> <signed amount>` per acknowledged change to this file.
     #[arg(long)]
     ack_log: Option<PathBuf>,
+    /// Append `<op_id> <account> <signed amount>` per operation to this file before sending
+    /// it (flushed per line): a journal can then be checked for operations never sent.
+    #[arg(long)]
+    sent_log: Option<PathBuf>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -118,6 +123,15 @@ fn mix(mut x: u64) -> u64 {
 
 fn account_id(a: u32) -> String {
     format!("acc-{a:05}")
+}
+
+/// Appends `<op_id> <account> <signed amount>` in one write, so that a kill leaves at most a
+/// short last line without its newline, never a line with a cut number.
+fn log_line(log: &RefCell<std::fs::File>, op_id: Uuid, account: u32, delta: i64) -> std::io::Result<()> {
+    let line = format!("{op_id} {} {delta}\n", account_id(account));
+    let mut f = log.borrow_mut();
+    f.write_all(line.as_bytes())?;
+    f.flush()
 }
 
 async fn balances(region: &ShardRegion<Account>, accounts: u32) -> anyhow::Result<Vec<i64>> {
@@ -184,12 +198,16 @@ async fn main() -> anyhow::Result<()> {
         opened.elapsed(),
         initial.iter().sum::<i64>()
     );
-    let ack_log = match &args.ack_log {
-        Some(p) => Some(Rc::new(RefCell::new(
-            OpenOptions::new().create(true).append(true).open(p)?,
-        ))),
-        None => None,
+    let append_log = |path: &Option<PathBuf>| -> anyhow::Result<_> {
+        Ok(match path {
+            Some(p) => Some(Rc::new(RefCell::new(
+                OpenOptions::new().create(true).append(true).open(p)?,
+            ))),
+            None => None,
+        })
     };
+    let ack_log = append_log(&args.ack_log)?;
+    let sent_log = append_log(&args.sent_log)?;
 
     let acked = Rc::new(RefCell::new(Vec::<(u32, i64)>::new()));
     let latencies = Rc::new(RefCell::new(Vec::<(Instant, Duration)>::with_capacity(
@@ -200,13 +218,14 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.senders {
-        let (region, acked, latencies, failures, issued, ack_log) = (
+        let (region, acked, latencies, failures, issued, ack_log, sent_log) = (
             region.clone(),
             acked.clone(),
             latencies.clone(),
             failures.clone(),
             issued.clone(),
             ack_log.clone(),
+            sent_log.clone(),
         );
         let (accounts, ops, seed) = (args.accounts, args.ops, args.seed);
         tasks.push(actix_rt::spawn(async move {
@@ -224,16 +243,17 @@ async fn main() -> anyhow::Result<()> {
                 } else {
                     (Command::Deposit { op_id, amount }, amount)
                 };
+                if let Some(log) = &sent_log {
+                    if log_line(log, op_id, account, delta).is_err() {
+                        *failures.borrow_mut() += 1;
+                    }
+                }
                 let t = Instant::now();
                 match region.send(&account_id(account), cmd).await {
                     Ok(Ok(_)) => {
                         acked.borrow_mut().push((account, delta));
                         if let Some(log) = &ack_log {
-                            let mut f = log.borrow_mut();
-                            if writeln!(f, "{op_id} {} {delta}", account_id(account))
-                                .and_then(|_| f.flush())
-                                .is_err()
-                            {
+                            if log_line(log, op_id, account, delta).is_err() {
                                 *failures.borrow_mut() += 1;
                             }
                         }
@@ -256,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
             actix_rt::time::sleep(Duration::from_millis(1)).await;
         }
         let t = Instant::now();
+        eprintln!("rescale to {target} shard actors started");
         let report = region.rescale(target).await?;
         rescales.push((t, report));
     }
