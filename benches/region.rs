@@ -455,7 +455,11 @@ async fn memory(dir: &std::path::Path, active: bool) {
         // Steady state: every entity idle long enough to hibernate.
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let hibernated: usize = stats.shards.iter().map(|s| s.stats.hibernated_entities).sum();
+            let hibernated: usize = stats
+                .shards
+                .iter()
+                .map(|s| s.stats.hibernated_entities)
+                .sum();
             let alive: usize = stats.shards.iter().map(|s| s.stats.live_entities).sum();
             if hibernated == alive || Instant::now() > deadline {
                 break;
@@ -465,7 +469,11 @@ async fn memory(dir: &std::path::Path, active: bool) {
         }
     }
     let alive: usize = stats.shards.iter().map(|s| s.stats.live_entities).sum();
-    let hibernated: usize = stats.shards.iter().map(|s| s.stats.hibernated_entities).sum();
+    let hibernated: usize = stats
+        .shards
+        .iter()
+        .map(|s| s.stats.hibernated_entities)
+        .sum();
     let after = rss_bytes();
     let per = (after.saturating_sub(before)) as f64 / alive.max(1) as f64;
     let peak_per = (peak.saturating_sub(before)) as f64 / alive.max(1) as f64;
@@ -512,9 +520,7 @@ fn main() {
             Some(ms) => child.env("MIMALLOC_PURGE_DELAY", ms),
             None => child.env_remove("MIMALLOC_PURGE_DELAY"),
         };
-        let status = child
-            .status()
-            .expect("memory scenario process");
+        let status = child.status().expect("memory scenario process");
         assert!(status.success(), "{scenario} scenario failed");
     }
 }

@@ -127,7 +127,12 @@ fn account_id(a: u32) -> String {
 
 /// Appends `<op_id> <account> <signed amount>` in one write, so that a kill leaves at most a
 /// short last line without its newline, never a line with a cut number.
-fn log_line(log: &RefCell<std::fs::File>, op_id: Uuid, account: u32, delta: i64) -> std::io::Result<()> {
+fn log_line(
+    log: &RefCell<std::fs::File>,
+    op_id: Uuid,
+    account: u32,
+    delta: i64,
+) -> std::io::Result<()> {
     let line = format!("{op_id} {} {delta}\n", account_id(account));
     let mut f = log.borrow_mut();
     f.write_all(line.as_bytes())?;

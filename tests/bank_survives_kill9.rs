@@ -128,7 +128,10 @@ fn recovered_balances(db: &Path) -> Vec<i64> {
 fn check(db: &Path, ack_log: &Path, sent_log: &Path, cycle: u32) -> (usize, usize) {
     if !db.exists() {
         // Killed before the journal was created (creation is atomic: no file, no half file).
-        assert!(log_lines(ack_log).is_empty(), "cycle {cycle}: acks without a journal");
+        assert!(
+            log_lines(ack_log).is_empty(),
+            "cycle {cycle}: acks without a journal"
+        );
         return (0, 0);
     }
     // As the application's restart would: a writable open recovers a file the kill left
@@ -306,7 +309,11 @@ fn the_bank_survives_kill_9_with_every_acknowledged_operation_exactly_once() {
                 stderr_lines.join("\n")
             );
         }
-        let how = if finished.is_some() { "finished" } else { phase };
+        let how = if finished.is_some() {
+            "finished"
+        } else {
+            phase
+        };
         *kills.entry(how).or_default() += 1;
         let (acked, events) = check(&db, &ack_log, &sent_log, cycle);
         println!("cycle {cycle}: {how} after {delay:?}; {acked} acknowledged, {events} events");

@@ -130,14 +130,14 @@ impl<S: EventSourced> EntityActor<S> {
     /// is read from the journal.
     pub(crate) fn woken(
         incarnation: u64,
-        core: Box<EntityCore<S>>,
+        core: EntityCore<S>,
         shard: std::sync::Arc<Addr<Shard<S>>>,
     ) -> Self {
         Self {
             incarnation,
             pid: core.pid.clone(),
             journal: None,
-            core: Some(*core),
+            core: Some(core),
             failed: None,
             shard,
             commands: 0,

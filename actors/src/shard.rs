@@ -12,8 +12,8 @@ use stateline_journal::{EntityId, EntityType, Journal, KeyGroup, PersistenceId};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use crate::entity::EventSourced;
 use crate::core::EntityCore;
+use crate::entity::EventSourced;
 use crate::entity_actor::{
     EntityActor, Exec, Gone, Hibernate, Hibernated, Passivate, Passivated, Processed, ReplyTo,
 };
@@ -259,7 +259,7 @@ impl<S: EventSourced> Shard<S> {
         let actor = match parked {
             Some(core) => {
                 self.hibernated -= 1;
-                EntityActor::<S>::woken(incarnation, core, me)
+                EntityActor::<S>::woken(incarnation, *core, me)
             }
             None => {
                 let pid = PersistenceId::new(

@@ -85,7 +85,10 @@ async fn idle_entities_hibernate_and_wake_on_their_state_without_replaying() {
     let shard: ShardRef<Tally> = Shard::start(journal(), hibernating(20)).unwrap();
     for i in 0..20u64 {
         for n in 1..=5 {
-            shard.send(&format!("t{i}"), TallyCmd::Add(n)).await.unwrap();
+            shard
+                .send(&format!("t{i}"), TallyCmd::Add(n))
+                .await
+                .unwrap();
         }
     }
     eventually("all 20 hibernated", async || {
@@ -98,9 +101,15 @@ async fn idle_entities_hibernate_and_wake_on_their_state_without_replaying() {
     let applied = APPLIED.with(Cell::get);
     assert_eq!(applied, 100);
     for i in 0..20u64 {
-        assert_eq!(shard.send(&format!("t{i}"), TallyCmd::Get).await.unwrap(), 15);
         assert_eq!(
-            shard.send(&format!("t{i}"), TallyCmd::Add(1)).await.unwrap(),
+            shard.send(&format!("t{i}"), TallyCmd::Get).await.unwrap(),
+            15
+        );
+        assert_eq!(
+            shard
+                .send(&format!("t{i}"), TallyCmd::Add(1))
+                .await
+                .unwrap(),
             16
         );
     }

@@ -94,13 +94,17 @@ async fn run_seed(seed: u64, fault: Fault) {
     let (storage, journal) = match fault {
         Fault::Error => {
             let s = FaultyStorage::new();
-            let j = Journal::builder().open_with_backend(s.clone(), "mem").unwrap();
+            let j = Journal::builder()
+                .open_with_backend(s.clone(), "mem")
+                .unwrap();
             s.fail_after(budget);
             (Storage::Error(s), j)
         }
         Fault::PowerLoss => {
             let s = PowerLossStorage::new();
-            let j = Journal::builder().open_with_backend(s.clone(), "mem").unwrap();
+            let j = Journal::builder()
+                .open_with_backend(s.clone(), "mem")
+                .unwrap();
             s.lose_power_after(budget);
             (Storage::PowerLoss(s), j)
         }
@@ -188,11 +192,18 @@ async fn run_seed(seed: u64, fault: Fault) {
                 panic!("{pid}: unexpected event");
             };
             let prev = last.insert(sender, n).unwrap_or(0);
-            assert_eq!(n, prev + 1, "{pid}: sender {sender} out of order or repeated");
+            assert_eq!(
+                n,
+                prev + 1,
+                "{pid}: sender {sender} out of order or repeated"
+            );
             let s = sent
                 .get(&(a, sender, n))
                 .unwrap_or_else(|| panic!("{pid}: {sender}/{n} stored but never sent"));
-            assert_eq!(s.amount, amount, "{pid}: {sender}/{n} stored with another amount");
+            assert_eq!(
+                s.amount, amount,
+                "{pid}: {sender}/{n} stored with another amount"
+            );
             assert_ne!(
                 s.outcome,
                 Outcome::NotStored,

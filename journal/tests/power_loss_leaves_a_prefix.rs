@@ -43,7 +43,9 @@ async fn run_seed(seed: u64) {
     let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let budget = next(&mut rng) % 1_500;
     let disk = PowerLossStorage::new();
-    let journal = builder(seed).open_with_backend(disk.clone(), "mem").unwrap();
+    let journal = builder(seed)
+        .open_with_backend(disk.clone(), "mem")
+        .unwrap();
     disk.lose_power_after(budget);
     // (appender, n) → acknowledged?
     let outcomes: Arc<Mutex<HashMap<(u64, u64), bool>>> = Arc::default();
@@ -78,7 +80,7 @@ async fn run_seed(seed: u64) {
         .unwrap_or_else(|e| panic!("does not reopen after the power cut: {e}"));
     let report = journal.reader().verify(&mut |_, _| {}).unwrap();
     assert!(report.is_ok(), "verify: {:?}", report.problems);
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     // Stored appends by (appender, n), with their events' offsets.
     let mut stored: HashMap<(u64, u64), Vec<Offset>> = HashMap::new();
     let mut expected = 1;
@@ -99,7 +101,11 @@ async fn run_seed(seed: u64) {
         let count = 1 + n % 3;
         match stored.get(&(appender, n)) {
             Some(offsets) => {
-                assert_eq!(offsets.len() as u64, count, "{appender}/{n} torn: {offsets:?}");
+                assert_eq!(
+                    offsets.len() as u64,
+                    count,
+                    "{appender}/{n} torn: {offsets:?}"
+                );
                 if acked {
                     max_acked = max_acked.max(offsets[offsets.len() - 1]);
                 }
@@ -124,7 +130,11 @@ async fn run_seed(seed: u64) {
         }
         let next = Seq(events.len() as u64 + 1);
         journal
-            .append(&pid, next, vec![NewEvent::new(Manifest::new("E", 1), vec![])])
+            .append(
+                &pid,
+                next,
+                vec![NewEvent::new(Manifest::new("E", 1), vec![])],
+            )
             .await
             .unwrap();
     }
