@@ -23,6 +23,9 @@ mod codec;
 mod config;
 mod error;
 mod fault;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 mod journal;
 mod keys;
