@@ -9,9 +9,8 @@
 mod support;
 
 use std::cell::Cell;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use redb::backends::InMemoryBackend;
 use serde::{Deserialize, Serialize};
 use stateline_actors::{
     Effect, EventSourced, RegionConfig, Shard, ShardConfig, ShardRef, ShardRegion,
@@ -20,17 +19,7 @@ use stateline_journal::{Journal, PersistenceId};
 use support::*;
 
 fn journal() -> Journal {
-    Journal::builder()
-        .open_with_backend(InMemoryBackend::new(), "mem")
-        .unwrap()
-}
-
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-    }
+    mem_journal()
 }
 
 fn hibernating(after_ms: u64) -> ShardConfig {

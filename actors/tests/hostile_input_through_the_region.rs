@@ -7,7 +7,6 @@
 
 mod support;
 
-use redb::backends::InMemoryBackend;
 use serde::{Deserialize, Serialize};
 use stateline_actors::{
     CommandError, Effect, EventSourced, RecoveryError, RegionConfig, ShardRegion,
@@ -66,9 +65,7 @@ impl EventSourced for AccountV2 {
 
 #[actix_rt::test]
 async fn an_incompatible_event_change_fails_only_the_affected_entity_with_its_pid_and_seq() {
-    let journal = Journal::builder()
-        .open_with_backend(InMemoryBackend::new(), "mem")
-        .unwrap();
+    let journal = mem_journal();
     let old = region::<Account>(&journal);
     for _ in 0..3 {
         old.send("old-1", AccountCommand::Deposit { amount: 5 })
@@ -109,9 +106,7 @@ async fn an_incompatible_event_change_fails_only_the_affected_entity_with_its_pi
 
 #[actix_rt::test]
 async fn invalid_ids_and_oversized_events_are_refused_and_nothing_else_changes() {
-    let journal = Journal::builder()
-        .open_with_backend(InMemoryBackend::new(), "mem")
-        .unwrap();
+    let journal = mem_journal();
     let region = region::<Account>(&journal);
     region
         .send("ok", AccountCommand::Deposit { amount: 3 })

@@ -6,9 +6,8 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use redb::backends::InMemoryBackend;
 use stateline_actors::{CommandError, Shard, ShardConfig, ShardRef};
 use stateline_journal::{
     FaultyStorage, Journal, JournalError, Manifest, NewEvent, PersistenceId, Seq,
@@ -16,17 +15,7 @@ use stateline_journal::{
 use support::*;
 
 fn journal() -> Journal {
-    Journal::builder()
-        .open_with_backend(InMemoryBackend::new(), "mem")
-        .unwrap()
-}
-
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        actix_rt::time::sleep(Duration::from_millis(5)).await;
-    }
+    mem_journal()
 }
 
 #[actix_rt::test]
@@ -81,7 +70,7 @@ async fn commands_reach_their_entities() {
 async fn a_rejected_persist_replies_with_the_error_and_the_entity_continues() {
     let j = Journal::builder()
         .max_event_bytes(100)
-        .open_with_backend(InMemoryBackend::new(), "mem")
+        .open_with_backend(redb::backends::InMemoryBackend::new(), "mem")
         .unwrap();
     let shard: ShardRef<Account> = Shard::start(j, ShardConfig::default()).unwrap();
     shard

@@ -1,8 +1,27 @@
 //! A bank account entity shared by the actor tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use stateline_actors::{Effect, EventSourced, SnapshotPolicy};
+use stateline_journal::Journal;
+
+/// A journal in memory (the default builder).
+pub fn mem_journal() -> Journal {
+    Journal::builder()
+        .open_with_backend(redb::backends::InMemoryBackend::new(), "mem")
+        .unwrap()
+}
+
+/// Polls `cond` until it holds; fails the test after 20 s.
+pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 #[derive(Default, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
