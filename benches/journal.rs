@@ -36,6 +36,12 @@ use serde::{Deserialize, Serialize};
 use stateline_journal::{Durability, Journal, Manifest, NewEvent, PersistenceId, Seq};
 use tokio::sync::{mpsc, oneshot};
 
+/// glibc's allocator degrades under the cross-thread frees of this workload (buffers built by
+/// appenders are freed by the writer and vice versa; see README, "Allocator"): the journal and
+/// its raw-redb baseline both run on mimalloc, as the region benchmark and the demo do.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Target payload size in bytes.
 const PAYLOAD_BYTES: usize = 100;
 /// Entity type of every persistence id.
