@@ -95,7 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // for the encodings). The journal itself is built by the target (it is 136 KiB).
     let dir = root.join("journal_file");
     fs::create_dir_all(&dir)?;
-    let seeds: [(&str, &[u8]); 8] = [
+    let seeds: [(&str, &[u8]); 9] = [
         // The whole file: the redb magic and little else.
         (
             "file-magic",
@@ -105,6 +105,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("edit-none", &[1]),
         // Replace the first entity row by a resealed row of the wrong shape.
         ("edit-entity-row", &[1, 0x04, 1, 0, 4, 0x93, 1, 2, 3]),
+        // Reseal the first entity row as `[3, 0, [[0, 1, 3, u32::MAX, 100]], 2, 1, 0]`: a chunk
+        // reference claiming u32::MAX events (replay once reserved memory for all of them and
+        // aborted; see the regression test in journal/src/read.rs).
+        (
+            "edit-entity-row-huge-chunk-count",
+            &[
+                1, 0x04, 1, 0, 17, 0x96, 3, 0, 0x91, 0x95, 0, 1, 3, 0xce, 0xff, 0xff, 0xff, 0xff,
+                100, 2, 1, 0,
+            ],
+        ),
         // Delete the second chunk row.
         ("edit-delete-chunk", &[1, 0x01, 2, 1, 0]),
         // Flip bytes of the state row and reseal it.

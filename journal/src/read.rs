@@ -687,7 +687,9 @@ impl EventIter {
                     format!("chunk of generation {} missing", c.generation),
                 ));
             };
-            let mut decoded = Vec::with_capacity(c.events as usize);
+            // `c.events` comes from disk: reserve no more than the row's frames can hold (each
+            // has a 4-byte length), or a damaged count aborts the process (see the test below).
+            let mut decoded = Vec::with_capacity((c.events as usize).min(v.value().len() / 4));
             for frame in codec::Frames::new(v.value()) {
                 let rec = frame.and_then(|f| codec::decode_event_as(f, Some(&self.pid)));
                 decoded.push(rec);
@@ -984,5 +986,62 @@ impl Iterator for ChangelogIter {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableTable;
+
+    use super::*;
+    use crate::{FaultyStorage, Journal, Manifest, NewEvent};
+
+    /// Found with the `journal_file` fuzz target's harness: an entity row (validly sealed)
+    /// whose chunk reference claims `u32::MAX` events made replay reserve room for all of them
+    /// before reading the chunk, ~580 GB, an allocation failure that aborts the process
+    /// instead of a typed outcome. The frames themselves say how many events a chunk holds; the
+    /// reservation is now bounded by the chunk's length.
+    #[test]
+    fn chunk_claiming_billions_of_events_does_not_abort_replay() {
+        let storage = FaultyStorage::new();
+        let pid = PersistenceId::parse("account", "a").unwrap();
+        let open = || {
+            Journal::builder()
+                .key_groups(4)
+                .segment_events(2)
+                .open_with_backend(storage.clone(), "mem")
+                .unwrap()
+        };
+        {
+            let journal = open();
+            for seq in 1..=3 {
+                let ev = NewEvent::new(Manifest::new("E", 1), vec![seq as u8]);
+                journal.append_blocking(&pid, Seq(seq), vec![ev]).unwrap();
+            }
+            journal.flush_blocking(true).unwrap();
+        }
+        {
+            let db = redb::Database::builder()
+                .create_with_backend(storage.clone())
+                .unwrap();
+            let ek = keys::entity_key(&pid, 4);
+            let wtx = db.begin_write().unwrap();
+            {
+                let mut t = wtx.open_table(keys::ENTITIES).unwrap();
+                let mut row =
+                    decode_row(&ek, t.get(ek.as_slice()).unwrap().unwrap().value()).unwrap();
+                assert!(!row.chunks.is_empty(), "the events were packed");
+                row.chunks[0].events = u32::MAX;
+                let bytes = codec::encode_keyed(&ek, &row).unwrap();
+                t.insert(ek.as_slice(), bytes.as_slice()).unwrap();
+            }
+            wtx.commit().unwrap();
+        }
+        let journal = open();
+        let events = journal.all_events(&pid).unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq.0).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
     }
 }
