@@ -89,6 +89,9 @@ struct Slot<S: EventSourced> {
     busy: bool,
     /// A passivation or hibernation is in flight: wait for the actor's answer.
     passivating: bool,
+    /// [`PassivateNow`] arrived while `passivating`: if that was a hibernation, passivate once
+    /// it answers (cleared when a passivation answers or the actor dies).
+    passivate_asked: bool,
     tick: u64,
     /// Sweep epoch of the last command.
     last_used: u64,
@@ -556,6 +559,7 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
                     queue,
                     busy: false,
                     passivating: false,
+                    passivate_asked: false,
                     tick: 0,
                     last_used: self.epoch,
                     state_bytes: 0,
@@ -612,6 +616,7 @@ impl<S: EventSourced> Handler<Gone> for Shard<S> {
         tracing::warn!(id, "entity actor died (panic in its code?)");
         slot.addr = None;
         slot.passivating = false;
+        slot.passivate_asked = false;
         slot.state_bytes = 0;
         self.live -= 1;
         if slot.busy {
@@ -635,6 +640,7 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
             return;
         }
         slot.passivating = false;
+        slot.passivate_asked = false;
         if slot.addr.take().is_some() {
             self.live -= 1;
         }
@@ -659,12 +665,17 @@ impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
             return;
         }
         slot.passivating = false;
+        let passivate = std::mem::take(&mut slot.passivate_asked);
         if let Some(core) = msg.core {
             // The actor has stopped; its state waits here for the next command.
             slot.addr = None;
             slot.parked = Some(core);
             self.hibernated += 1;
             self.stats.hibernations += 1;
+        }
+        if passivate {
+            // Asked while the hibernation was in flight: the entity was idle then.
+            self.passivate(msg.id.as_str(), ctx);
         }
         // Commands that arrived meanwhile wake it at once; a drain passivates it.
         self.pump(msg.id.as_str(), ctx);
@@ -738,6 +749,7 @@ impl<S: EventSourced> Handler<WarmStep> for Shard<S> {
                     queue: VecDeque::new(),
                     busy: false,
                     passivating: false,
+                    passivate_asked: false,
                     tick: self.next_tick,
                     last_used: self.epoch,
                     state_bytes: 0,
@@ -805,11 +817,16 @@ impl<S: EventSourced> Handler<PassivateNow> for Shard<S> {
     type Result = ();
 
     fn handle(&mut self, msg: PassivateNow, ctx: &mut Context<Self>) {
-        let idle = self
-            .slots
-            .get(&msg.0)
-            .is_some_and(|s| !s.busy && !s.passivating && s.queue.is_empty());
-        if idle {
+        let Some(slot) = self.slots.get_mut(&msg.0) else {
+            return;
+        };
+        if slot.busy || !slot.queue.is_empty() {
+            return;
+        }
+        if slot.passivating {
+            // Idle but hibernating (or already passivating): the answer decides.
+            slot.passivate_asked = true;
+        } else {
             self.passivate(&msg.0, ctx);
         }
     }
