@@ -140,7 +140,9 @@ impl<S: EventSourced> EntityActor<S> {
             core: Some(core),
             failed: None,
             shard,
-            commands: 0,
+            // The shard kept the last measured state size: measure again on the 16th command
+            // after waking, not on the first (entities that wake often would pay every time).
+            commands: 1,
             ended: false,
             snapshots_in_flight: 0,
         }
@@ -361,6 +363,17 @@ impl<S: EventSourced> Handler<Hibernate> for EntityActor<S> {
     type Result = ();
 
     fn handle(&mut self, _: Hibernate, ctx: &mut Context<Self>) {
+        if self.core.is_none() && self.snapshots_in_flight == 0 {
+            // Recovery failed: there is no state to keep. Stop as passivated; the next
+            // command starts a fresh incarnation that tries (and reports) recovery again.
+            self.ended = true;
+            self.shard.do_send(Passivated {
+                id: self.pid.entity_id().clone(),
+                incarnation: self.incarnation,
+            });
+            ctx.stop();
+            return;
+        }
         // The shard asks only when no command is queued or running. A snapshot still being
         // written would be cancelled by stopping, so wait for a later sweep instead.
         let core = if self.snapshots_in_flight == 0 {
