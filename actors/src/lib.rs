@@ -11,6 +11,8 @@ mod entity_actor;
 mod error;
 mod region;
 mod shard;
+mod shard_config;
+mod shard_ref;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

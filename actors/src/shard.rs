@@ -1,6 +1,7 @@
 //! The shard actor: hosts the entities of one entity type, creates them on demand, feeds each
 //! one command at a time from a bounded per-shard queue, passivates idle and least-recently-used
-//! entities, and reports stats. [`ShardRef`] is the handle callers send through.
+//! entities, hibernates idle ones, and reports stats. [`ShardRef`] (`shard_ref.rs`) is the
+//! handle callers send through; [`ShardConfig`] and [`ShardStats`] are in `shard_config.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,62 +19,8 @@ use crate::entity_actor::{
     EntityActor, Exec, Gone, Hibernate, Hibernated, Passivate, Passivated, Processed, ReplyTo,
 };
 use crate::error::CommandError;
-
-/// Configuration of a shard actor, with documented defaults.
-#[derive(Clone, Debug)]
-pub struct ShardConfig {
-    /// An entity idle this long is passivated (stopped, snapshotted per its policy).
-    /// Default 120 s.
-    pub passivate_after: Duration,
-    /// Most live entities; starting one more passivates the least recently used idle one.
-    /// Default 100,000.
-    pub max_active_entities: usize,
-    /// An entity idle this long hibernates, as an Erlang process does: its actor (mailbox and
-    /// task) stops, its state stays in the shard, and its next command starts a fresh actor on
-    /// that state without reading the journal. It is still live (counted in
-    /// [`ShardStats::live_entities`] and in [`Self::max_active_entities`]); only passivation
-    /// ([`Self::passivate_after`]) drops the state. Keeps warm entities small in memory.
-    /// `Duration::MAX` keeps every live entity's actor running. Default 2 s.
-    pub hibernate_after: Duration,
-    /// Most commands queued or running in the shard; more are refused with
-    /// [`CommandError::Overloaded`], handing the command back. Default 100,000.
-    pub max_queued_commands: usize,
-    /// How often idle entities are looked for. Default 1 s.
-    pub sweep_interval: Duration,
-}
-
-impl Default for ShardConfig {
-    fn default() -> Self {
-        Self {
-            passivate_after: Duration::from_secs(120),
-            max_active_entities: 100_000,
-            hibernate_after: Duration::from_secs(2),
-            max_queued_commands: 100_000,
-            sweep_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Counters of one shard actor.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ShardStats {
-    /// Live entities: those with a running actor plus the hibernated ones.
-    pub live_entities: usize,
-    /// Live entities that are hibernated (state kept, actor stopped while idle).
-    pub hibernated_entities: usize,
-    /// Commands queued or running.
-    pub queued_commands: usize,
-    /// Commands handled since the shard started.
-    pub messages_handled: u64,
-    /// Events persisted since the shard started.
-    pub events_persisted: u64,
-    /// Serialized size of the live entities' states (as last measured).
-    pub state_bytes: u64,
-    /// Entities passivated since the shard started.
-    pub passivations: u64,
-    /// Times an idle entity hibernated since the shard started.
-    pub hibernations: u64,
-}
+pub use crate::shard_config::{ShardConfig, ShardStats};
+pub use crate::shard_ref::ShardRef;
 
 struct Pending<S: EventSourced> {
     command: S::Command,
@@ -110,9 +57,9 @@ impl<S: EventSourced> Slot<S> {
 
 /// Deliver a command to an entity of the shard.
 pub(crate) struct Deliver<S: EventSourced> {
-    id: EntityId,
-    command: S::Command,
-    reply_to: ReplyTo<S>,
+    pub id: EntityId,
+    pub command: S::Command,
+    pub reply_to: ReplyTo<S>,
 }
 
 impl<S: EventSourced> Message for Deliver<S> {
@@ -766,7 +713,7 @@ impl<S: EventSourced> Handler<WarmStep> for Shard<S> {
 }
 
 /// Finish queued commands, passivate every entity, then stop.
-pub(crate) struct Shutdown(oneshot::Sender<()>);
+pub(crate) struct Shutdown(pub oneshot::Sender<()>);
 
 impl Message for Shutdown {
     type Result = ();
@@ -829,179 +776,5 @@ impl<S: EventSourced> Handler<PassivateNow> for Shard<S> {
         } else {
             self.passivate(&msg.0, ctx);
         }
-    }
-}
-
-/// The handle of a shard actor: sends commands to its entities. Cheap to clone.
-pub struct ShardRef<S: EventSourced> {
-    addr: Addr<Shard<S>>,
-    entity_type: EntityType,
-    queued: Arc<AtomicUsize>,
-    capacity: usize,
-}
-
-impl<S: EventSourced> Clone for ShardRef<S> {
-    fn clone(&self) -> Self {
-        Self {
-            addr: self.addr.clone(),
-            entity_type: self.entity_type.clone(),
-            queued: self.queued.clone(),
-            capacity: self.capacity,
-        }
-    }
-}
-
-impl<S: EventSourced> ShardRef<S> {
-    /// Enqueues `command` for entity `id` and returns a receiver of its reply. Refusals are
-    /// immediate and hand the command back.
-    ///
-    /// # Errors
-    /// [`CommandError::InvalidId`], [`CommandError::Overloaded`], [`CommandError::ShardStopped`].
-    #[allow(clippy::type_complexity)]
-    pub fn enqueue(
-        &self,
-        id: &str,
-        command: S::Command,
-    ) -> Result<
-        oneshot::Receiver<Result<S::Reply, CommandError<S::Command>>>,
-        CommandError<S::Command>,
-    > {
-        let id = match EntityId::new(id) {
-            Ok(id) => id,
-            Err(error) => return Err(CommandError::InvalidId { command, error }),
-        };
-        let before = self.queued.fetch_add(1, Ordering::SeqCst);
-        if before >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(CommandError::Overloaded {
-                command,
-                queued: before,
-            });
-        }
-        let (reply_to, rx) = oneshot::channel();
-        self.deliver(id, command, reply_to, before)
-            .map_err(|(e, _)| e)?;
-        Ok(rx)
-    }
-
-    /// Enqueues with an existing reply channel (the region's path); a refusal returns the
-    /// channel with the error so the caller can be told. The id is validated.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn enqueue_with(
-        &self,
-        id: EntityId,
-        command: S::Command,
-        reply_to: ReplyTo<S>,
-    ) -> Result<(), (CommandError<S::Command>, ReplyTo<S>)> {
-        let before = self.queued.fetch_add(1, Ordering::SeqCst);
-        if before >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err((
-                CommandError::Overloaded {
-                    command,
-                    queued: before,
-                },
-                reply_to,
-            ));
-        }
-        self.deliver(id, command, reply_to, before)
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn deliver(
-        &self,
-        id: EntityId,
-        command: S::Command,
-        reply_to: ReplyTo<S>,
-        before: usize,
-    ) -> Result<(), (CommandError<S::Command>, ReplyTo<S>)> {
-        match self.addr.try_send(Deliver::<S> {
-            id,
-            command,
-            reply_to,
-        }) {
-            Ok(()) => Ok(()),
-            Err(SendError::Full(m)) => {
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err((
-                    CommandError::Overloaded {
-                        command: m.command,
-                        queued: before,
-                    },
-                    m.reply_to,
-                ))
-            }
-            Err(SendError::Closed(m)) => {
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err((
-                    CommandError::ShardStopped { command: m.command },
-                    m.reply_to,
-                ))
-            }
-        }
-    }
-
-    /// Sends `command` to entity `id` and waits for its reply.
-    ///
-    /// # Errors
-    /// Every [`CommandError`]: refusals hand the command back; persist errors and recovery
-    /// errors report what happened to it.
-    pub async fn send(
-        &self,
-        id: &str,
-        command: S::Command,
-    ) -> Result<S::Reply, CommandError<S::Command>> {
-        let rx = self.enqueue(id, command)?;
-        rx.await.unwrap_or(Err(CommandError::EntityStopped))
-    }
-
-    /// Sends `command` without waiting for the reply (fire and forget). The command is still
-    /// applied exactly once; only its reply is dropped.
-    ///
-    /// # Errors
-    /// The immediate refusals of [`Self::enqueue`].
-    pub fn tell(&self, id: &str, command: S::Command) -> Result<(), CommandError<S::Command>> {
-        self.enqueue(id, command).map(drop)
-    }
-
-    /// The shard's counters.
-    ///
-    /// # Errors
-    /// [`actix::MailboxError`] if the shard has stopped.
-    pub async fn stats(&self) -> Result<ShardStats, MailboxError> {
-        self.addr.send(GetStats).await
-    }
-
-    /// Stops the shard gracefully: commands already queued are processed, every entity is
-    /// passivated (snapshotting per its policy), later commands are refused with
-    /// [`CommandError::ShardStopped`]. Resolves when the shard has stopped; afterwards the
-    /// journal is no longer referenced by this shard.
-    pub async fn stop(&self) {
-        let (tx, rx) = oneshot::channel();
-        // `do_send` ignores the mailbox bound: a busy shard must still get its stop request.
-        // If the shard is already gone the sender is dropped and `rx` resolves at once.
-        self.addr.do_send(Shutdown(tx));
-        let _ = rx.await;
-    }
-
-    /// Asks the shard to drain and stop the entities of `key_groups`; the receiver fires when
-    /// none of them is live or queued. `None` if the shard has stopped.
-    pub(crate) fn start_release(
-        &self,
-        key_groups: Vec<std::ops::Range<u32>>,
-    ) -> Option<oneshot::Receiver<ReleaseReport>> {
-        let (done, rx) = oneshot::channel();
-        self.addr.do_send(Release { key_groups, done });
-        self.addr.connected().then_some(rx)
-    }
-
-    /// Recovers the stored entities of `key_groups` in the background (eager entity types).
-    pub(crate) fn warm(&self, key_groups: Vec<std::ops::Range<u32>>) {
-        self.addr.do_send(Warm(key_groups));
-    }
-
-    /// Passivates entity `id` now if it is idle (its next command starts it again).
-    pub fn passivate(&self, id: &str) {
-        self.addr.do_send(PassivateNow(id.to_string()));
     }
 }
