@@ -19,7 +19,7 @@ pub struct ShardConfig {
     /// `Duration::MAX` keeps every live entity's actor running. Default 2 s.
     pub hibernate_after: Duration,
     /// Most commands queued or running in the shard; more are refused with
-    /// [`CommandError::Overloaded`], handing the command back. Default 100,000.
+    /// [`CommandError::Overloaded`](crate::CommandError::Overloaded), handing the command back. Default 100,000.
     pub max_queued_commands: usize,
     /// How often idle entities are looked for. Default 1 s.
     pub sweep_interval: Duration,
