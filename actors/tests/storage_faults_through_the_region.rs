@@ -162,6 +162,12 @@ async fn run_seed(seed: u64, fault: Fault) {
     for s in senders {
         s.await.unwrap();
     }
+    // The fault hits now if it has not yet: what the shutdown writes (passivation snapshots,
+    // redb's close) must not make up for what was not committed.
+    match &storage {
+        Storage::Error(s) => s.fail_now(true),
+        Storage::PowerLoss(s) => s.lose_power_after(0),
+    }
     region.stop().await;
     drop(region);
 
