@@ -1,9 +1,8 @@
 //! stateline's actor runtime on actix: the [`EventSourced`] programming model, entity actors
 //! that recover from the journal and persist before they reply, the [`Shard`] actor that hosts
 //! them with passivation, hibernation of idle entities and backpressure, and the
-//! [`ShardRegion`] that routes by key group and
-//! rescales at run time. With the `testkit` feature, `testkit::EventSourcedTestKit` tests an
-//! entity type without actors.
+//! [`ShardRegion`] that routes by key group and rescales at run time. With the `testkit`
+//! feature, `testkit::EventSourcedTestKit` tests an entity type without actors.
 
 mod core;
 mod effect;
