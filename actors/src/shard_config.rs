@@ -37,8 +37,9 @@ impl Default for ShardConfig {
     }
 }
 
-/// Counters of one shard actor.
+/// Counters of one shard actor. More counters may be added (`#[non_exhaustive]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShardStats {
     /// Live entities: those with a running actor plus the hibernated ones.
     pub live_entities: usize,
