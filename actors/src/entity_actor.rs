@@ -37,8 +37,8 @@ pub(crate) struct Passivated {
 }
 
 /// Reported to the shard by an idle entity asked to hibernate: its state, handed over as the
-/// actor stops, or `None` if it could not hibernate now (a snapshot still being written, or no
-/// state because recovery failed) and stays as it is.
+/// actor stops, or `None` if it could not hibernate now (a snapshot is still being written) and
+/// stays as it is.
 pub(crate) struct Hibernated<S: EventSourced> {
     pub id: EntityId,
     pub incarnation: u64,
@@ -146,6 +146,17 @@ impl<S: EventSourced> EntityActor<S> {
             ended: false,
             snapshots_in_flight: 0,
         }
+    }
+
+    /// Tells the shard this incarnation passivated, and stops it.
+    fn end_passivated(&mut self, ctx: &mut Context<Self>) {
+        self.ended = true;
+        self.shard.do_send(Passivated {
+            id: self.pid.entity_id().clone(),
+            incarnation: self.incarnation,
+        });
+        self.core = None;
+        ctx.stop();
     }
 
     fn report(&mut self, persisted: u64, stopped: bool, state_bytes: Option<u64>) {
@@ -347,15 +358,10 @@ impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
                 }
             }
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|_, act, ctx| {
-            act.ended = true;
-            act.shard.do_send(Passivated {
-                id: act.pid.entity_id().clone(),
-                incarnation: act.incarnation,
-            });
-            act.core = None;
-            ctx.stop();
-        })))
+        AtomicResponse::new(Box::pin(
+            fut.into_actor(self)
+                .map(|_, act, ctx| act.end_passivated(ctx)),
+        ))
     }
 }
 
@@ -363,33 +369,31 @@ impl<S: EventSourced> Handler<Hibernate> for EntityActor<S> {
     type Result = ();
 
     fn handle(&mut self, _: Hibernate, ctx: &mut Context<Self>) {
-        if self.core.is_none() && self.snapshots_in_flight == 0 {
-            // Recovery failed: there is no state to keep. Stop as passivated; the next
-            // command starts a fresh incarnation that tries (and reports) recovery again.
-            self.ended = true;
-            self.shard.do_send(Passivated {
-                id: self.pid.entity_id().clone(),
-                incarnation: self.incarnation,
+        // The shard asks only when no command is queued or running.
+        let id = self.pid.entity_id().clone();
+        let incarnation = self.incarnation;
+        if self.snapshots_in_flight > 0 {
+            // Stopping would cancel the snapshot being written: stay, a later sweep asks again.
+            self.shard.do_send(Hibernated {
+                id,
+                incarnation,
+                core: None,
             });
-            ctx.stop();
             return;
         }
-        // The shard asks only when no command is queued or running. A snapshot still being
-        // written would be cancelled by stopping, so wait for a later sweep instead.
-        let core = if self.snapshots_in_flight == 0 {
-            self.core.take().map(Box::new)
-        } else {
-            None
-        };
-        let handed_over = core.is_some();
-        self.shard.do_send(Hibernated {
-            id: self.pid.entity_id().clone(),
-            incarnation: self.incarnation,
-            core,
-        });
-        if handed_over {
-            self.ended = true;
-            ctx.stop();
+        match self.core.take() {
+            Some(core) => {
+                self.shard.do_send(Hibernated {
+                    id,
+                    incarnation,
+                    core: Some(Box::new(core)),
+                });
+                self.ended = true;
+                ctx.stop();
+            }
+            // Recovery failed: there is no state to keep. The next command starts a fresh
+            // incarnation that tries (and reports) recovery again.
+            None => self.end_passivated(ctx),
         }
     }
 }

@@ -49,6 +49,24 @@ struct Slot<S: EventSourced> {
 }
 
 impl<S: EventSourced> Slot<S> {
+    /// A slot with no actor yet.
+    fn new(key_group: u32, queue: VecDeque<Pending<S>>, tick: u64, last_used: u64) -> Self {
+        Slot {
+            addr: None,
+            parked: None,
+            incarnation: 0,
+            queue,
+            busy: false,
+            passivating: false,
+            passivate_asked: false,
+            tick,
+            last_used,
+            state_bytes: 0,
+            key_group,
+            draining: false,
+        }
+    }
+
     /// Has a running actor or a hibernated state.
     fn is_live(&self) -> bool {
         self.addr.is_some() || self.parked.is_some()
@@ -313,21 +331,18 @@ impl<S: EventSourced> Shard<S> {
         if self.slots.get(id).is_some_and(|s| s.parked.is_some()) {
             self.start_entity(id, ctx);
         }
-        if let Some(slot) = self.slots.get_mut(id) {
-            if let Some(addr) = slot.addr.as_ref() {
-                slot.passivating = true;
-                addr.do_send(Passivate);
-            }
+        if let Some(addr) = self.begin_stop(id) {
+            addr.do_send(Passivate);
         }
     }
 
-    fn hibernate(&mut self, id: &str) {
-        if let Some(slot) = self.slots.get_mut(id) {
-            if let Some(addr) = slot.addr.as_ref() {
-                slot.passivating = true;
-                addr.do_send(Hibernate);
-            }
-        }
+    /// The running actor of `id`, marked as asked to stop (passivate or hibernate): the slot
+    /// waits for its answer.
+    fn begin_stop(&mut self, id: &str) -> Option<&Addr<EntityActor<S>>> {
+        let slot = self.slots.get_mut(id)?;
+        let addr = slot.addr.as_ref()?;
+        slot.passivating = true;
+        Some(addr)
     }
 
     /// Sweep epochs in `d` (at least one), `u64::MAX` for "never".
@@ -358,7 +373,9 @@ impl<S: EventSourced> Shard<S> {
             self.passivate(&id, ctx);
         }
         for id in hibernate {
-            self.hibernate(&id);
+            if let Some(addr) = self.begin_stop(&id) {
+                addr.do_send(Hibernate);
+            }
         }
     }
 
@@ -499,20 +516,7 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
             queue.push_back(pending);
             self.slots.insert(
                 msg.id.as_str().to_string(),
-                Slot {
-                    addr: None,
-                    parked: None,
-                    incarnation: 0,
-                    queue,
-                    busy: false,
-                    passivating: false,
-                    passivate_asked: false,
-                    tick: 0,
-                    last_used: self.epoch,
-                    state_bytes: 0,
-                    key_group,
-                    draining: false,
-                },
+                Slot::new(key_group, queue, 0, self.epoch),
             );
         }
         self.pump(msg.id.as_str(), ctx);
@@ -689,20 +693,7 @@ impl<S: EventSourced> Handler<WarmStep> for Shard<S> {
             let key_group = KeyGroup::of(S::TYPE_NAME, id.as_str(), self.key_groups).0;
             self.slots.insert(
                 id.as_str().to_string(),
-                Slot {
-                    addr: None,
-                    parked: None,
-                    incarnation: 0,
-                    queue: VecDeque::new(),
-                    busy: false,
-                    passivating: false,
-                    passivate_asked: false,
-                    tick: self.next_tick,
-                    last_used: self.epoch,
-                    state_bytes: 0,
-                    key_group,
-                    draining: false,
-                },
+                Slot::new(key_group, VecDeque::new(), self.next_tick, self.epoch),
             );
             self.start_entity(id.as_str(), ctx);
         }

@@ -83,11 +83,6 @@ impl PowerLossStorage {
         self.disk().off
     }
 
-    /// Bytes written since the last sync (what a power cut may lose).
-    pub fn unsynced_writes(&self) -> usize {
-        self.disk().unsynced.len()
-    }
-
     /// The disk after a power cut now, with power back on: the synced bytes plus each
     /// unsynced write kept or lost by the `seed`ed coin (kept writes are applied in their
     /// order; a resize is kept with the writes before it). The original stays as it is.
