@@ -39,6 +39,10 @@ struct Slot<S: EventSourced> {
     /// [`PassivateNow`] arrived while `passivating`: if that was a hibernation, passivate once
     /// it answers (cleared when a passivation answers or the actor dies).
     passivate_asked: bool,
+    /// The stop in flight is a hibernation.
+    hibernating: bool,
+    /// Received a command since the running-actor bound last looked at it (second chance).
+    referenced: bool,
     tick: u64,
     /// Sweep epoch of the last command.
     last_used: u64,
@@ -59,6 +63,8 @@ impl<S: EventSourced> Slot<S> {
             busy: false,
             passivating: false,
             passivate_asked: false,
+            hibernating: false,
+            referenced: false,
             tick,
             last_used,
             state_bytes: 0,
@@ -105,6 +111,12 @@ pub struct Shard<S: EventSourced> {
     /// Live entities: running actors plus hibernated states.
     live: usize,
     hibernated: usize,
+    /// Hibernations asked for and not yet answered (their actors still run).
+    hibernating: usize,
+    /// Running actors in start order, as `(id, incarnation)`, for the second-chance choice of
+    /// which to hibernate past [`ShardConfig::max_running_entities`]. Entries of actors that
+    /// have stopped since are skipped and compacted away.
+    running_order: VecDeque<(String, u64)>,
     queued: Arc<AtomicUsize>,
     stats: ShardStats,
     stopping: Vec<oneshot::Sender<()>>,
@@ -170,6 +182,8 @@ impl<S: EventSourced> Shard<S> {
             next_incarnation: 0,
             live: 0,
             hibernated: 0,
+            hibernating: 0,
+            running_order: VecDeque::new(),
             queued: queued.clone(),
             stats: ShardStats::default(),
             stopping: Vec::new(),
@@ -204,6 +218,66 @@ impl<S: EventSourced> Shard<S> {
         if let Some(slot) = self.slots.get_mut(id) {
             slot.tick = tick;
             slot.last_used = epoch;
+            slot.referenced = true;
+        }
+    }
+
+    /// Entities whose actor runs and is not on its way to hibernation.
+    fn running(&self) -> usize {
+        self.live
+            .saturating_sub(self.hibernated)
+            .saturating_sub(self.hibernating)
+    }
+
+    /// Before an actor starts: hibernates idle running actors until one more fits under
+    /// [`ShardConfig::max_running_entities`]. Second chance over the start order: an actor
+    /// that received a command since it was last looked at goes to the back once; busy ones
+    /// always do. Looks at each entry at most twice per call.
+    fn make_running_room(&mut self) {
+        let cap = self.config.max_running_entities;
+        let mut budget = self.running_order.len().saturating_mul(2);
+        while self.running() >= cap && budget > 0 {
+            budget -= 1;
+            let Some((id, incarnation)) = self.running_order.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.slots.get_mut(id.as_str()) else {
+                continue;
+            };
+            if slot.incarnation != incarnation || slot.addr.is_none() {
+                continue;
+            }
+            let idle = !slot.busy && !slot.passivating && !slot.draining && slot.queue.is_empty();
+            if !idle || std::mem::take(&mut slot.referenced) {
+                self.running_order.push_back((id, incarnation));
+                continue;
+            }
+            self.hibernate(id.as_str());
+        }
+    }
+
+    /// Asks the idle running actor of `id` to hibernate.
+    fn hibernate(&mut self, id: &str) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if slot.passivating {
+            return;
+        }
+        let Some(addr) = slot.addr.as_ref() else {
+            return;
+        };
+        slot.passivating = true;
+        slot.hibernating = true;
+        self.hibernating += 1;
+        addr.do_send(Hibernate);
+    }
+
+    /// The actor of `slot` answered a stop request or died: a hibernation it was asked for is
+    /// no longer in flight.
+    fn stop_answered(hibernating: &mut usize, slot: &mut Slot<S>) {
+        if std::mem::take(&mut slot.hibernating) {
+            *hibernating -= 1;
         }
     }
 
@@ -214,6 +288,7 @@ impl<S: EventSourced> Shard<S> {
         if parked.is_none() && self.live >= self.config.max_active_entities {
             self.evict_lru(ctx);
         }
+        self.make_running_room();
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
         let me = match &self.me {
@@ -249,6 +324,25 @@ impl<S: EventSourced> Shard<S> {
         if let Some(slot) = self.slots.get_mut(id) {
             slot.addr = Some(addr);
             slot.incarnation = incarnation;
+        }
+        self.track_running(id, incarnation);
+    }
+
+    /// Puts a running actor at the back of the start order (with no bound, there is none).
+    fn track_running(&mut self, id: &str, incarnation: u64) {
+        if self.config.max_running_entities == usize::MAX {
+            return;
+        }
+        self.running_order.push_back((id.to_string(), incarnation));
+        // Stale entries (actors stopped since) are dropped once they outnumber the running
+        // ones, so the order stays proportional to them.
+        if self.running_order.len() > 2 * self.running() + 64 {
+            let slots = &self.slots;
+            self.running_order.retain(|(id, incarnation)| {
+                slots
+                    .get(id.as_str())
+                    .is_some_and(|s| s.incarnation == *incarnation && s.addr.is_some())
+            });
         }
     }
 
@@ -373,9 +467,7 @@ impl<S: EventSourced> Shard<S> {
             self.passivate(&id, ctx);
         }
         for id in hibernate {
-            if let Some(addr) = self.begin_stop(&id) {
-                addr.do_send(Hibernate);
-            }
+            self.hibernate(&id);
         }
     }
 
@@ -565,6 +657,7 @@ impl<S: EventSourced> Handler<Gone> for Shard<S> {
             return;
         }
         tracing::warn!(id, "entity actor died (panic in its code?)");
+        Self::stop_answered(&mut self.hibernating, slot);
         slot.addr = None;
         slot.passivating = false;
         slot.passivate_asked = false;
@@ -592,6 +685,7 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
         }
         slot.passivating = false;
         slot.passivate_asked = false;
+        Self::stop_answered(&mut self.hibernating, slot);
         if slot.addr.take().is_some() {
             self.live -= 1;
         }
@@ -616,6 +710,7 @@ impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
             return;
         }
         slot.passivating = false;
+        Self::stop_answered(&mut self.hibernating, slot);
         let passivate = std::mem::take(&mut slot.passivate_asked);
         if let Some(core) = msg.core {
             // The actor has stopped; its state waits here for the next command.
@@ -623,6 +718,9 @@ impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
             slot.parked = Some(core);
             self.hibernated += 1;
             self.stats.hibernations += 1;
+        } else {
+            // Refused (a snapshot is being written): it runs on, so the bound may pick it again.
+            self.track_running(msg.id.as_str(), msg.incarnation);
         }
         if passivate {
             // Asked while the hibernation was in flight: the entity was idle then.

@@ -16,8 +16,16 @@ pub struct ShardConfig {
     /// that state without reading the journal. It is still live (counted in
     /// [`ShardStats::live_entities`] and in [`Self::max_active_entities`]); only passivation
     /// ([`Self::passivate_after`]) drops the state. Keeps warm entities small in memory.
-    /// `Duration::MAX` keeps every live entity's actor running. Default 2 s.
+    /// `Duration::MAX` turns idle hibernation off. Default 2 s.
     pub hibernate_after: Duration,
+    /// Most live entities whose actor runs at once. Starting or waking one more hibernates
+    /// idle running ones, chosen by second chance (the oldest started that received no command
+    /// since they were last looked at): a burst that touches many entities within
+    /// [`Self::hibernate_after`] costs the memory of this many actors, not of one per entity.
+    /// Busy entities are never hibernated, so the bound can be exceeded while they all work.
+    /// `usize::MAX` turns it off (with `hibernate_after = Duration::MAX`, every live entity's
+    /// actor keeps running). Default 10,000.
+    pub max_running_entities: usize,
     /// Most commands queued or running in the shard; more are refused with
     /// [`CommandError::Overloaded`](crate::CommandError::Overloaded), handing the command back. Default 100,000.
     pub max_queued_commands: usize,
@@ -31,6 +39,7 @@ impl Default for ShardConfig {
             passivate_after: Duration::from_secs(120),
             max_active_entities: 100_000,
             hibernate_after: Duration::from_secs(2),
+            max_running_entities: 10_000,
             max_queued_commands: 100_000,
             sweep_interval: Duration::from_secs(1),
         }

@@ -3,7 +3,8 @@
 //! of writes and syncs, either starts failing every write (`FaultyStorage`: the journal is
 //! poisoned) or loses power (`PowerLossStorage`: what survives is the synced bytes plus any
 //! subset of the unsynced writes). Four senders push per-sender-numbered deposits to random
-//! accounts, sometimes while the region rescales. Every command must end — acknowledged, or
+//! accounts, sometimes while the region rescales, idle entities hibernate within a millisecond
+//! or a tight bound on running actors hibernates them as others start. Every command must end — acknowledged, or
 //! failed with an error (persist failed, the entity stops, later commands fail fast) — never
 //! hang. Then the storage comes back and the journal reopens; the test checks: `verify` is
 //! clean; every acknowledged command is stored exactly once; every stored command was sent,
@@ -114,6 +115,8 @@ async fn run_seed(seed: u64, fault: Fault) {
         handoff_timeout: Duration::from_secs(10),
         shard: ShardConfig {
             hibernate_after: Duration::from_millis(if seed % 3 == 0 { 1 } else { 2_000 }),
+            // A third of the seeds churn through a tight bound on running actors.
+            max_running_entities: if seed % 3 == 1 { 8 } else { 10_000 },
             sweep_interval: Duration::from_millis(2),
             ..ShardConfig::default()
         },
