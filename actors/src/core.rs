@@ -17,7 +17,6 @@ pub(crate) struct EntityCore<S: EventSourced> {
     pub state: S,
     pub seq: u64,
     pub snapshot_seq: u64,
-    pub policy: SnapshotPolicy,
     pub journal: Journal,
 }
 
@@ -114,7 +113,6 @@ impl<S: EventSourced> EntityCore<S> {
             state,
             seq,
             snapshot_seq: from_snapshot,
-            policy: S::snapshot_policy(),
             journal,
         })
     }
@@ -127,8 +125,14 @@ impl<S: EventSourced> EntityCore<S> {
         self.seq = last.0;
     }
 
-    pub(crate) fn snapshot_due(&self) -> bool {
-        self.policy
+    /// The entity type's policy (asked each time rather than kept: live entities stay small).
+    pub(crate) fn policy(&self) -> SnapshotPolicy {
+        S::snapshot_policy()
+    }
+
+    /// A periodic snapshot is due under `policy` (the testkit passes its own).
+    pub(crate) fn snapshot_due(&self, policy: &SnapshotPolicy) -> bool {
+        policy
             .every_events
             .is_some_and(|n| self.seq >= self.snapshot_seq + n)
     }

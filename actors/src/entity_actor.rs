@@ -289,11 +289,11 @@ impl<S: EventSourced> Handler<Exec<S>> for EntityActor<S> {
                                 f(&core.state);
                             }
                             let _ = reply_to.send(Ok(r));
-                            if core.snapshot_due() {
+                            if core.snapshot_due(&core.policy()) {
                                 if let Some((seq, bytes)) = core.take_snapshot() {
                                     let j = core.journal.clone();
                                     let pid = core.pid.clone();
-                                    let policy = core.policy;
+                                    let policy = core.policy();
                                     act.snapshots_in_flight += 1;
                                     ctx.spawn(
                                         async move {
@@ -335,17 +335,10 @@ impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
 
     fn handle(&mut self, _: Passivate, _ctx: &mut Context<Self>) -> Self::Result {
         let snapshot = self.core.as_mut().and_then(|core| {
-            if core.policy.on_stop
-                && core.events_since_snapshot() >= core.policy.on_stop_min_events.max(1)
-            {
+            let policy = core.policy();
+            if policy.on_stop && core.events_since_snapshot() >= policy.on_stop_min_events.max(1) {
                 core.take_snapshot().map(|(seq, bytes)| {
-                    (
-                        core.journal.clone(),
-                        core.pid.clone(),
-                        core.policy,
-                        seq,
-                        bytes,
-                    )
+                    (core.journal.clone(), core.pid.clone(), policy, seq, bytes)
                 })
             } else {
                 None

@@ -103,7 +103,8 @@ pub struct Shard<S: EventSourced> {
     journal: Option<Journal>,
     entity_type: EntityType,
     config: ShardConfig,
-    slots: HashMap<String, Slot<S>>,
+    /// Keyed by the entity id its actors' persistence ids share (one allocation per entity).
+    slots: HashMap<EntityId, Slot<S>>,
     /// Incremented by every sweep: a coarse clock for idleness.
     epoch: u64,
     next_tick: u64,
@@ -116,7 +117,7 @@ pub struct Shard<S: EventSourced> {
     /// Running actors in start order, as `(id, incarnation)`, for the second-chance choice of
     /// which to hibernate past [`ShardConfig::max_running_entities`]. Entries of actors that
     /// have stopped since are skipped and compacted away.
-    running_order: VecDeque<(String, u64)>,
+    running_order: VecDeque<(EntityId, u64)>,
     queued: Arc<AtomicUsize>,
     stats: ShardStats,
     stopping: Vec<oneshot::Sender<()>>,
@@ -132,7 +133,7 @@ pub struct Shard<S: EventSourced> {
 
 /// A handoff in progress: the entities of some key groups still to drain.
 struct PendingRelease {
-    remaining: std::collections::HashSet<String>,
+    remaining: std::collections::HashSet<EntityId>,
     done: oneshot::Sender<ReleaseReport>,
     started: Instant,
     entities: usize,
@@ -305,14 +306,10 @@ impl<S: EventSourced> Shard<S> {
                 EntityActor::<S>::woken(incarnation, *core, me)
             }
             None => {
-                let pid = PersistenceId::new(
-                    self.entity_type.clone(),
-                    // Validated when the command was delivered.
-                    match EntityId::new(id) {
-                        Ok(e) => e,
-                        Err(_) => return,
-                    },
-                );
+                let Some((entity_id, _)) = self.slots.get_key_value(id) else {
+                    return;
+                };
+                let pid = PersistenceId::new(self.entity_type.clone(), entity_id.clone());
                 let Some(journal) = self.journal.clone() else {
                     return;
                 };
@@ -333,16 +330,28 @@ impl<S: EventSourced> Shard<S> {
         if self.config.max_running_entities == usize::MAX {
             return;
         }
-        self.running_order.push_back((id.to_string(), incarnation));
-        // Stale entries (actors stopped since) are dropped once they outnumber the running
-        // ones, so the order stays proportional to them.
-        if self.running_order.len() > 2 * self.running() + 64 {
-            let slots = &self.slots;
-            self.running_order.retain(|(id, incarnation)| {
-                slots
-                    .get(id.as_str())
-                    .is_some_and(|s| s.incarnation == *incarnation && s.addr.is_some())
-            });
+        let Some((id, _)) = self.slots.get_key_value(id) else {
+            return;
+        };
+        self.running_order.push_back((id.clone(), incarnation));
+        self.compact_running_order();
+    }
+
+    /// Drops the entries of actors that stopped since, once they outnumber the running ones,
+    /// so the order's memory stays proportional to the running actors (each compaction at
+    /// least halves what is left to drop: amortized O(1) per entry).
+    fn compact_running_order(&mut self) {
+        if self.running_order.len() <= 2 * self.running() + 64 {
+            return;
+        }
+        let slots = &self.slots;
+        self.running_order.retain(|(id, incarnation)| {
+            slots
+                .get(id.as_str())
+                .is_some_and(|s| s.incarnation == *incarnation && s.addr.is_some())
+        });
+        if self.running_order.capacity() > 2 * self.running_order.len() + 64 {
+            self.running_order.shrink_to_fit();
         }
     }
 
@@ -398,7 +407,7 @@ impl<S: EventSourced> Shard<S> {
     /// Evicts the oldest 1% at once (at least one), so that a shard at its limit pays one scan
     /// per hundred new entities rather than keeping an ordered index on every command.
     fn evict_lru(&mut self, ctx: &mut Context<Self>) {
-        let mut idle: Vec<(u64, &String)> = self
+        let mut idle: Vec<(u64, &EntityId)> = self
             .slots
             .iter()
             .filter(|(_, s)| s.is_live() && !s.busy && !s.passivating && s.queue.is_empty())
@@ -413,9 +422,9 @@ impl<S: EventSourced> Shard<S> {
         if n < idle.len() {
             idle.select_nth_unstable(n - 1);
         }
-        let victims: Vec<String> = idle[..n].iter().map(|(_, id)| (*id).clone()).collect();
+        let victims: Vec<EntityId> = idle[..n].iter().map(|(_, id)| (*id).clone()).collect();
         for id in victims {
-            self.passivate(&id, ctx);
+            self.passivate(id.as_str(), ctx);
         }
     }
 
@@ -464,10 +473,10 @@ impl<S: EventSourced> Shard<S> {
             }
         }
         for id in passivate {
-            self.passivate(&id, ctx);
+            self.passivate(id.as_str(), ctx);
         }
         for id in hibernate {
-            self.hibernate(&id);
+            self.hibernate(id.as_str());
         }
     }
 
@@ -516,7 +525,7 @@ impl<S: EventSourced> Shard<S> {
             let kg = KeyGroup::of(S::TYPE_NAME, id.as_str(), k).0;
             !key_groups.iter().any(|r| r.contains(&kg))
         });
-        let ids: Vec<String> = self
+        let ids: Vec<EntityId> = self
             .slots
             .iter()
             .filter(|(_, s)| key_groups.iter().any(|r| r.contains(&s.key_group)))
@@ -537,7 +546,7 @@ impl<S: EventSourced> Shard<S> {
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.draining = true;
             }
-            self.drain_step(&id, ctx);
+            self.drain_step(id.as_str(), ctx);
         }
     }
 
@@ -606,10 +615,8 @@ impl<S: EventSourced> Handler<Deliver<S>> for Shard<S> {
             let key_group = KeyGroup::of(S::TYPE_NAME, msg.id.as_str(), self.key_groups).0;
             let mut queue = VecDeque::with_capacity(1);
             queue.push_back(pending);
-            self.slots.insert(
-                msg.id.as_str().to_string(),
-                Slot::new(key_group, queue, 0, self.epoch),
-            );
+            self.slots
+                .insert(msg.id.clone(), Slot::new(key_group, queue, 0, self.epoch));
         }
         self.pump(msg.id.as_str(), ctx);
     }
@@ -691,6 +698,7 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
         }
         slot.state_bytes = 0;
         self.stats.passivations += 1;
+        self.compact_running_order();
         debug!(id = %msg.id, "entity passivated");
         // Commands that arrived while it was passivating go to a fresh incarnation.
         self.pump(msg.id.as_str(), ctx);
@@ -718,6 +726,7 @@ impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
             slot.parked = Some(core);
             self.hibernated += 1;
             self.stats.hibernations += 1;
+            self.compact_running_order();
         } else {
             // Refused (a snapshot is being written): it runs on, so the bound may pick it again.
             self.track_running(msg.id.as_str(), msg.incarnation);
@@ -790,7 +799,7 @@ impl<S: EventSourced> Handler<WarmStep> for Shard<S> {
             }
             let key_group = KeyGroup::of(S::TYPE_NAME, id.as_str(), self.key_groups).0;
             self.slots.insert(
-                id.as_str().to_string(),
+                id.clone(),
                 Slot::new(key_group, VecDeque::new(), self.next_tick, self.epoch),
             );
             self.start_entity(id.as_str(), ctx);
@@ -813,12 +822,12 @@ impl<S: EventSourced> Handler<Shutdown> for Shard<S> {
 
     fn handle(&mut self, msg: Shutdown, ctx: &mut Context<Self>) {
         self.stopping.push(msg.0);
-        let ids: Vec<String> = self.slots.keys().cloned().collect();
+        let ids: Vec<EntityId> = self.slots.keys().cloned().collect();
         for id in ids {
             if let Some(slot) = self.slots.get_mut(&id) {
                 slot.draining = true;
             }
-            self.drain_step(&id, ctx);
+            self.drain_step(id.as_str(), ctx);
         }
         self.continue_stopping(ctx);
     }
@@ -853,7 +862,7 @@ impl<S: EventSourced> Handler<PassivateNow> for Shard<S> {
     type Result = ();
 
     fn handle(&mut self, msg: PassivateNow, ctx: &mut Context<Self>) {
-        let Some(slot) = self.slots.get_mut(&msg.0) else {
+        let Some(slot) = self.slots.get_mut(msg.0.as_str()) else {
             return;
         };
         if slot.busy || !slot.queue.is_empty() {

@@ -85,9 +85,8 @@ where
             entity_type,
             EntityId::new(id).unwrap_or_else(|e| panic!("entity id {id:?}: {e}")),
         );
-        let mut core = EntityCore::recover(journal.clone(), pid.clone())
+        let core = EntityCore::recover(journal.clone(), pid.clone())
             .unwrap_or_else(|e| panic!("recovery: {e}"));
-        core.policy = policy;
         Self {
             journal,
             pid,
@@ -142,7 +141,7 @@ where
                                     events.iter().map(|e| round_trip("event", e)).collect();
                                 self.core.applied(&events, ack.last_seq);
                                 let r = reply(&self.core.state);
-                                if self.core.snapshot_due() {
+                                if self.core.snapshot_due(&self.policy) {
                                     if let Some((seq, bytes)) = self.core.take_snapshot() {
                                         save_snapshot_blocking::<S>(
                                             &self.journal,
@@ -223,9 +222,7 @@ where
     }
 
     fn recover(&self) -> Result<EntityCore<S>, RecoveryError> {
-        let mut core = EntityCore::recover(self.journal.clone(), self.pid.clone())?;
-        core.policy = self.policy;
-        Ok(core)
+        EntityCore::recover(self.journal.clone(), self.pid.clone())
     }
 
     /// Recovers the entity from the journal (newest snapshot plus events) and asserts the

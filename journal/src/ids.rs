@@ -141,6 +141,13 @@ impl fmt::Display for EntityType {
     }
 }
 
+/// Lets maps keyed by `EntityId` be looked up by `&str` (hash and order are the string's).
+impl std::borrow::Borrow<str> for EntityId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
