@@ -10,17 +10,17 @@
 //!   outside handoffs), `baseline_p50_ms`.
 //! - `recovery`: entities recovered per second from a snapshot plus 100 events each.
 //! - `memory`: resident memory per live entity with 100,000 live entities of a small state,
-//!   minus the same process before they started, with the default configuration once the
-//!   entities are idle (hibernated: state kept in the shard, actor stopped).
-//!   `memory_active` measures the same with `hibernate_after = Duration::MAX`: every live
-//!   entity keeps its actix actor. Both run with `MIMALLOC_PURGE_DELAY=0`, so that resident
-//!   memory counts the pages in use, not the freed pages mimalloc keeps resident for a while;
-//!   `memory_lazy_purge` repeats `memory` with mimalloc's default purge delay to show that
-//!   difference. Each runs in a process of its own.
+//!   minus the same process before they started, with the default configuration and
+//!   mimalloc's default options: `peak_bytes_per_entity` right after the burst that made them
+//!   live (at most `max_running_entities` actors run per shard, the rest hibernated),
+//!   `bytes_per_entity` once every entity is idle and hibernated (state kept in the shard,
+//!   actor stopped). `memory_active` measures the same with hibernation and the bound off
+//!   (`hibernate_after = Duration::MAX`, `max_running_entities = usize::MAX`): every live
+//!   entity keeps its actix actor. Each runs in a process of its own.
 //!
 //! Sizes (env, default): `STATELINE_BENCH_REGION_EVENTS` [300000], `STATELINE_BENCH_LIVE`
 //! [100000], `STATELINE_BENCH_RECOVER` [10000], `STATELINE_BENCH_SCENARIOS`
-//! [region_persist,rescale,recovery,memory,memory_active,memory_lazy_purge].
+//! [region_persist,rescale,recovery,memory,memory_active].
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::cell::RefCell;
@@ -422,11 +422,17 @@ async fn memory(dir: &std::path::Path, active: bool) {
     };
     if active {
         shard.hibernate_after = Duration::MAX;
+        shard.max_running_entities = usize::MAX;
     }
     let hibernate_ms = if active {
         "never".to_string()
     } else {
         shard.hibernate_after.as_millis().to_string()
+    };
+    let max_running = if active {
+        "unbounded".to_string()
+    } else {
+        shard.max_running_entities.to_string()
     };
     let config = RegionConfig {
         shard,
@@ -478,7 +484,8 @@ async fn memory(dir: &std::path::Path, active: bool) {
     let per = (after.saturating_sub(before)) as f64 / alive.max(1) as f64;
     let peak_per = (peak.saturating_sub(before)) as f64 / alive.max(1) as f64;
     println!(
-        "RESULT {scenario} live_entities={alive} hibernated={hibernated} hibernate_after_ms={hibernate_ms} mimalloc_purge_delay_ms={} load_s={:.2} rss_before_mb={:.1} rss_peak_mb={:.1} rss_after_mb={:.1} peak_bytes_per_entity={peak_per:.0} bytes_per_entity={per:.0}",
+        "RESULT {scenario} live_entities={alive} hibernated={hibernated} hibernate_after_ms={hibernate_ms} max_running_per_shard={max_running} shards={} mimalloc_purge_delay_ms={} load_s={:.2} rss_before_mb={:.1} rss_peak_mb={:.1} rss_after_mb={:.1} peak_bytes_per_entity={peak_per:.0} bytes_per_entity={per:.0}",
+        stats.shards.len(),
         std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "default".into()),
         loaded.as_secs_f64(),
         before as f64 / 1e6,
@@ -504,23 +511,15 @@ fn main() {
         run_scenarios(&others);
     }
     let exe = std::env::current_exe().expect("own executable");
-    for (scenario, purge_delay) in [
-        ("memory", Some("0")),
-        ("memory_active", Some("0")),
-        ("memory_lazy_purge", None),
-    ] {
+    for scenario in ["memory", "memory_active"] {
         if !enabled(scenario) {
             continue;
         }
-        let mut child = std::process::Command::new(&exe);
-        child
+        let status = std::process::Command::new(&exe)
             .args(std::env::args().skip(1))
-            .env("STATELINE_BENCH_MEMORY_SCENARIO", scenario);
-        match purge_delay {
-            Some(ms) => child.env("MIMALLOC_PURGE_DELAY", ms),
-            None => child.env_remove("MIMALLOC_PURGE_DELAY"),
-        };
-        let status = child.status().expect("memory scenario process");
+            .env("STATELINE_BENCH_MEMORY_SCENARIO", scenario)
+            .status()
+            .expect("memory scenario process");
         assert!(status.success(), "{scenario} scenario failed");
     }
 }
