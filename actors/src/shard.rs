@@ -39,8 +39,8 @@ struct Slot<S: EventSourced> {
     /// [`PassivateNow`] arrived while `passivating`: if that was a hibernation, passivate once
     /// it answers (cleared when a passivation answers or the actor dies).
     passivate_asked: bool,
-    /// The stop in flight is a hibernation.
-    hibernating: bool,
+    /// The stop in flight is a hibernation, and who asked for it.
+    hibernating: Asked,
     /// Received a command since the running-actor bound last looked at it (second chance).
     referenced: bool,
     tick: u64,
@@ -63,7 +63,7 @@ impl<S: EventSourced> Slot<S> {
             busy: false,
             passivating: false,
             passivate_asked: false,
-            hibernating: false,
+            hibernating: Asked::No,
             referenced: false,
             tick,
             last_used,
@@ -78,6 +78,30 @@ impl<S: EventSourced> Slot<S> {
         self.addr.is_some() || self.parked.is_some()
     }
 }
+
+/// Who asked an entity's actor to hibernate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    /// No hibernation in flight.
+    No,
+    /// The sweep, because the entity was idle (its running-order entry stays).
+    Idle,
+    /// The bound on running actors (which took its running-order entry).
+    Bound,
+}
+
+/// Why an entity actor starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// To run commands (or recover eagerly): counts against the running bound.
+    ForCommands,
+    /// A hibernated entity woken only to passivate through its actor: it stops at once.
+    ToPassivate,
+}
+
+/// Running-order entries the bound looks at per actor start: bounded work per start, even
+/// when most running actors are busy or recently used (later starts continue the round).
+const ROOM_SCAN: usize = 64;
 
 /// Deliver a command to an entity of the shard.
 pub(crate) struct Deliver<S: EventSourced> {
@@ -118,6 +142,8 @@ pub struct Shard<S: EventSourced> {
     /// which to hibernate past [`ShardConfig::max_running_entities`]. Entries of actors that
     /// have stopped since are skipped and compacted away.
     running_order: VecDeque<(EntityId, u64)>,
+    /// Length of `running_order` after its last compaction.
+    running_order_floor: usize,
     queued: Arc<AtomicUsize>,
     stats: ShardStats,
     stopping: Vec<oneshot::Sender<()>>,
@@ -185,6 +211,7 @@ impl<S: EventSourced> Shard<S> {
             hibernated: 0,
             hibernating: 0,
             running_order: VecDeque::new(),
+            running_order_floor: 0,
             queued: queued.clone(),
             stats: ShardStats::default(),
             stopping: Vec::new(),
@@ -233,10 +260,11 @@ impl<S: EventSourced> Shard<S> {
     /// Before an actor starts: hibernates idle running actors until one more fits under
     /// [`ShardConfig::max_running_entities`]. Second chance over the start order: an actor
     /// that received a command since it was last looked at goes to the back once; busy ones
-    /// always do. Looks at each entry at most twice per call.
+    /// always do. Looks at no more than [`ROOM_SCAN`] entries: if they were all busy or
+    /// recently used, the bound is exceeded for now and the next starts go on from there.
     fn make_running_room(&mut self) {
         let cap = self.config.max_running_entities;
-        let mut budget = self.running_order.len().saturating_mul(2);
+        let mut budget = ROOM_SCAN;
         while self.running() >= cap && budget > 0 {
             budget -= 1;
             let Some((id, incarnation)) = self.running_order.pop_front() else {
@@ -253,12 +281,12 @@ impl<S: EventSourced> Shard<S> {
                 self.running_order.push_back((id, incarnation));
                 continue;
             }
-            self.hibernate(id.as_str());
+            self.hibernate(id.as_str(), Asked::Bound);
         }
     }
 
     /// Asks the idle running actor of `id` to hibernate.
-    fn hibernate(&mut self, id: &str) {
+    fn hibernate(&mut self, id: &str, asker: Asked) {
         let Some(slot) = self.slots.get_mut(id) else {
             return;
         };
@@ -269,27 +297,31 @@ impl<S: EventSourced> Shard<S> {
             return;
         };
         slot.passivating = true;
-        slot.hibernating = true;
+        slot.hibernating = asker;
         self.hibernating += 1;
         addr.do_send(Hibernate);
     }
 
     /// The actor of `slot` answered a stop request or died: a hibernation it was asked for is
-    /// no longer in flight.
-    fn stop_answered(hibernating: &mut usize, slot: &mut Slot<S>) {
-        if std::mem::take(&mut slot.hibernating) {
+    /// no longer in flight. Returns who had asked for one.
+    fn stop_answered(hibernating: &mut usize, slot: &mut Slot<S>) -> Asked {
+        let asked = std::mem::replace(&mut slot.hibernating, Asked::No);
+        if asked != Asked::No {
             *hibernating -= 1;
         }
+        asked
     }
 
     /// Starts the entity actor of a slot that has none: on its hibernated state if it has
     /// one, otherwise recovering from the journal.
-    fn start_entity(&mut self, id: &str, ctx: &mut Context<Self>) {
+    fn start_entity(&mut self, id: &str, why: Start, ctx: &mut Context<Self>) {
         let parked = self.slots.get_mut(id).and_then(|s| s.parked.take());
         if parked.is_none() && self.live >= self.config.max_active_entities {
             self.evict_lru(ctx);
         }
-        self.make_running_room();
+        if why == Start::ForCommands {
+            self.make_running_room();
+        }
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
         let me = match &self.me {
@@ -322,7 +354,9 @@ impl<S: EventSourced> Shard<S> {
             slot.addr = Some(addr);
             slot.incarnation = incarnation;
         }
-        self.track_running(id, incarnation);
+        if why == Start::ForCommands {
+            self.track_running(id, incarnation);
+        }
     }
 
     /// Puts a running actor at the back of the start order (with no bound, there is none).
@@ -334,16 +368,16 @@ impl<S: EventSourced> Shard<S> {
             return;
         };
         self.running_order.push_back((id.clone(), incarnation));
-        self.compact_running_order();
+        // Amortized O(1): a compaction runs after at least as many pushes as it keeps.
+        if self.running_order.len() > 2 * self.running_order_floor + 64 {
+            self.compact_running_order();
+        }
     }
 
-    /// Drops the entries of actors that stopped since, once they outnumber the running ones,
-    /// so the order's memory stays proportional to the running actors (each compaction at
-    /// least halves what is left to drop: amortized O(1) per entry).
+    /// Drops the entries of actors that stopped since (they are also skipped wherever met),
+    /// so the order's memory follows the running actors: after pushes (see `track_running`)
+    /// and at each sweep.
     fn compact_running_order(&mut self) {
-        if self.running_order.len() <= 2 * self.running() + 64 {
-            return;
-        }
         let slots = &self.slots;
         self.running_order.retain(|(id, incarnation)| {
             slots
@@ -353,6 +387,7 @@ impl<S: EventSourced> Shard<S> {
         if self.running_order.capacity() > 2 * self.running_order.len() + 64 {
             self.running_order.shrink_to_fit();
         }
+        self.running_order_floor = self.running_order.len();
     }
 
     /// Queues the stored entities of `key_groups` for eager recovery.
@@ -384,7 +419,7 @@ impl<S: EventSourced> Shard<S> {
             None => return,
         };
         if needs_start {
-            self.start_entity(id, ctx);
+            self.start_entity(id, Start::ForCommands, ctx);
         }
         self.touch(id);
         if let Some(slot) = self.slots.get_mut(id) {
@@ -429,10 +464,17 @@ impl<S: EventSourced> Shard<S> {
     }
 
     /// Stops a live entity (snapshotting per its policy); a hibernated one is woken first, so
-    /// that passivation has one path.
+    /// that passivation has one path. If a stop is already in flight (a hibernation), its
+    /// answer decides: a hibernated entity is then passivated, a refusal passivates the actor.
     fn passivate(&mut self, id: &str, ctx: &mut Context<Self>) {
-        if self.slots.get(id).is_some_and(|s| s.parked.is_some()) {
-            self.start_entity(id, ctx);
+        match self.slots.get_mut(id) {
+            None => return,
+            Some(slot) if slot.passivating => {
+                slot.passivate_asked = true;
+                return;
+            }
+            Some(slot) if slot.parked.is_some() => self.start_entity(id, Start::ToPassivate, ctx),
+            Some(_) => {}
         }
         if let Some(addr) = self.begin_stop(id) {
             addr.do_send(Passivate);
@@ -476,7 +518,10 @@ impl<S: EventSourced> Shard<S> {
             self.passivate(id.as_str(), ctx);
         }
         for id in hibernate {
-            self.hibernate(id.as_str());
+            self.hibernate(id.as_str(), Asked::Idle);
+        }
+        if self.running_order.len() > 2 * self.running() + 64 {
+            self.compact_running_order();
         }
     }
 
@@ -696,9 +741,15 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
         if slot.addr.take().is_some() {
             self.live -= 1;
         }
+        // No command is sent to an actor asked to stop; if one were, it died with the actor:
+        // free the entity rather than wedge it.
+        debug_assert!(!slot.busy, "a command was sent to a passivating entity");
+        if std::mem::take(&mut slot.busy) {
+            tracing::error!(id = %msg.id, "a command was lost with a passivated actor");
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
         slot.state_bytes = 0;
         self.stats.passivations += 1;
-        self.compact_running_order();
         debug!(id = %msg.id, "entity passivated");
         // Commands that arrived while it was passivating go to a fresh incarnation.
         self.pump(msg.id.as_str(), ctx);
@@ -718,7 +769,7 @@ impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
             return;
         }
         slot.passivating = false;
-        Self::stop_answered(&mut self.hibernating, slot);
+        let asked = Self::stop_answered(&mut self.hibernating, slot);
         let passivate = std::mem::take(&mut slot.passivate_asked);
         if let Some(core) = msg.core {
             // The actor has stopped; its state waits here for the next command.
@@ -726,9 +777,9 @@ impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
             slot.parked = Some(core);
             self.hibernated += 1;
             self.stats.hibernations += 1;
-            self.compact_running_order();
-        } else {
-            // Refused (a snapshot is being written): it runs on, so the bound may pick it again.
+        } else if asked == Asked::Bound {
+            // Refused (a snapshot is being written): it runs on, so the bound, which took its
+            // entry, may pick it again. (After the sweep asked, its entry is still there.)
             self.track_running(msg.id.as_str(), msg.incarnation);
         }
         if passivate {
@@ -802,7 +853,7 @@ impl<S: EventSourced> Handler<WarmStep> for Shard<S> {
                 id.clone(),
                 Slot::new(key_group, VecDeque::new(), self.next_tick, self.epoch),
             );
-            self.start_entity(id.as_str(), ctx);
+            self.start_entity(id.as_str(), Start::ForCommands, ctx);
         }
         if !self.warming.is_empty() {
             ctx.notify(WarmStep);
@@ -868,11 +919,7 @@ impl<S: EventSourced> Handler<PassivateNow> for Shard<S> {
         if slot.busy || !slot.queue.is_empty() {
             return;
         }
-        if slot.passivating {
-            // Idle but hibernating (or already passivating): the answer decides.
-            slot.passivate_asked = true;
-        } else {
-            self.passivate(&msg.0, ctx);
-        }
+        // Idle; if hibernating (or already passivating), the answer decides.
+        self.passivate(&msg.0, ctx);
     }
 }

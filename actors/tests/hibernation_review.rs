@@ -37,12 +37,13 @@ fn hibernating() -> ShardConfig {
     }
 }
 
-/// Also passivates after 4 ms idle and keeps at most 3 entities live (LRU eviction of
-/// hibernated entities).
+/// Also passivates after 4 ms idle, keeps at most 3 entities live (LRU eviction of
+/// hibernated entities) and at most 2 actors running (the bound hibernates the others).
 fn churning() -> ShardConfig {
     ShardConfig {
         passivate_after: Duration::from_millis(4),
         max_active_entities: 3,
+        max_running_entities: 2,
         ..hibernating()
     }
 }
