@@ -3,8 +3,10 @@
 //! accepted increment is applied exactly once (the final sum equals the accepted sum) and in
 //! per-sender order (each entity checks every sender's sequence and rejects gaps or repeats).
 //! Also: rescale to the same size is a no-op, movement is minimal, and a full handoff buffer
-//! hands commands back without losing anything else. `STATELINE_SOAK=1` runs 1,000,000
-//! increments instead of 100,000.
+//! hands commands back without losing anything else. The rescale runs again through a bound
+//! of 200 running actors per shard (hibernation churn during the handoffs).
+//! `STATELINE_SOAK=1` runs 1,000,000 increments instead of 100,000 (300,000 instead of
+//! 30,000 through the bound).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stateline_actors::{CommandError, RegionConfig, ShardRegion};
+use stateline_actors::{CommandError, RegionConfig, ShardConfig, ShardRegion};
 use stateline_journal::{Durability, Journal};
 use support::*;
 
@@ -31,17 +33,38 @@ fn rng(state: &mut u64) -> u64 {
 
 #[actix_rt::test]
 async fn rescale_4_8_2_6_under_load_loses_nothing() {
+    let total: u64 = if soak() { 1_000_000 } else { 100_000 };
+    rescale_4_8_2_6_under_load(ShardConfig::default(), total).await;
+}
+
+/// The same with at most 200 running actors per shard: most commands wake a hibernated
+/// entity, and the bound hibernates others while key groups drain and move.
+#[actix_rt::test]
+async fn rescale_4_8_2_6_through_a_tight_running_bound_loses_nothing() {
+    let total: u64 = if soak() { 300_000 } else { 30_000 };
+    let shard = ShardConfig {
+        max_running_entities: 200,
+        ..ShardConfig::default()
+    };
+    rescale_4_8_2_6_under_load(shard, total).await;
+}
+
+/// 10,000 entities, 8 pipelined senders numbering their commands per entity, shard actors
+/// scaled 4 → 8 → 2 → 6 at a quarter, half and three quarters of `total`: every accepted
+/// increment is applied exactly once and in each sender's order.
+async fn rescale_4_8_2_6_under_load(shard: ShardConfig, total: u64) {
     let dir = tempfile::tempdir().unwrap();
     let journal = Journal::builder()
         .durability(Durability::None)
         .open(dir.path().join("r.redb"))
         .unwrap();
+    let bounded = shard.max_running_entities < 10_000;
     let config = RegionConfig {
         shards: 4,
+        shard,
         ..RegionConfig::default()
     };
     let region = ShardRegion::<Account>::start(journal, config).unwrap();
-    let total: u64 = if soak() { 1_000_000 } else { 100_000 };
     let entities = 10_000u64;
     let senders = 8u64;
     let accepted = Arc::new(AtomicI64::new(0));
@@ -131,6 +154,14 @@ async fn rescale_4_8_2_6_under_load_loses_nothing() {
     let stats = region.stats().await.unwrap();
     assert_eq!(stats.shards.len(), 6);
     assert_eq!(stats.rescales.len(), 3);
+    if bounded {
+        let hibernations: u64 = stats.shards.iter().map(|s| s.stats.hibernations).sum();
+        assert!(
+            hibernations > 1_000,
+            "the bound hardly churned: {hibernations}"
+        );
+        eprintln!("hibernations by the bound: {hibernations}");
+    }
     let events: u64 = stats.key_groups.iter().map(|k| k.entities).sum();
     assert!(events > 0);
     eprintln!("rescales: {reports:?}");
