@@ -141,6 +141,11 @@ impl<S: EventSourced> EntityCore<S> {
         self.seq.saturating_sub(self.snapshot_seq)
     }
 
+    /// Stopping now (passivation, handoff) writes a snapshot under `policy`.
+    pub(crate) fn snapshot_on_stop_due(&self, policy: &SnapshotPolicy) -> bool {
+        policy.on_stop && self.events_since_snapshot() >= policy.on_stop_min_events.max(1)
+    }
+
     /// What to save for a snapshot now: `(seq, bytes)`. Marks the snapshot as taken.
     pub(crate) fn take_snapshot(&mut self) -> Option<(Seq, Vec<u8>)> {
         match encode_state(&self.state) {

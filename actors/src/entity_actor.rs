@@ -336,7 +336,7 @@ impl<S: EventSourced> Handler<Passivate> for EntityActor<S> {
     fn handle(&mut self, _: Passivate, _ctx: &mut Context<Self>) -> Self::Result {
         let snapshot = self.core.as_mut().and_then(|core| {
             let policy = core.policy();
-            if policy.on_stop && core.events_since_snapshot() >= policy.on_stop_min_events.max(1) {
+            if core.snapshot_on_stop_due(&policy) {
                 core.take_snapshot().map(|(seq, bytes)| {
                     (core.journal.clone(), core.pid.clone(), policy, seq, bytes)
                 })

@@ -473,12 +473,36 @@ impl<S: EventSourced> Shard<S> {
                 slot.passivate_asked = true;
                 return;
             }
+            Some(slot)
+                if slot
+                    .parked
+                    .as_ref()
+                    .is_some_and(|core| !core.snapshot_on_stop_due(&core.policy())) =>
+            {
+                // Hibernated, and stopping would write no snapshot: passivating it is dropping
+                // the kept state; no actor needs to start for that.
+                slot.parked = None;
+                slot.state_bytes = 0;
+                self.hibernated -= 1;
+                self.live -= 1;
+                self.stats.passivations += 1;
+                self.settle(id, ctx);
+                return;
+            }
             Some(slot) if slot.parked.is_some() => self.start_entity(id, Start::ToPassivate, ctx),
             Some(_) => {}
         }
         if let Some(addr) = self.begin_stop(id) {
             addr.do_send(Passivate);
         }
+    }
+
+    /// After an entity's actor stopped or its state was dropped: runs commands that arrived
+    /// meanwhile (on a fresh incarnation), forgets or drains the slot, and finishes a stop.
+    fn settle(&mut self, id: &str, ctx: &mut Context<Self>) {
+        self.pump(id, ctx);
+        self.remove_if_idle(id, ctx);
+        self.continue_stopping(ctx);
     }
 
     /// The running actor of `id`, marked as asked to stop (passivate or hibernate): the slot
@@ -689,9 +713,7 @@ impl<S: EventSourced> Handler<Processed> for Shard<S> {
             self.live -= 1;
             slot.state_bytes = 0;
         }
-        self.pump(msg.id.as_str(), ctx);
-        self.remove_if_idle(msg.id.as_str(), ctx);
-        self.continue_stopping(ctx);
+        self.settle(msg.id.as_str(), ctx);
     }
 }
 
@@ -719,9 +741,7 @@ impl<S: EventSourced> Handler<Gone> for Shard<S> {
             slot.busy = false;
             self.queued.fetch_sub(1, Ordering::SeqCst);
         }
-        self.pump(id, ctx);
-        self.remove_if_idle(id, ctx);
-        self.continue_stopping(ctx);
+        self.settle(id, ctx);
     }
 }
 
@@ -752,9 +772,7 @@ impl<S: EventSourced> Handler<Passivated> for Shard<S> {
         self.stats.passivations += 1;
         debug!(id = %msg.id, "entity passivated");
         // Commands that arrived while it was passivating go to a fresh incarnation.
-        self.pump(msg.id.as_str(), ctx);
-        self.remove_if_idle(msg.id.as_str(), ctx);
-        self.continue_stopping(ctx);
+        self.settle(msg.id.as_str(), ctx);
     }
 }
 
@@ -787,9 +805,7 @@ impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
             self.passivate(msg.id.as_str(), ctx);
         }
         // Commands that arrived meanwhile wake it at once; a drain passivates it.
-        self.pump(msg.id.as_str(), ctx);
-        self.remove_if_idle(msg.id.as_str(), ctx);
-        self.continue_stopping(ctx);
+        self.settle(msg.id.as_str(), ctx);
     }
 }
 

@@ -277,3 +277,38 @@ async fn hibernated_entities_move_with_their_key_groups_and_keep_their_state() {
     }
     region.stop().await;
 }
+
+#[actix_rt::test]
+async fn passivating_a_hibernated_entity_snapshots_exactly_when_its_policy_asks() {
+    let journal = journal();
+    let config = ShardConfig {
+        passivate_after: Duration::from_millis(100),
+        ..hibernating(5)
+    };
+    let shard: ShardRef<Tally> = Shard::start(journal.clone(), config).unwrap();
+    // Below the on-stop threshold (16 events): passivation drops the kept state, no snapshot.
+    // Above it: the entity is woken and passivated through its actor, which snapshots.
+    for (id, events) in [("few", 5u64), ("many", 20)] {
+        for n in 1..=events {
+            shard.send(id, TallyCmd::Add(n)).await.unwrap();
+        }
+    }
+    eventually("both passivated", async || {
+        shard.stats().await.unwrap().passivations == 2
+    })
+    .await;
+    let stats = shard.stats().await.unwrap();
+    assert_eq!(stats.live_entities, 0, "{stats:?}");
+    assert_eq!(stats.hibernated_entities, 0, "{stats:?}");
+    assert!(stats.hibernations >= 2, "they hibernated first: {stats:?}");
+    let pid = |id: &str| PersistenceId::parse("tally", id).unwrap();
+    assert!(journal.snapshot_seqs(&pid("few")).unwrap().is_empty());
+    assert_eq!(
+        journal.snapshot_seqs(&pid("many")).unwrap(),
+        vec![stateline_journal::Seq(20)]
+    );
+    // Both recover the same state from the journal.
+    assert_eq!(shard.send("few", TallyCmd::Get).await.unwrap(), 15);
+    assert_eq!(shard.send("many", TallyCmd::Get).await.unwrap(), 210);
+    shard.stop().await;
+}
