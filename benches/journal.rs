@@ -24,6 +24,8 @@
 //! last segment, so replay reads only packed chunks). With `RUST_LOG` set, the journal's tracing output goes to stderr.
 //!
 //! The persist baseline runs once before and once after the journal; its rate is over both.
+//! Everything runs with `MIMALLOC_ALLOW_THP=0` unless the variable is set (see
+//! `benches/support/mod.rs`).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -31,6 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+mod support;
 use redb::{ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 use stateline_journal::{Durability, Journal, Manifest, NewEvent, PersistenceId, Seq};
@@ -685,6 +689,7 @@ fn scenario_replay(cfg: &Config, dir: &Path, p: &Persisted) {
 }
 
 fn main() {
+    support::with_allocator_settings();
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

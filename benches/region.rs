@@ -20,6 +20,9 @@
 //!   (`hibernate_after = Duration::MAX`, `max_running_entities = usize::MAX`): every live
 //!   entity keeps its actix actor. Each runs in a process of its own.
 //!
+//! Everything runs with `MIMALLOC_ALLOW_THP=0` unless the variable is set (see
+//! `benches/support/mod.rs`).
+//!
 //! Sizes (env, default): `STATELINE_BENCH_REGION_EVENTS` [300000], `STATELINE_BENCH_LIVE`
 //! [100000], `STATELINE_BENCH_RECOVER` [10000], `STATELINE_BENCH_SCENARIOS`
 //! [region_persist,rescale,recovery,memory,memory_active].
@@ -31,6 +34,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+mod support;
 
 /// glibc's allocator degrades badly under this workload's cross-thread frees (see README,
 /// "Allocator"); both the region and its journal-only baseline run on mimalloc.
@@ -488,9 +493,10 @@ async fn memory(dir: &std::path::Path, active: bool) {
     let per = (after.saturating_sub(before)) as f64 / alive.max(1) as f64;
     let peak_per = (peak.saturating_sub(before)) as f64 / alive.max(1) as f64;
     println!(
-        "RESULT {scenario} live_entities={alive} hibernated={hibernated} hibernate_after_ms={hibernate_ms} max_running_per_shard={max_running} shards={} mimalloc_purge_delay_ms={} load_s={:.2} rss_before_mb={:.1} rss_peak_mb={:.1} rss_after_mb={:.1} peak_bytes_per_entity={peak_per:.0} bytes_per_entity={per:.0}",
+        "RESULT {scenario} live_entities={alive} hibernated={hibernated} hibernate_after_ms={hibernate_ms} max_running_per_shard={max_running} shards={} mimalloc_purge_delay_ms={} mimalloc_allow_thp={} load_s={:.2} rss_before_mb={:.1} rss_peak_mb={:.1} rss_after_mb={:.1} peak_bytes_per_entity={peak_per:.0} bytes_per_entity={per:.0}",
         stats.shards.len(),
         std::env::var("MIMALLOC_PURGE_DELAY").unwrap_or_else(|_| "default".into()),
+        std::env::var("MIMALLOC_ALLOW_THP").unwrap_or_else(|_| "default".into()),
         loaded.as_secs_f64(),
         before as f64 / 1e6,
         peak as f64 / 1e6,
@@ -500,6 +506,7 @@ async fn memory(dir: &std::path::Path, active: bool) {
 }
 
 fn main() {
+    support::with_allocator_settings();
     // The memory scenarios measure resident memory, so each runs in a process of its own
     // (freed memory of other scenarios, or of the other memory scenario, would hide growth).
     if let Ok(mode) = std::env::var("STATELINE_BENCH_MEMORY_SCENARIO") {
