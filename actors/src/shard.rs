@@ -315,6 +315,9 @@ impl<S: EventSourced> Shard<S> {
     /// Starts the entity actor of a slot that has none: on its hibernated state if it has
     /// one, otherwise recovering from the journal.
     fn start_entity(&mut self, id: &str, why: Start, ctx: &mut Context<Self>) {
+        let Some(entity_id) = self.slots.get_key_value(id).map(|(k, _)| k.clone()) else {
+            return;
+        };
         let parked = self.slots.get_mut(id).and_then(|s| s.parked.take());
         if parked.is_none() && self.live >= self.config.max_active_entities {
             self.evict_lru(ctx);
@@ -338,9 +341,6 @@ impl<S: EventSourced> Shard<S> {
                 EntityActor::<S>::woken(incarnation, *core, me)
             }
             None => {
-                let Some((entity_id, _)) = self.slots.get_key_value(id) else {
-                    return;
-                };
                 let pid = PersistenceId::new(self.entity_type.clone(), entity_id.clone());
                 let Some(journal) = self.journal.clone() else {
                     return;
@@ -355,19 +355,16 @@ impl<S: EventSourced> Shard<S> {
             slot.incarnation = incarnation;
         }
         if why == Start::ForCommands {
-            self.track_running(id, incarnation);
+            self.track_running(entity_id, incarnation);
         }
     }
 
     /// Puts a running actor at the back of the start order (with no bound, there is none).
-    fn track_running(&mut self, id: &str, incarnation: u64) {
+    fn track_running(&mut self, id: EntityId, incarnation: u64) {
         if self.config.max_running_entities == usize::MAX {
             return;
         }
-        let Some((id, _)) = self.slots.get_key_value(id) else {
-            return;
-        };
-        self.running_order.push_back((id.clone(), incarnation));
+        self.running_order.push_back((id, incarnation));
         // Amortized O(1): a compaction runs after at least as many pushes as it keeps.
         if self.running_order.len() > 2 * self.running_order_floor + 64 {
             self.compact_running_order();
@@ -798,7 +795,7 @@ impl<S: EventSourced> Handler<Hibernated<S>> for Shard<S> {
         } else if asked == Asked::Bound {
             // Refused (a snapshot is being written): it runs on, so the bound, which took its
             // entry, may pick it again. (After the sweep asked, its entry is still there.)
-            self.track_running(msg.id.as_str(), msg.incarnation);
+            self.track_running(msg.id.clone(), msg.incarnation);
         }
         if passivate {
             // Asked while the hibernation was in flight: the entity was idle then.

@@ -11,10 +11,7 @@ mod support;
 use std::cell::Cell;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use stateline_actors::{
-    Effect, EventSourced, RegionConfig, Shard, ShardConfig, ShardRef, ShardRegion,
-};
+use stateline_actors::{RegionConfig, Shard, ShardConfig, ShardRef, ShardRegion};
 use stateline_journal::{Journal, PersistenceId};
 use support::*;
 
@@ -27,45 +24,6 @@ fn hibernating(after_ms: u64) -> ShardConfig {
         hibernate_after: Duration::from_millis(after_ms),
         sweep_interval: Duration::from_millis(2),
         ..ShardConfig::default()
-    }
-}
-
-thread_local! {
-    /// Counts every `apply` on this thread (a test's own shard runs on its thread), live or
-    /// during recovery: a wake that read the journal would replay.
-    static APPLIED: Cell<u64> = const { Cell::new(0) };
-}
-
-#[derive(Default, Serialize, Deserialize)]
-struct Tally {
-    total: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum TallyCmd {
-    Add(u64),
-    Get,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Added(u64);
-
-impl EventSourced for Tally {
-    const TYPE_NAME: &'static str = "tally";
-    type Command = TallyCmd;
-    type Event = Added;
-    type Reply = u64;
-
-    fn handle(&self, command: TallyCmd) -> Effect<Self> {
-        match command {
-            TallyCmd::Add(n) => Effect::persist(vec![Added(n)]).then_reply(|s: &Self| s.total),
-            TallyCmd::Get => Effect::reply(self.total),
-        }
-    }
-
-    fn apply(&mut self, event: &Added) {
-        APPLIED.with(|a| a.set(a.get() + 1));
-        self.total += event.0;
     }
 }
 

@@ -10,8 +10,7 @@ mod support;
 use std::cell::Cell;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use stateline_actors::{Effect, EventSourced, Shard, ShardConfig, ShardRef, ShardStats};
+use stateline_actors::{Shard, ShardConfig, ShardRef, ShardStats};
 use support::*;
 
 /// Only the bound hibernates: idle hibernation is a minute away.
@@ -26,42 +25,6 @@ fn bounded(max_running: usize) -> ShardConfig {
 
 fn running(s: &ShardStats) -> usize {
     s.live_entities - s.hibernated_entities
-}
-
-thread_local! {
-    /// Counts every `apply` on this thread (a test's own shard runs on its thread), live or
-    /// during recovery: a wake that read the journal would replay.
-    static APPLIED: Cell<u64> = const { Cell::new(0) };
-}
-
-#[derive(Default, Serialize, Deserialize)]
-struct Tally {
-    total: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum TallyCmd {
-    Add(u64),
-}
-
-#[derive(Serialize, Deserialize)]
-struct Added(u64);
-
-impl EventSourced for Tally {
-    const TYPE_NAME: &'static str = "tally";
-    type Command = TallyCmd;
-    type Event = Added;
-    type Reply = u64;
-
-    fn handle(&self, command: TallyCmd) -> Effect<Self> {
-        let TallyCmd::Add(n) = command;
-        Effect::persist(vec![Added(n)]).then_reply(|s: &Self| s.total)
-    }
-
-    fn apply(&mut self, event: &Added) {
-        APPLIED.with(|a| a.set(a.get() + 1));
-        self.total += event.0;
-    }
 }
 
 #[actix_rt::test]

@@ -1,6 +1,7 @@
-//! A bank account entity shared by the actor tests.
+//! Entities shared by the actor tests: a bank account and a running total.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -138,5 +139,46 @@ impl EventSourced for Account {
 
     fn snapshot_policy() -> SnapshotPolicy {
         SnapshotPolicy::every(10)
+    }
+}
+
+thread_local! {
+    /// Counts every `apply` on this thread (a test's own shard runs on its thread), live or
+    /// during recovery: a wake that read the journal would replay.
+    pub static APPLIED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A running total: persists every `Add`; each `apply`, live or replayed, counts in
+/// [`APPLIED`].
+#[derive(Default, Serialize, Deserialize)]
+pub struct Tally {
+    pub total: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum TallyCmd {
+    Add(u64),
+    Get,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Added(pub u64);
+
+impl EventSourced for Tally {
+    const TYPE_NAME: &'static str = "tally";
+    type Command = TallyCmd;
+    type Event = Added;
+    type Reply = u64;
+
+    fn handle(&self, command: TallyCmd) -> Effect<Self> {
+        match command {
+            TallyCmd::Add(n) => Effect::persist(vec![Added(n)]).then_reply(|s: &Self| s.total),
+            TallyCmd::Get => Effect::reply(self.total),
+        }
+    }
+
+    fn apply(&mut self, event: &Added) {
+        APPLIED.with(|a| a.set(a.get() + 1));
+        self.total += event.0;
     }
 }
