@@ -677,6 +677,9 @@ fn init_or_check(
                         .map_err(|e| JournalError::corrupted("meta/state", e))?,
                     None => return Err(JournalError::corrupted("meta/state", "missing")),
                 };
+                drop(t);
+                drop(rtx);
+                let header = upgrade_header(db, header)?;
                 return Ok((header, state));
             }
             Err(redb::TableError::TableDoesNotExist(_)) if !has_tables => {}
@@ -729,6 +732,33 @@ fn init_or_check(
     wtx.commit()?;
     info!(key_groups = header.key_groups, "journal created");
     Ok((header, state))
+}
+
+/// Marks an older journal opened for writing with this build's format version, in a commit of
+/// its own before the writer writes anything in the new format: from then on a build that
+/// knows only the old format refuses the file (G9) instead of misreading new rows. Everything
+/// an older format stored keeps being read as it is.
+fn upgrade_header(db: &redb::Database, header: Header) -> Result<Header> {
+    if header.format_version >= FORMAT_VERSION {
+        return Ok(header);
+    }
+    let upgraded = Header {
+        format_version: FORMAT_VERSION,
+        ..header
+    };
+    let wtx = db.begin_write()?;
+    {
+        let mut meta = wtx.open_table(keys::META)?;
+        let bytes = codec::encode_meta(&upgraded).map_err(|e| JournalError::Io(e.to_string()))?;
+        meta.insert(keys::META_HEADER, bytes.as_slice())?;
+    }
+    wtx.commit()?;
+    info!(
+        from = header.format_version,
+        to = FORMAT_VERSION,
+        "journal format upgraded"
+    );
+    Ok(upgraded)
 }
 
 pub(crate) fn read_header(

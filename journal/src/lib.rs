@@ -29,6 +29,7 @@ pub mod fuzzing;
 mod ids;
 mod journal;
 mod keys;
+mod log;
 mod meta;
 mod power_loss;
 mod read;

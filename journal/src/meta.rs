@@ -4,8 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 /// On-disk format version this build writes. Older versions keep opening (G9); newer ones are
-/// refused with [`crate::JournalError::UnsupportedFormat`].
-pub const FORMAT_VERSION: u32 = 1;
+/// refused with [`crate::JournalError::UnsupportedFormat`]. Version 2 groups the events of a
+/// commit into log rows (see `FORMAT.md`); a version-1 journal opened for writing is marked
+/// version 2 before its first new segment is written.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Written once when the journal is created, checked on every open.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -63,6 +65,10 @@ pub(crate) struct SegmentInfo {
     pub first_offset: u64,
     /// Number of events appended to it.
     pub events: u64,
+    /// Its events are grouped into log rows keyed by their first offset (format 2); `false`
+    /// (format 1): one row per event, keyed by its offset.
+    #[serde(default)]
+    pub rows: bool,
 }
 
 /// A chunk row of one entity: events `first_seq..=last_seq` packed in `generation`.

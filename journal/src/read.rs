@@ -17,6 +17,7 @@ use crate::error::{JournalError, Result};
 use crate::ids::{KeyGroup, Offset, PersistenceId, Seq};
 use crate::journal::{guard, open_error, probe_file, read_header, FileKind};
 use crate::keys;
+use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, Header, State};
 use crate::record::{EventRecord, SnapshotRecord};
 use crate::store::Store;
@@ -726,14 +727,14 @@ impl EventIter {
             let Some(table) = self.logs.get(&r.segment) else {
                 break;
             };
-            let Some(v) = table.get(r.offset)? else {
+            let Some(found) = log::get(table, r.segment, r.rows, r.offset)? else {
                 // Committed after this read transaction began.
                 self.tail.clear();
                 self.truncated = true;
                 break;
             };
-            let rec = codec::decode_event_as(v.value(), Some(&self.pid));
-            drop(v);
+            let rec = codec::decode_event_as(found.bytes(), Some(&self.pid));
+            drop(found);
             let rec =
                 rec.map_err(|e| self.corrupted(r.seq, format!("log offset {}: {e}", r.offset)))?;
             if rec.offset.0 != r.offset {
@@ -922,19 +923,18 @@ impl ChangelogIter {
             let name = keys::segment_table_name(seg.number);
             match self.rtx.open_table(keys::segment_table(&name)) {
                 Ok(t) => {
-                    for item in t.range(self.pos..seg_end)?.take(1024) {
-                        let (k, v) = item?;
-                        let rec = codec::decode_event(v.value()).map_err(|e| {
-                            JournalError::corrupted(format!("{name}/{}", k.value()), e)
-                        })?;
-                        if rec.offset.0 != k.value() {
+                    log::for_each(&t, seg.number, seg.rows, self.pos..seg_end, |offset, v| {
+                        let rec = codec::decode_event(v)
+                            .map_err(|e| JournalError::corrupted(format!("{name}/{offset}"), e))?;
+                        if rec.offset.0 != offset {
                             return Err(JournalError::corrupted(
-                                format!("{name}/{}", k.value()),
+                                format!("{name}/{offset}"),
                                 format!("record says offset {}", rec.offset),
                             ));
                         }
                         batch.push(rec);
-                    }
+                        Ok(batch.len() < 1024)
+                    })?;
                 }
                 Err(redb::TableError::TableDoesNotExist(_)) => {}
                 Err(e) => return Err(e.into()),

@@ -20,6 +20,8 @@ pub(crate) struct TailRef {
     pub segment: u64,
     pub timestamp_micros: i64,
     pub bytes: u32,
+    /// The segment stores log rows (format 2), see [`crate::meta::SegmentInfo::rows`].
+    pub rows: bool,
 }
 
 /// Entity key → its unpacked events, ascending seq.

@@ -23,6 +23,7 @@ use crate::error::{JournalError, Rejected, Result};
 use crate::ids::{Offset, PersistenceId, Seq};
 use crate::journal::SnapshotCriteria;
 use crate::keys;
+use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState, SegmentInfo, State};
 use crate::record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
@@ -440,8 +441,9 @@ impl Writer {
                 let name = keys::segment_table_name(seg.number);
                 let mut log = txn.open_table(keys::segment_table(&name))?;
                 let mut cursor = log.upper_bound_mut(Bound::<u64>::Unbounded)?;
-                for (offset, bytes) in &inserts {
-                    cursor.insert_before(*offset, bytes.as_slice())?;
+                // Appends only go to segments of log rows (`rotate_if_full`).
+                for (first, row) in log::build_rows(&inserts) {
+                    cursor.insert_before(first, row.as_slice())?;
                 }
                 cursor.close()?;
                 // (If the commit fails the journal is poisoned and the cache never used.)
@@ -466,9 +468,10 @@ impl Writer {
     }
 
     fn rotate_if_full(&mut self) {
+        // A format-1 segment (one row per event) left by an older build takes no more appends.
         let full = match self.state.segments.last() {
             None => true,
-            Some(s) => s.events >= self.segment_events,
+            Some(s) => s.events >= self.segment_events || !s.rows,
         };
         if full {
             let number = self.state.next_segment;
@@ -477,6 +480,7 @@ impl Writer {
                 number,
                 first_offset: self.state.next_offset,
                 events: 0,
+                rows: true,
             });
         }
     }
@@ -538,6 +542,7 @@ impl Writer {
                 segment,
                 timestamp_micros: ts,
                 bytes: bytes.len() as u32,
+                rows: true,
             });
             inserts.push((offset, bytes));
         }
@@ -823,17 +828,19 @@ impl Writer {
                         continue;
                     }
                     let cached = self.pack_cache.take(r.offset);
-                    let guard;
+                    let found;
                     let v: &[u8] = match &cached {
                         Some(b) => b,
                         None => {
-                            guard = log.get(r.offset)?.ok_or_else(|| {
-                                JournalError::corrupted(
-                                    format!("{name}/{}", r.offset),
-                                    "event missing from log",
-                                )
-                            })?;
-                            guard.value()
+                            found = log::get(&log, seg.number, seg.rows, r.offset)?.ok_or_else(
+                                || {
+                                    JournalError::corrupted(
+                                        format!("{name}/{}", r.offset),
+                                        "event missing from log",
+                                    )
+                                },
+                            )?;
+                            found.bytes()
                         }
                     };
                     if let Some(c) = current.as_mut() {
@@ -1234,12 +1241,9 @@ pub(crate) fn rebuild_tail(
             Err(redb::TableError::TableDoesNotExist(_)) if seg.events == 0 => continue,
             Err(e) => return Err(e.into()),
         };
-        for item in table.range::<u64>(..)? {
-            let (k, v) = item?;
-            let offset = k.value();
+        log::for_each(&table, seg.number, seg.rows, 0..u64::MAX, |offset, v| {
             let loc = || format!("{name}/{offset}");
-            let rec =
-                codec::decode_event(v.value()).map_err(|e| JournalError::corrupted(loc(), e))?;
+            let rec = codec::decode_event(v).map_err(|e| JournalError::corrupted(loc(), e))?;
             if rec.offset.0 != offset {
                 return Err(JournalError::corrupted(
                     loc(),
@@ -1263,10 +1267,12 @@ pub(crate) fn rebuild_tail(
                     offset,
                     segment: seg.number,
                     timestamp_micros: rec.timestamp.timestamp_micros(),
-                    bytes: v.value().len() as u32,
+                    bytes: v.len() as u32,
+                    rows: seg.rows,
                 },
             );
-        }
+            Ok(true)
+        })?;
     }
     debug!(tail_events = tail.len(), "tail index rebuilt");
     Ok((tail, highest, state.next_offset.saturating_sub(1)))
