@@ -21,7 +21,7 @@ use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, Header, State};
 use crate::record::{EventRecord, SnapshotRecord};
 use crate::store::Store;
-use crate::tail::{Shared, TailRef};
+use crate::tail::{Shared, TailEvent, TailRef};
 use crate::writer::{decode_row, rebuild_tail};
 
 /// The redb handle behind a reader.
@@ -162,8 +162,9 @@ impl JournalReader {
             drop(meta);
             drop(rtx);
             let (tail, _, committed) = match &db {
-                Db::ReadOnly(d) => rebuild_tail(&***d, &state, header.key_groups)?,
-                Db::Write(d) => rebuild_tail(&***d, &state, header.key_groups)?,
+                // Readers without a writer read the tail from the log (no event cache).
+                Db::ReadOnly(d) => rebuild_tail(&***d, &state, header.key_groups, 0)?,
+                Db::Write(d) => rebuild_tail(&***d, &state, header.key_groups, 0)?,
             };
             let shared = Arc::new(Shared::new(tail, committed, header.key_groups));
             Ok(JournalReader::new(db, shared, header, path.to_path_buf()))
@@ -229,12 +230,21 @@ impl JournalReader {
 
     /// A consistent view of one entity: its row in a read transaction plus its tail refs,
     /// retried if a pack completed in between (so no event falls between the two).
-    fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailRef>)> {
+    fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailEvent>)> {
+        self.entity_view_with(ek, Shared::tail_of)
+    }
+
+    /// [`Self::entity_view`] with what `tail` takes from the tail index.
+    fn entity_view_with<T>(
+        &self,
+        ek: &[u8],
+        tail: impl Fn(&Shared, &[u8]) -> T,
+    ) -> Result<(ReadTransaction, EntityRow, T)> {
         loop {
             let v1 = self.shared.pack_version.load(Ordering::SeqCst);
             let rtx = self.read_txn()?;
             let row = self.row(&rtx, ek)?.unwrap_or_default();
-            let tail = self.shared.tail_of(ek);
+            let tail = tail(&self.shared, ek);
             if self.shared.pack_version.load(Ordering::SeqCst) == v1 {
                 return Ok((rtx, row, tail));
             }
@@ -248,8 +258,8 @@ impl JournalReader {
     pub fn highest_seq(&self, pid: &PersistenceId) -> Result<Seq> {
         let ek = keys::entity_key(pid, self.meta.header.key_groups);
         guard(&self.meta.path, || {
-            let (_rtx, row, tail) = self.entity_view(&ek)?;
-            Ok(Seq(tail.last().map_or(0, |r| r.seq).max(row.highest_seq)))
+            let (_rtx, row, tail) = self.entity_view_with(&ek, Shared::tail_highest)?;
+            Ok(Seq(tail.unwrap_or(0).max(row.highest_seq)))
         })
     }
 
@@ -272,7 +282,7 @@ impl JournalReader {
         &self,
         rtx: ReadTransaction,
         row: &EntityRow,
-        tail: Vec<TailRef>,
+        tail: Vec<TailEvent>,
         pid: &PersistenceId,
         ek: Vec<u8>,
         from: Seq,
@@ -280,7 +290,7 @@ impl JournalReader {
         max: u64,
     ) -> Result<EventIter> {
         let from = from.0.max(row.deleted_to + 1).max(1);
-        let highest = tail.last().map_or(0, |r| r.seq).max(row.highest_seq);
+        let highest = tail.last().map_or(0, |e| e.r.seq).max(row.highest_seq);
         let covered = row.chunks.last().map_or(0, |c| c.last_seq);
         let chunks: VecDeque<ChunkRef> = row
             .chunks
@@ -288,9 +298,9 @@ impl JournalReader {
             .filter(|c| c.last_seq >= from && c.first_seq <= to.0)
             .copied()
             .collect();
-        let tail: VecDeque<TailRef> = tail
+        let tail: VecDeque<TailEvent> = tail
             .into_iter()
-            .filter(|r| r.seq > covered && r.seq >= from && r.seq <= to.0)
+            .filter(|e| e.r.seq > covered && e.r.seq >= from && e.r.seq <= to.0)
             .collect();
         let chunk_table = if chunks.is_empty() {
             None
@@ -329,7 +339,7 @@ impl JournalReader {
         let ek = keys::entity_key(pid, self.meta.header.key_groups);
         guard(&self.meta.path, || {
             let (rtx, row, tail) = self.entity_view(&ek)?;
-            let highest = Seq(tail.last().map_or(0, |r| r.seq).max(row.highest_seq));
+            let highest = Seq(tail.last().map_or(0, |e| e.r.seq).max(row.highest_seq));
             let mut snapshot_seqs = Vec::new();
             if row.snapshots > 0 {
                 let t = rtx.open_table(keys::SNAPSHOTS)?;
@@ -554,7 +564,7 @@ pub struct RecoveryView {
     reader: JournalReader,
     rtx: ReadTransaction,
     row: EntityRow,
-    tail: Vec<TailRef>,
+    tail: Vec<TailEvent>,
     pid: PersistenceId,
     ek: Vec<u8>,
     highest: Seq,
@@ -637,7 +647,7 @@ pub struct EventIter {
     chunk_table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
     logs: HashMap<u64, ReadOnlyTable<u64, &'static [u8]>>,
     chunks: VecDeque<ChunkRef>,
-    tail: VecDeque<TailRef>,
+    tail: VecDeque<TailEvent>,
     buffer: VecDeque<EventRecord>,
     from: u64,
     to: u64,
@@ -706,35 +716,42 @@ impl EventIter {
             }
             return Ok(true);
         }
-        // Tail refs: look up a batch of them in their log segments.
+        // Tail events: decode a batch of them from the cached bytes, or look them up in their
+        // log segments. (Every tail event is committed, so a cached one is returned even if it
+        // was committed after this read transaction began; the stream stays a prefix, as one
+        // missing from the snapshot ends it.)
         let mut any = false;
-        while let Some(r) = self.tail.pop_front() {
-            if !self.logs.contains_key(&r.segment) {
-                let name = keys::segment_table_name(r.segment);
-                match self.rtx.open_table(keys::segment_table(&name)) {
-                    Ok(t) => {
-                        self.logs.insert(r.segment, t);
+        while let Some(TailEvent { r, bytes }) = self.tail.pop_front() {
+            let rec = match bytes {
+                Some(bytes) => codec::decode_event_as(&bytes, Some(&self.pid)),
+                None => {
+                    if !self.logs.contains_key(&r.segment) {
+                        let name = keys::segment_table_name(r.segment);
+                        match self.rtx.open_table(keys::segment_table(&name)) {
+                            Ok(t) => {
+                                self.logs.insert(r.segment, t);
+                            }
+                            // Appended after this read began: the stream ends at the snapshot.
+                            Err(redb::TableError::TableDoesNotExist(_)) => {
+                                self.tail.clear();
+                                self.truncated = true;
+                                break;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
                     }
-                    // Appended after this read began: the stream ends at the snapshot.
-                    Err(redb::TableError::TableDoesNotExist(_)) => {
+                    let Some(table) = self.logs.get(&r.segment) else {
+                        break;
+                    };
+                    let Some(found) = log::get(table, r.segment, r.rows, r.offset)? else {
+                        // Committed after this read transaction began.
                         self.tail.clear();
                         self.truncated = true;
                         break;
-                    }
-                    Err(e) => return Err(e.into()),
+                    };
+                    codec::decode_event_as(found.bytes(), Some(&self.pid))
                 }
-            }
-            let Some(table) = self.logs.get(&r.segment) else {
-                break;
             };
-            let Some(found) = log::get(table, r.segment, r.rows, r.offset)? else {
-                // Committed after this read transaction began.
-                self.tail.clear();
-                self.truncated = true;
-                break;
-            };
-            let rec = codec::decode_event_as(found.bytes(), Some(&self.pid));
-            drop(found);
             let rec =
                 rec.map_err(|e| self.corrupted(r.seq, format!("log offset {}: {e}", r.offset)))?;
             if rec.offset.0 != r.offset {

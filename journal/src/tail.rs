@@ -1,8 +1,10 @@
 //! The tail index: where the not-yet-packed events of each persistence id sit in the log
-//! segments. Held in memory, rebuilt on open by scanning the unpacked segments (bounded by the
-//! segment size), shared between the writer and readers.
+//! segments, and the event cache holding their stored bytes. Held in memory, rebuilt on open by
+//! scanning the unpacked segments (bounded by the segment size), shared between the writer and
+//! readers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// A hash map with a fast, randomly seeded hasher (foldhash) for the writer's per-event maps:
 /// std's SipHash was a tenth of the writer's time.
@@ -24,10 +26,20 @@ pub(crate) struct TailRef {
     pub rows: bool,
 }
 
-/// Entity key → its unpacked events, ascending seq.
+/// An unpacked event in an entity's view, with its stored bytes when the cache holds them.
+#[derive(Clone, Debug)]
+pub(crate) struct TailEvent {
+    pub r: TailRef,
+    pub bytes: Option<Arc<[u8]>>,
+}
+
+/// Entity key → its unpacked events, ascending seq; and the stored bytes of unpacked events.
 #[derive(Default, Debug)]
 pub(crate) struct Tail {
     pub entries: FastMap<Vec<u8>, Vec<TailRef>>,
+    /// Stored bytes of committed, unpacked events, so that packing copies them and readers
+    /// decode them without a log lookup each.
+    pub cache: EventCache,
 }
 
 impl Tail {
@@ -87,9 +99,131 @@ impl Shared {
         self.poisoned.load(Ordering::SeqCst)
     }
 
-    /// A copy of the refs of one entity.
-    pub(crate) fn tail_of(&self, entity_key: &[u8]) -> Vec<TailRef> {
+    /// Seq of the newest unpacked event of one entity.
+    pub(crate) fn tail_highest(&self, entity_key: &[u8]) -> Option<u64> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        tail.entries.get(entity_key).cloned().unwrap_or_default()
+        tail.entries.get(entity_key)?.last().map(|r| r.seq)
+    }
+
+    /// The unpacked events of one entity, with the cached bytes of each.
+    pub(crate) fn tail_of(&self, entity_key: &[u8]) -> Vec<TailEvent> {
+        let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+        match tail.entries.get(entity_key) {
+            Some(refs) => refs
+                .iter()
+                .map(|r| TailEvent {
+                    r: *r,
+                    bytes: tail.cache.get(r.offset).cloned(),
+                })
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Stored bytes of committed events by offset. Offsets are dense and increasing, so a deque
+/// indexed by `offset - base` is the whole index; the byte budget caps memory (events past it
+/// are read from the log).
+#[derive(Debug, Default)]
+pub(crate) struct EventCache {
+    base: u64,
+    slots: VecDeque<Option<Arc<[u8]>>>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl EventCache {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    /// Keeps the stored bytes of the event at `offset`, unless over budget.
+    pub(crate) fn put(&mut self, offset: u64, bytes: Arc<[u8]>) {
+        if self.bytes + bytes.len() > self.limit {
+            return;
+        }
+        if self.slots.is_empty() {
+            self.base = offset;
+        }
+        let Some(index) = offset.checked_sub(self.base) else {
+            return;
+        };
+        let index = index as usize;
+        if index > self.slots.len() + (1 << 20) {
+            // A gap this large means the cache was skipped for a while: start over.
+            self.slots.clear();
+            self.bytes = 0;
+            self.base = offset;
+            return self.put(offset, bytes);
+        }
+        while self.slots.len() < index {
+            self.slots.push_back(None);
+        }
+        self.bytes += bytes.len();
+        if index == self.slots.len() {
+            self.slots.push_back(Some(bytes));
+        } else if let Some(old) = self.slots[index].replace(bytes) {
+            self.bytes -= old.len();
+        }
+    }
+
+    pub(crate) fn get(&self, offset: u64) -> Option<&Arc<[u8]>> {
+        let index = usize::try_from(offset.checked_sub(self.base)?).ok()?;
+        self.slots.get(index)?.as_ref()
+    }
+
+    /// Drops every event below `end` (a packed segment's).
+    pub(crate) fn forget_below(&mut self, end: u64) {
+        while self.base < end {
+            match self.slots.pop_front() {
+                Some(slot) => {
+                    if let Some(b) = slot {
+                        self.bytes -= b.len();
+                    }
+                    self.base += 1;
+                }
+                None => {
+                    self.base = end;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventCache;
+    use std::sync::Arc;
+
+    fn b(v: u8, n: usize) -> Arc<[u8]> {
+        vec![v; n].into()
+    }
+
+    #[test]
+    fn the_event_cache_is_indexed_by_offset_and_bounded() {
+        let mut c = EventCache::new(10);
+        c.put(5, b(1, 4));
+        c.put(6, b(2, 4));
+        c.put(7, b(3, 4)); // over the budget: not kept
+        assert_eq!(c.get(7), None);
+        assert_eq!(c.get(6).map(|b| b.to_vec()), Some(vec![2; 4]));
+        assert_eq!(c.get(5).map(|b| b.to_vec()), Some(vec![1; 4]));
+        c.forget_below(6);
+        assert_eq!((c.bytes, c.get(5)), (4, None));
+        c.put(8, b(4, 2));
+        assert_eq!(c.get(8).map(|b| b.to_vec()), Some(vec![4; 2]));
+        assert_eq!(c.get(7), None);
+        c.forget_below(9);
+        assert_eq!((c.bytes, c.get(8)), (0, None));
+        c.put(20, b(9, 1));
+        assert_eq!(c.get(20).map(|b| b.to_vec()), Some(vec![9]));
+        assert_eq!(c.get(3), None);
+        // A huge gap starts over.
+        c.put(20 + (2 << 20), b(7, 1));
+        assert_eq!((c.get(20), c.bytes), (None, 1));
     }
 }

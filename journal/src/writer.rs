@@ -27,7 +27,7 @@ use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState, SegmentInfo, State};
 use crate::record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
-use crate::tail::{FastMap, Shared, Tail, TailRef};
+use crate::tail::{EventCache, FastMap, Shared, Tail, TailRef};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -141,7 +141,10 @@ pub(crate) fn decode_row(ek: &[u8], bytes: &[u8]) -> Result<EntityRow> {
 #[derive(Default)]
 struct Effects {
     tail: Vec<(Vec<u8>, Vec<TailRef>)>,
-    packed_segment: Option<u64>,
+    /// Stored bytes of the events appended, for the shared event cache.
+    appended_bytes: Vec<(u64, Vec<u8>)>,
+    /// A segment whose last entity was packed, and the offset its events end at.
+    packed_segment: Option<(u64, u64)>,
     appended: usize,
     packed: usize,
 }
@@ -161,10 +164,6 @@ pub(crate) struct Writer {
     /// Number of generations when a merge was last looked for.
     merge_checked: usize,
     merge_enabled: bool,
-    /// Stored bytes of recently appended events, by offset, so that packing copies them from
-    /// memory instead of looking each one up in the log (bounded by `pack_cache_bytes`; empty
-    /// after a reopen, when packing reads the log).
-    pack_cache: PackCache,
     pack_waiters: Vec<Reply<()>>,
     durability: Durability,
     segment_events: u64,
@@ -199,7 +198,6 @@ impl Writer {
             merge_plan: None,
             merge_checked: 0,
             merge_enabled: cfg.merge_generations,
-            pack_cache: PackCache::new(cfg.pack_cache_bytes),
             pack_waiters: Vec::new(),
             durability: cfg.durability,
             segment_events: cfg.segment_events,
@@ -271,8 +269,8 @@ impl Writer {
             )),
         };
         match result {
-            Ok(fx) => {
-                self.apply(&fx);
+            Ok(mut fx) => {
+                self.apply(&mut fx);
                 for d in done {
                     d.send();
                 }
@@ -305,16 +303,21 @@ impl Writer {
         }
     }
 
-    fn apply(&mut self, fx: &Effects) {
+    fn apply(&mut self, fx: &mut Effects) {
         {
             let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
             for (ek, refs) in &fx.tail {
                 tail.extend(ek, refs);
             }
-            if let Some(seg) = fx.packed_segment {
+            for (offset, bytes) in fx.appended_bytes.drain(..) {
+                tail.cache.put(offset, bytes.into());
+            }
+            if let Some((seg, end_offset)) = fx.packed_segment {
                 // Readers that saw the old entity rows retry when the version moves (read.rs).
                 self.shared.pack_version.fetch_add(1, Ordering::SeqCst);
                 tail.drop_segment(seg);
+                // With the segment's events skipped by packing (deleted).
+                tail.cache.forget_below(end_offset);
             }
         }
         if fx.appended > 0 {
@@ -322,7 +325,7 @@ impl Writer {
                 .committed
                 .send_replace(self.state.next_offset.saturating_sub(1));
         }
-        if let Some(seg) = fx.packed_segment {
+        if let Some((seg, _)) = fx.packed_segment {
             info!(segment = seg, "log segment packed into chunks");
         }
     }
@@ -446,10 +449,8 @@ impl Writer {
                     cursor.insert_before(first, row.as_slice())?;
                 }
                 cursor.close()?;
-                // (If the commit fails the journal is poisoned and the cache never used.)
-                for (offset, bytes) in inserts.drain(..) {
-                    self.pack_cache.put(offset, bytes);
-                }
+                // Cached once committed (`apply`).
+                fx.appended_bytes = inserts;
             }
             // Packing a little more than was appended keeps up with any rate while spreading
             // the work thinly over commits (short pauses).
@@ -808,6 +809,10 @@ impl Writer {
         let name = keys::segment_table_name(seg.number);
         {
             let log = txn.open_table(keys::segment_table(&name))?;
+            // Every event to pack was committed by an earlier transaction, so the cache has
+            // it unless it was over budget.
+            let shared = self.shared.clone();
+            let tail = shared.tail.read().unwrap_or_else(|p| p.into_inner());
             // At the end of this generation's key range (a merge target, newer, may follow it).
             let next_gen = (seg.number + 1).to_be_bytes();
             let mut cursor = chunks.upper_bound_mut(Bound::Excluded(&next_gen[..]))?;
@@ -827,9 +832,8 @@ impl Writer {
                     if r.seq <= row.deleted_to {
                         continue;
                     }
-                    let cached = self.pack_cache.take(r.offset);
                     let found;
-                    let v: &[u8] = match &cached {
+                    let v: &[u8] = match tail.cache.get(r.offset) {
                         Some(b) => b,
                         None => {
                             found = log::get(&log, seg.number, seg.rows, r.offset)?.ok_or_else(
@@ -893,15 +897,13 @@ impl Writer {
                 events: self.state.pack_events,
             };
             self.gen_index.insert(seg.number, seg.first_offset);
-            // Events of the segment that packing skipped (deleted) leave the cache too.
-            self.pack_cache.forget_below(end_offset);
             let mut gens = txn.open_table(keys::GENERATIONS)?;
             let bytes = codec::encode_meta(&gen).map_err(|e| JournalError::Io(e.to_string()))?;
             gens.insert(seg.first_offset, bytes.as_slice())?;
             self.state.segments.remove(0);
             self.state.pack_cursor = None;
             self.state.pack_events = 0;
-            fx.packed_segment = Some(seg.number);
+            fx.packed_segment = Some((seg.number, end_offset));
         } else {
             self.plan = Some(plan);
         }
@@ -1143,96 +1145,20 @@ impl Writer {
 /// Generations merged at once.
 const MERGE_FANIN: usize = 4;
 
-/// Stored bytes of recent events by offset, for packing without reading the log back. Offsets
-/// are dense and increasing, so a deque indexed by `offset - base` is the whole index; the
-/// byte budget caps memory (events past it are read from the log when packed).
-struct PackCache {
-    base: u64,
-    slots: std::collections::VecDeque<Option<Vec<u8>>>,
-    bytes: usize,
-    limit: usize,
-}
-
-impl PackCache {
-    fn new(limit: usize) -> Self {
-        Self {
-            base: 0,
-            slots: std::collections::VecDeque::new(),
-            bytes: 0,
-            limit,
-        }
-    }
-
-    fn put(&mut self, offset: u64, bytes: Vec<u8>) {
-        if self.bytes + bytes.len() > self.limit {
-            return;
-        }
-        if self.slots.is_empty() {
-            self.base = offset;
-        }
-        let Some(index) = offset.checked_sub(self.base) else {
-            return;
-        };
-        let index = index as usize;
-        if index > self.slots.len() + (1 << 20) {
-            // A gap this large means the cache was skipped for a while: start over.
-            self.slots.clear();
-            self.bytes = 0;
-            self.base = offset;
-            return self.put(offset, bytes);
-        }
-        while self.slots.len() < index {
-            self.slots.push_back(None);
-        }
-        self.bytes += bytes.len();
-        if index == self.slots.len() {
-            self.slots.push_back(Some(bytes));
-        } else if let Some(old) = self.slots[index].replace(bytes) {
-            self.bytes -= old.len();
-        }
-    }
-
-    fn take(&mut self, offset: u64) -> Option<Vec<u8>> {
-        let index = usize::try_from(offset.checked_sub(self.base)?).ok()?;
-        let taken = self.slots.get_mut(index)?.take();
-        if let Some(b) = &taken {
-            self.bytes -= b.len();
-        }
-        while matches!(self.slots.front(), Some(None)) {
-            self.slots.pop_front();
-            self.base += 1;
-        }
-        taken
-    }
-
-    fn forget_below(&mut self, end: u64) {
-        while self.base < end {
-            match self.slots.pop_front() {
-                Some(slot) => {
-                    if let Some(b) = slot {
-                        self.bytes -= b.len();
-                    }
-                    self.base += 1;
-                }
-                None => {
-                    self.base = end;
-                    break;
-                }
-            }
-        }
-    }
-}
-
 /// Rebuilds the tail index from the unpacked segments on open, checking each record and the
-/// contiguity of seqs within the tail. Returns the tail, the highest seq of every entity in it,
-/// and the highest committed offset.
+/// contiguity of seqs within the tail, and caches the events' bytes up to `cache_bytes`.
+/// Returns the tail, the highest seq of every entity in it, and the highest committed offset.
 pub(crate) fn rebuild_tail(
     db: &impl redb::ReadableDatabase,
     state: &State,
     key_groups: u32,
+    cache_bytes: usize,
 ) -> Result<(Tail, FastMap<Vec<u8>, u64>, u64)> {
     let rtx = db.begin_read()?;
-    let mut tail = Tail::default();
+    let mut tail = Tail {
+        cache: EventCache::new(cache_bytes),
+        ..Tail::default()
+    };
     let mut highest: FastMap<Vec<u8>, u64> = FastMap::default();
     for seg in &state.segments {
         let name = keys::segment_table_name(seg.number);
@@ -1271,6 +1197,7 @@ pub(crate) fn rebuild_tail(
                     rows: seg.rows,
                 },
             );
+            tail.cache.put(offset, v.into());
             Ok(true)
         })?;
     }
@@ -1290,28 +1217,4 @@ pub(crate) fn load_generations(db: &impl redb::ReadableDatabase) -> Result<BTree
         out.insert(row.generation, k.value());
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::PackCache;
-
-    #[test]
-    fn pack_cache_is_indexed_by_offset_and_bounded() {
-        let mut c = PackCache::new(10);
-        c.put(5, vec![1; 4]);
-        c.put(6, vec![2; 4]);
-        c.put(7, vec![3; 4]); // over the budget: not kept
-        assert_eq!(c.take(7), None);
-        assert_eq!(c.take(6), Some(vec![2; 4]));
-        assert_eq!(c.take(6), None);
-        c.put(8, vec![4; 2]);
-        assert_eq!(c.take(5), Some(vec![1; 4]));
-        assert_eq!(c.bytes, 2);
-        c.forget_below(9);
-        assert_eq!((c.bytes, c.take(8)), (0, None));
-        c.put(20, vec![9]);
-        assert_eq!(c.take(20), Some(vec![9]));
-        assert_eq!(c.take(3), None);
-    }
 }

@@ -45,8 +45,13 @@ fn pid(who: usize) -> PersistenceId {
     PersistenceId::parse("thing", &format!("t{who}")).unwrap()
 }
 
-fn open(path: &Path) -> Journal {
+/// Event-cache budgets the journal is reopened with in turn: everything cached, nothing (tail
+/// reads and packing go to the log), and a few events' worth (both at once).
+const CACHE_BYTES: [usize; 3] = [64 << 20, 0, 300];
+
+fn open(path: &Path, cache_bytes: usize) -> Journal {
     Journal::builder()
+        .pack_cache_bytes(cache_bytes)
         .segment_events(7)
         .pack_step_events(3)
         .max_chunk_bytes(64)
@@ -58,19 +63,23 @@ fn open(path: &Path) -> Journal {
 
 fn check(j: &Journal, models: &HashMap<usize, Model>) {
     let mut live = 0;
+    // A reader without the writer rebuilds the tail from the log and caches nothing.
+    let cold = JournalReader::open_read_only(j.path()).unwrap();
     for who in 0..4 {
         let m = models.get(&who);
         let p = pid(who);
-        let got: Vec<(u64, Vec<u8>)> = j
-            .all_events(&p)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.seq.0, e.payload))
-            .collect();
         let want: Vec<(u64, Vec<u8>)> = m
             .map(|m| m.events.iter().map(|(s, p)| (*s, p.clone())).collect())
             .unwrap_or_default();
-        assert_eq!(got, want, "events of {p}");
+        for r in [&j.reader(), &cold] {
+            let got: Vec<(u64, Vec<u8>)> = r
+                .all_events(&p)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.seq.0, e.payload))
+                .collect();
+            assert_eq!(got, want, "events of {p}");
+        }
         live += want.len();
         assert_eq!(j.highest_seq(&p).unwrap().0, m.map_or(0, |m| m.highest));
         let snap = j
@@ -97,7 +106,8 @@ fn check(j: &Journal, models: &HashMap<usize, Model>) {
 fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.redb");
-    let mut j = open(&path);
+    let mut reopens = 0;
+    let mut j = open(&path, CACHE_BYTES[0]);
     let mut models: HashMap<usize, Model> = HashMap::new();
     let mut counter = 0u64;
     for op in ops {
@@ -162,7 +172,8 @@ fn run(ops: Vec<Op>) {
             Op::Pack => j.flush_blocking(true).unwrap(),
             Op::Reopen => {
                 drop(j);
-                j = open(&path);
+                reopens += 1;
+                j = open(&path, CACHE_BYTES[reopens % CACHE_BYTES.len()]);
             }
         }
         check(&j, &models);
