@@ -140,8 +140,9 @@ impl JournalBuilder {
         self
     }
 
-    /// Bytes of recently appended events the writer keeps in memory so that packing copies
-    /// them without reading the log back. Default 64 MiB; 0 disables the cache.
+    /// Bytes of committed, not yet packed events kept in memory (the event cache), so that
+    /// packing copies them and replays decode them without reading the log back. Refilled on
+    /// open. Default 64 MiB; 0 disables the cache.
     pub fn pack_cache_bytes(mut self, n: usize) -> Self {
         self.pack_cache_bytes = n;
         self
