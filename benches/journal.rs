@@ -360,6 +360,32 @@ fn process_cpu_secs() -> Option<f64> {
     stat_cpu_secs(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
+/// Bytes this process has caused to be written to storage so far (`write_bytes` of
+/// `/proc/self/io`; Linux, `None` elsewhere).
+fn written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `"written x MiB (y B/event)"` since `before`.
+fn written_note(before: Option<u64>, events: u64) -> String {
+    match written_bytes().zip(before) {
+        Some((after, before)) => {
+            let b = after.saturating_sub(before) as f64;
+            format!(
+                "written {:.0} MiB ({:.0} B/event)",
+                b / (1 << 20) as f64,
+                b / events as f64
+            )
+        }
+        None => "written n/a".to_string(),
+    }
+}
+
 /// `"writer CPU x s (y µs/event), process CPU z s (w µs/event)"` for the run.
 fn cpu_note(writer: Option<f64>, process: Option<f64>, events: u64) -> String {
     let one = |name: &str, v: Option<f64>| match v {
@@ -402,6 +428,7 @@ fn baseline_persist(
         .spawn(move || baseline_writer(db, rx, max_batch, cursor))
         .expect("spawn baseline writer");
     let proc0 = process_cpu_secs();
+    let written0 = written_bytes();
     let (elapsed, hist, _) = rt.block_on(run_appenders(cfg, move |_i, _seq, bytes| {
         let tx = tx.clone();
         async move {
@@ -419,7 +446,7 @@ fn baseline_persist(
     let process_cpu = process_cpu_secs().zip(proc0).map(|(b, a)| b - a);
     eprintln!(
         "  baseline ({label}{}{}): {:.2} s, {:.0} events/s, ack p50 {:.2} ms p99 {:.2} ms \
-         p99.9 {:.2} ms; {stats}; {}; file {:.0} MiB",
+         p99.9 {:.2} ms; {stats}; {}; {}; file {:.0} MiB",
         if cfg.baseline_cursor { ", cursor" } else { "" },
         if cfg.baseline_single_writer {
             ", SingleWriter"
@@ -432,6 +459,7 @@ fn baseline_persist(
         ms(hist.value_at_quantile(0.99)),
         ms(hist.value_at_quantile(0.999)),
         cpu_note(writer_cpu, process_cpu, cfg.events),
+        written_note(written0, cfg.events),
         file_mib(path),
     );
     elapsed
@@ -447,9 +475,9 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
         cfg.appenders,
         cfg.max_batch,
         cfg.segment_events
-            .map_or("default(65536)".to_string(), |v| v.to_string()),
+            .map_or("default".to_string(), |v| v.to_string()),
         cfg.pack_step_events
-            .map_or("default(8192)".to_string(), |v| v.to_string()),
+            .map_or("default".to_string(), |v| v.to_string()),
     );
     eprintln!("  payload: {} bytes", payload(0, 1, memo_len()).len());
 
@@ -478,6 +506,7 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     rt.block_on(journal.flush(false)).expect("journal flush");
     let writer0 = threads_cpu_secs("stateline-journ");
     let proc0 = process_cpu_secs();
+    let written0 = written_bytes();
     let (elapsed, hist, highest) = rt.block_on(run_appenders(cfg, move |i, seq, bytes| {
         let (j, p) = (j.clone(), p.clone());
         async move {
@@ -526,12 +555,13 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     );
     eprintln!(
         "  journal: {:.2} s, {eps:.0} events/s, ack p50 {p50:.2} ms p99 {p99:.2} ms p99.9 \
-         {p999:.2} ms max {:.2} ms; flush(pack) afterwards {:.2} s; {} (incl. flush); file \
-         {:.0} MiB",
+         {p999:.2} ms max {:.2} ms; flush(pack) afterwards {:.2} s; {} (incl. flush); {}; \
+         file {:.0} MiB",
         elapsed.as_secs_f64(),
         ms(hist.max()),
         flush.as_secs_f64(),
         cpu_note(writer_cpu, process_cpu, cfg.events),
+        written_note(written0, cfg.events),
         file_mib(&path),
     );
     let ratio = eps / base_eps;

@@ -77,16 +77,6 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     rmp_serde::to_vec(value).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
-/// Encodes and seals in one buffer (the append hot path: one allocation, no copy).
-fn encode_sealed<T: Serialize>(value: &T, size_hint: usize) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(CRC_LEN + size_hint);
-    out.extend_from_slice(&[0; CRC_LEN]);
-    rmp_serde::encode::write(&mut out, value).map_err(|e| CodecError::Encode(e.to_string()))?;
-    let crc = crc32fast::hash(&out[CRC_LEN..]).to_le_bytes();
-    out[..CRC_LEN].copy_from_slice(&crc);
-    Ok(out)
-}
-
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
     rmp_serde::from_slice(bytes).map_err(|e| CodecError::Decode(e.to_string()))
 }
@@ -106,21 +96,75 @@ fn pid_of(entity_type: &str, entity_id: &str) -> Result<PersistenceId, CodecErro
     Ok(PersistenceId::new(t, i))
 }
 
-/// Encodes one event record into its stored form.
+/// Encodes one event record into its stored form (appends encode through
+/// [`encode_event_unsealed`] before their offset is known).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn encode_event(rec: &EventRecord) -> Result<Vec<u8>, CodecError> {
-    let env = EventEnvelope {
-        entity_type: rec.persistence_id.entity_type().as_str(),
-        entity_id: rec.persistence_id.entity_id().as_str(),
-        seq: rec.seq.0,
-        offset: rec.offset.0,
-        event_id: rec.event_id.as_bytes(),
-        timestamp_micros: micros(rec.timestamp),
-        manifest: &rec.manifest.type_name,
-        version: rec.manifest.version,
-        payload: &rec.payload,
-    };
-    let hint = 64 + env.entity_type.len() + env.entity_id.len() + env.manifest.len();
-    encode_sealed(&env, hint + rec.payload.len())
+    Ok(encode_event_unsealed(
+        &rec.persistence_id,
+        rec.seq.0,
+        &rec.event_id,
+        micros(rec.timestamp),
+        &rec.manifest,
+        &rec.payload,
+    )
+    .seal(rec.offset.0))
+}
+
+/// A stored event encoded before the writer assigns its offset: written as a fixed-width
+/// `u64` (zero until [`Self::seal`]), the checksum not yet computed. Callers encode their
+/// events this way on their own threads; the writer thread only writes offset and checksum.
+#[derive(Debug)]
+pub(crate) struct UnsealedEvent {
+    bytes: Vec<u8>,
+    offset_at: usize,
+}
+
+impl UnsealedEvent {
+    /// The stored event with `offset` written in and the checksum computed.
+    pub(crate) fn seal(mut self, offset: u64) -> Vec<u8> {
+        self.bytes[self.offset_at..self.offset_at + 8].copy_from_slice(&offset.to_be_bytes());
+        let crc = crc32fast::hash(&self.bytes[CRC_LEN..]).to_le_bytes();
+        self.bytes[..CRC_LEN].copy_from_slice(&crc);
+        self.bytes
+    }
+}
+
+/// Encodes the envelope `[entity_type, entity_id, seq, offset, event_id, timestamp_µs,
+/// manifest, version, payload]` with rmp's writers (the same MessagePack serde writes for
+/// [`EventEnvelope`], except that the offset always takes the 9-byte `u64` form).
+pub(crate) fn encode_event_unsealed(
+    pid: &PersistenceId,
+    seq: u64,
+    event_id: &Uuid,
+    timestamp_micros: i64,
+    manifest: &Manifest,
+    payload: &[u8],
+) -> UnsealedEvent {
+    use rmp::encode::{self as w, RmpWrite};
+    let (t, i) = (pid.entity_type().as_str(), pid.entity_id().as_str());
+    let name = manifest.type_name.as_str();
+    let mut buf = rmp::encode::ByteBuf::with_capacity(
+        CRC_LEN + 64 + t.len() + i.len() + name.len() + payload.len(),
+    );
+    // Writing to a ByteBuf cannot fail: its error type is uninhabited.
+    let Ok(()) = buf.write_bytes(&[0; CRC_LEN]);
+    let Ok(_) = w::write_array_len(&mut buf, 9);
+    let Ok(()) = w::write_str(&mut buf, t);
+    let Ok(()) = w::write_str(&mut buf, i);
+    let Ok(_) = w::write_uint(&mut buf, seq);
+    let offset_at = buf.as_slice().len() + 1;
+    let Ok(()) = w::write_u64(&mut buf, 0);
+    let Ok(()) = w::write_bin(&mut buf, event_id.as_bytes());
+    let Ok(_) = w::write_sint(&mut buf, timestamp_micros);
+    let Ok(()) = w::write_str(&mut buf, name);
+    let Ok(_) = w::write_uint(&mut buf, u64::from(manifest.version));
+    let Ok(()) = w::write_bin(&mut buf, payload);
+    let out = buf.into_vec();
+    UnsealedEvent {
+        bytes: out,
+        offset_at,
+    }
 }
 
 /// Decodes one stored event.
@@ -332,6 +376,36 @@ mod tests {
             timestamp: from_micros(1_700_000_000_123_456).expect("in range"),
             manifest: Manifest::new("Deposited", 2),
             payload: vec![1, 2, 3],
+        }
+    }
+
+    /// The hand-written envelope encoder writes what serde writes for the same envelope
+    /// (offsets at or above 2^32 take the 9-byte form in both), and seals it the same way.
+    #[test]
+    fn the_envelope_encoder_writes_what_serde_writes() {
+        for (offset, payload_len, timestamp) in [
+            (1u64 << 32, 3usize, 1_700_000_000_123_456i64),
+            (u64::MAX, 300, -5),
+            ((1 << 40) + 7, 70_000, 0),
+        ] {
+            let mut rec = sample();
+            rec.offset = Offset(offset);
+            rec.payload = vec![9; payload_len];
+            rec.timestamp = from_micros(timestamp).expect("in range");
+            let env = EventEnvelope {
+                entity_type: rec.persistence_id.entity_type().as_str(),
+                entity_id: rec.persistence_id.entity_id().as_str(),
+                seq: rec.seq.0,
+                offset,
+                event_id: rec.event_id.as_bytes(),
+                timestamp_micros: timestamp,
+                manifest: &rec.manifest.type_name,
+                version: rec.manifest.version,
+                payload: &rec.payload,
+            };
+            let by_serde = seal(encode(&env).expect("encodes"));
+            assert_eq!(encode_event(&rec).expect("encodes"), by_serde);
+            assert_eq!(decode_event(&by_serde).expect("decodes"), rec);
         }
     }
 

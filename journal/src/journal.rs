@@ -25,7 +25,7 @@ use crate::read::{Db, JournalReader};
 use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
 use crate::tail::Shared;
-use crate::writer::{Request, Writer};
+use crate::writer::{PreparedEvent, Request, Writer};
 
 /// Which snapshots of a persistence id [`Journal::delete_snapshots`] deletes: those with
 /// `min_seq <= seq <= max_seq`, except the newest `keep_newest` snapshots of the persistence id.
@@ -365,15 +365,8 @@ impl Journal {
         expected_seq: Seq,
         events: Vec<NewEvent>,
     ) -> Result<AppendAck> {
-        self.check_events(&events)?;
-        let pid = pid.clone();
-        self.call(|reply| Request::Append {
-            pid,
-            expected_seq,
-            events,
-            reply,
-        })
-        .await
+        let request = self.append_request(pid, expected_seq, events)?;
+        self.call(request).await
     }
 
     /// [`Self::append`] for code outside an async runtime (must not be called on one).
@@ -386,10 +379,25 @@ impl Journal {
         expected_seq: Seq,
         events: Vec<NewEvent>,
     ) -> Result<AppendAck> {
+        let request = self.append_request(pid, expected_seq, events)?;
+        self.call_blocking(request)
+    }
+
+    /// Checks and encodes an append on the calling thread (the writer thread then only writes
+    /// offsets and checksums).
+    fn append_request(
+        &self,
+        pid: &PersistenceId,
+        expected_seq: Seq,
+        events: Vec<NewEvent>,
+    ) -> Result<impl FnOnce(oneshot::Sender<Result<AppendAck>>) -> Request> {
         self.check_events(&events)?;
+        let entity_key = keys::entity_key(pid, self.key_groups());
+        let events = PreparedEvent::encode_all(pid, expected_seq, events);
         let pid = pid.clone();
-        self.call_blocking(|reply| Request::Append {
+        Ok(move |reply| Request::Append {
             pid,
+            entity_key,
             expected_seq,
             events,
             reply,

@@ -25,7 +25,7 @@ use crate::journal::SnapshotCriteria;
 use crate::keys;
 use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState, SegmentInfo, State};
-use crate::record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord};
+use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
 use crate::tail::{EventCache, FastMap, Shared, Tail, TailRef};
 
@@ -35,8 +35,10 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 pub(crate) enum Request {
     Append {
         pid: PersistenceId,
+        /// `pid`'s entity key.
+        entity_key: Vec<u8>,
         expected_seq: Seq,
-        events: Vec<NewEvent>,
+        events: Vec<PreparedEvent>,
         reply: Reply<AppendAck>,
     },
     SaveSnapshot {
@@ -72,6 +74,45 @@ pub(crate) enum Request {
         deleted_to: Seq,
         reply: Reply<()>,
     },
+}
+
+/// An event of an append, encoded by the caller with seq `expected_seq + i` (see
+/// [`PreparedEvent::new`]), so that the writer thread only writes its offset and checksum.
+pub(crate) struct PreparedEvent {
+    unsealed: codec::UnsealedEvent,
+    timestamp_micros: i64,
+}
+
+impl PreparedEvent {
+    /// Encodes the events of an append of `pid` at `expected_seq` on the calling thread, with
+    /// their ids and timestamps (kept for imports, assigned now otherwise).
+    pub(crate) fn encode_all(
+        pid: &PersistenceId,
+        expected_seq: Seq,
+        events: Vec<NewEvent>,
+    ) -> Vec<PreparedEvent> {
+        let now = Utc::now();
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let (event_id, timestamp) = e.preset.unwrap_or_else(|| (Uuid::now_v7(), now));
+                let timestamp_micros = timestamp.timestamp_micros();
+                let seq = expected_seq.0.saturating_add(i as u64);
+                PreparedEvent {
+                    unsealed: codec::encode_event_unsealed(
+                        pid,
+                        seq,
+                        &event_id,
+                        timestamp_micros,
+                        &e.manifest,
+                        &e.payload,
+                    ),
+                    timestamp_micros,
+                }
+            })
+            .collect()
+    }
 }
 
 impl Request {
@@ -362,12 +403,14 @@ impl Writer {
                 match req {
                     Request::Append {
                         pid,
+                        entity_key,
                         expected_seq,
                         events,
                         reply,
                     } => {
                         let r = self.append(
                             pid,
+                            entity_key,
                             expected_seq,
                             events,
                             segment,
@@ -490,14 +533,14 @@ impl Writer {
     fn append(
         &mut self,
         pid: PersistenceId,
+        ek: Vec<u8>,
         expected_seq: Seq,
-        events: Vec<NewEvent>,
+        events: Vec<PreparedEvent>,
         segment: Option<u64>,
         entities: &Table<&[u8], &[u8]>,
         inserts: &mut Vec<(u64, Vec<u8>)>,
         fx: &mut Effects,
     ) -> Result<Result<AppendAck>> {
-        let ek = keys::entity_key(&pid, self.key_groups);
         let current = self.current_highest(&ek, entities)?;
         if expected_seq.0 != current + 1 {
             return Ok(Err(JournalError::Conflict {
@@ -508,40 +551,18 @@ impl Writer {
         }
         let segment =
             segment.ok_or_else(|| JournalError::Io("internal: no open segment".into()))?;
-        let now = Utc::now();
         let first_offset = self.state.next_offset;
         let n = events.len() as u64;
-        let mut encoded = Vec::with_capacity(events.len());
+        let mut refs = Vec::with_capacity(events.len());
+        // The events were encoded with seqs `expected_seq..`, which is `current + 1..`.
         for (i, e) in events.into_iter().enumerate() {
-            let (event_id, timestamp) = e.preset.unwrap_or_else(|| (Uuid::now_v7(), now));
-            let rec = EventRecord {
-                persistence_id: pid.clone(),
-                seq: Seq(current + 1 + i as u64),
-                offset: Offset(first_offset + i as u64),
-                event_id,
-                timestamp,
-                manifest: e.manifest,
-                payload: e.payload,
-            };
-            match codec::encode_event(&rec) {
-                Ok(b) => {
-                    encoded.push((rec.seq.0, rec.offset.0, rec.timestamp.timestamp_micros(), b))
-                }
-                Err(e) => {
-                    return Ok(Err(Rejected::InvalidManifest(format!(
-                        "cannot encode event: {e}"
-                    ))
-                    .into()))
-                }
-            }
-        }
-        let mut refs = Vec::with_capacity(encoded.len());
-        for (seq, offset, ts, bytes) in encoded {
+            let offset = first_offset + i as u64;
+            let bytes = e.unsealed.seal(offset);
             refs.push(TailRef {
-                seq,
+                seq: current + 1 + i as u64,
                 offset,
                 segment,
-                timestamp_micros: ts,
+                timestamp_micros: e.timestamp_micros,
                 bytes: bytes.len() as u32,
                 rows: true,
             });
