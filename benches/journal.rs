@@ -5,7 +5,7 @@
 //!   that background packing of sealed segments is part of the run. Baseline: the same payloads
 //!   through a minimal group-commit writer thread into one redb table keyed by a u64 offset.
 //! - `replay`: warm reads of all events of 1,000 random persistence ids written by `persist`,
-//!   decoding every payload. Baseline: a redb table keyed `entity key ‖ seq (u64 BE)` holding
+//!   visited in place as entity recovery reads them, decoding every payload. Baseline: a redb table keyed `entity key ‖ seq (u64 BE)` holding
 //!   the same payloads contiguously per entity, read with one range scan per entity.
 //!
 //! Each scenario prints one `RESULT <scenario> key=value ...` line on stdout (parsed by other
@@ -21,7 +21,8 @@
 //! instead of `Table::insert`), `STATELINE_BENCH_BASELINE_SINGLE_WRITER` [0] (1: the baseline
 //! opens redb in `ConcurrencyMode::SingleWriter`, as the journal does), `STATELINE_BENCH_SEAL`
 //! [0] (1: after the timed persist, a segment's worth of events of an extra entity seals the
-//! last segment, so replay reads only packed chunks). With `RUST_LOG` set, the journal's tracing output goes to stderr.
+//! last segment, so replay reads only packed chunks), `STATELINE_BENCH_MERGE` [journal default]
+//! (1/0: merge packed generations or not). With `RUST_LOG` set, the journal's tracing output goes to stderr.
 //!
 //! The persist baseline runs once before and once after the journal; its rate is over both.
 //! Everything runs with `MIMALLOC_ALLOW_THP=0` unless the variable is set (see
@@ -99,6 +100,7 @@ struct Config {
     baseline_cursor: bool,
     baseline_single_writer: bool,
     seal_before_replay: bool,
+    merge: Option<bool>,
 }
 
 impl Config {
@@ -120,6 +122,7 @@ impl Config {
             baseline_cursor: env_or("STATELINE_BENCH_BASELINE_CURSOR", 0u8) != 0,
             baseline_single_writer: env_or("STATELINE_BENCH_BASELINE_SINGLE_WRITER", 0u8) != 0,
             seal_before_replay: env_or("STATELINE_BENCH_SEAL", 0u8) != 0,
+            merge: env_opt::<u8>("STATELINE_BENCH_MERGE").map(|v| v != 0),
         }
     }
 }
@@ -495,6 +498,9 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     if let Some(n) = cfg.pack_step_events {
         builder = builder.pack_step_events(n);
     }
+    if let Some(m) = cfg.merge {
+        builder = builder.merge_generations(m);
+    }
     let journal = builder.open(&path).expect("open journal");
     let pids: Arc<Vec<PersistenceId>> = Arc::new(
         (0..cfg.ids)
@@ -603,21 +609,23 @@ fn sample(n: usize, k: usize, mut seed: u64) -> Vec<usize> {
     all
 }
 
+/// Replays as entity recovery does: events visited in place (`EventIter::for_each_ref`), each
+/// payload decoded.
 fn replay_journal(p: &Persisted, ids: &[usize]) -> u64 {
     let mut n = 0u64;
     for &i in ids {
         let mut seq = 0;
-        let iter = p
-            .journal
+        p.journal
             .events(&p.pids[i], Seq(1), Seq(u64::MAX), u64::MAX)
+            .expect("journal events")
+            .for_each_ref(|rec| {
+                let ev: Deposited = rmp_serde::from_slice(rec.payload).expect("payload decodes");
+                seq += 1;
+                assert_eq!(ev.seq, seq, "journal replay out of order");
+                black_box(&ev);
+                Ok::<(), stateline_journal::JournalError>(())
+            })
             .expect("journal events");
-        for rec in iter {
-            let rec = rec.expect("journal event");
-            let ev: Deposited = rmp_serde::from_slice(&rec.payload).expect("payload decodes");
-            seq += 1;
-            assert_eq!(ev.seq, seq, "journal replay out of order");
-            black_box(&ev);
-        }
         assert_eq!(seq, p.highest[i], "journal replay lost events");
         n += seq;
     }

@@ -72,26 +72,32 @@ impl<S: EventSourced> EntityCore<S> {
         let mut replayed = 0u64;
         if highest > from_snapshot {
             let events = view.events_from(Seq(from_snapshot + 1)).map_err(jerr)?;
-            for rec in events {
-                let rec = rec.map_err(jerr)?;
+            // Visited in place: no allocation per replayed event.
+            let visited = events.for_each_ref(|rec| {
                 if rec.seq.0 != seq + 1 {
-                    return Err(RecoveryError::Incomplete {
+                    return Err(Visit::Recovery(RecoveryError::Incomplete {
                         pid: pid.clone(),
                         expected: Seq(seq + 1),
                         found: Some(rec.seq),
                         highest: Seq(highest),
-                    });
+                    }));
                 }
-                let event = S::upcast(&rec.manifest, &rec.payload).map_err(|source| {
-                    RecoveryError::Decode {
+                let event = S::upcast(rec.manifest, rec.payload).map_err(|source| {
+                    Visit::Recovery(RecoveryError::Decode {
                         pid: pid.clone(),
                         seq: rec.seq,
                         source,
-                    }
+                    })
                 })?;
                 state.apply(&event);
                 seq = rec.seq.0;
                 replayed += 1;
+                Ok(())
+            });
+            match visited {
+                Ok(()) => {}
+                Err(Visit::Journal(e)) => return Err(jerr(e)),
+                Err(Visit::Recovery(e)) => return Err(e),
             }
         }
         if seq != highest {
@@ -198,4 +204,16 @@ pub(crate) fn save_snapshot_blocking<S: EventSourced>(
         journal.delete_events_to_blocking(pid, seq)?;
     }
     Ok(())
+}
+
+/// Why visiting the events of a recovery stopped.
+enum Visit {
+    Journal(JournalError),
+    Recovery(RecoveryError),
+}
+
+impl From<JournalError> for Visit {
+    fn from(e: JournalError) -> Self {
+        Visit::Journal(e)
+    }
 }

@@ -53,5 +53,7 @@ pub use journal::{Journal, SnapshotCriteria};
 pub use meta::FORMAT_VERSION;
 pub use power_loss::PowerLossStorage;
 pub use read::{ChangelogIter, EntitySummary, EventIter, JournalInfo, JournalReader, RecoveryView};
-pub use record::{AppendAck, EventRecord, Manifest, NewEvent, SnapshotRecord, MAX_MANIFEST_LEN};
+pub use record::{
+    AppendAck, EventRecord, EventRef, Manifest, NewEvent, SnapshotRecord, MAX_MANIFEST_LEN,
+};
 pub use verify::{check_file_integrity, compact_file, CompactReport, Problem, VerifyReport};

@@ -19,7 +19,7 @@ use crate::journal::{guard, open_error, probe_file, read_header, FileKind};
 use crate::keys;
 use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, Header, State};
-use crate::record::{EventRecord, SnapshotRecord};
+use crate::record::{EventRecord, EventRef, Manifest, SnapshotRecord};
 use crate::store::Store;
 use crate::tail::{Shared, TailEvent, TailRef};
 use crate::writer::{decode_row, rebuild_tail};
@@ -310,22 +310,26 @@ impl JournalReader {
         Ok(EventIter {
             rtx,
             meta: self.meta.clone(),
-            pid: pid.clone(),
             ek,
             chunk_table,
             logs: HashMap::new(),
             chunks,
             tail,
             buffer: VecDeque::new(),
-            from,
-            to: to.0,
             remaining: max,
-            // The first event must be `from` itself (when it exists), and the stream must
-            // reach `min(to, highest)`: a missing chunk or row cannot pass for a short history.
-            expect: Some(from),
             end: to.0.min(highest),
             truncated: false,
             done: false,
+            check: Checker {
+                pid: pid.clone(),
+                from,
+                to: to.0,
+                // The first event must be `from` itself (when it exists), and the stream must
+                // reach `min(to, highest)`: a missing chunk or row cannot pass for a short
+                // history.
+                expect: Some(from),
+                manifest: Manifest::new(String::new(), 0),
+            },
         })
     }
 
@@ -638,92 +642,159 @@ pub(crate) fn read_state(meta: &ReadOnlyTable<&'static str, &'static [u8]>) -> R
     }
 }
 
-/// Streams one persistence id's events; see [`JournalReader::events`].
+/// Streams one persistence id's events; see [`JournalReader::events`]. Iterate it for owned
+/// [`EventRecord`]s, or visit the events in place with [`Self::for_each_ref`].
 pub struct EventIter {
     rtx: ReadTransaction,
     meta: Arc<ReaderMeta>,
-    pid: PersistenceId,
     ek: Vec<u8>,
     chunk_table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
     logs: HashMap<u64, ReadOnlyTable<u64, &'static [u8]>>,
     chunks: VecDeque<ChunkRef>,
     tail: VecDeque<TailEvent>,
     buffer: VecDeque<EventRecord>,
-    from: u64,
-    to: u64,
     remaining: u64,
-    expect: Option<u64>,
     /// Last seq the stream must reach (unless cut by the read snapshot).
     end: u64,
     /// Tail events newer than this read transaction were left out.
     truncated: bool,
     done: bool,
+    check: Checker,
 }
 
-impl EventIter {
-    fn corrupted(&mut self, seq: u64, detail: impl ToString) -> JournalError {
-        self.done = true;
+/// What every event of a stream is checked against, and the manifest consecutive events share.
+struct Checker {
+    pid: PersistenceId,
+    from: u64,
+    to: u64,
+    expect: Option<u64>,
+    manifest: Manifest,
+}
+
+impl Checker {
+    fn corrupted(&self, seq: u64, detail: impl ToString) -> JournalError {
         JournalError::corrupted(format!("{} seq {seq}", self.pid), detail)
     }
 
-    /// Checks a decoded record against what the index says it is.
-    fn accept(&mut self, rec: EventRecord, want_seq: Option<u64>) -> Result<Option<EventRecord>> {
-        if rec.persistence_id != self.pid || want_seq.is_some_and(|s| s != rec.seq.0) {
-            let seq = want_seq.unwrap_or(rec.seq.0);
-            let detail = format!("record is {} seq {}", rec.persistence_id, rec.seq);
-            return Err(self.corrupted(seq, detail));
-        }
-        if rec.seq.0 < self.from || rec.seq.0 > self.to {
-            return Ok(None);
+    /// Whether an event with `seq` belongs in the stream: `false` outside `from..=to`; an
+    /// error for a gap or a duplicate.
+    fn in_order(&mut self, seq: u64) -> Result<bool> {
+        if seq < self.from || seq > self.to {
+            return Ok(false);
         }
         if let Some(e) = self.expect {
-            if rec.seq.0 != e {
-                let detail = format!("expected seq {e}, found {} (gap or duplicate)", rec.seq);
+            if seq != e {
+                let detail = format!("expected seq {e}, found {seq} (gap or duplicate)");
                 return Err(self.corrupted(e, detail));
             }
         }
-        self.expect = Some(rec.seq.0 + 1);
-        Ok(Some(rec))
+        self.expect = Some(seq + 1);
+        Ok(true)
     }
 
-    fn fill(&mut self) -> Result<bool> {
+    /// Decodes one stored event of the stream in place and hands it to `sink` if it is in
+    /// range; `want` is the `(seq, offset)` the index says it has. `Ok(false)` when the sink
+    /// asked to stop. `at` (the seq to name) and `what` (where the bytes are) locate errors.
+    fn emit(
+        &mut self,
+        bytes: &[u8],
+        want: Option<(u64, u64)>,
+        at: u64,
+        what: &dyn Fn() -> String,
+        sink: &mut dyn FnMut(EventRef<'_>) -> bool,
+    ) -> Result<bool> {
+        let fields = codec::event_fields(bytes, &self.pid)
+            .map_err(|e| self.corrupted(at, format!("{}: {e}", what())))?;
+        let Some(f) = fields else {
+            // Another persistence id, or a shape only serde reads: the owned decoder decides.
+            let rec = codec::decode_event_as(bytes, Some(&self.pid))
+                .map_err(|e| self.corrupted(at, format!("{}: {e}", what())))?;
+            if rec.persistence_id != self.pid {
+                let detail = format!("record is {} seq {}", rec.persistence_id, rec.seq);
+                return Err(self.corrupted(want.map_or(rec.seq.0, |w| w.0), detail));
+            }
+            self.check_index(want, rec.seq.0, rec.offset.0, what)?;
+            if !self.in_order(rec.seq.0)? {
+                return Ok(true);
+            }
+            return Ok(sink(rec.borrowed()));
+        };
+        self.check_index(want, f.seq, f.offset, what)?;
+        if !self.in_order(f.seq)? {
+            return Ok(true);
+        }
+        if self.manifest.version != f.version || self.manifest.type_name != f.manifest {
+            self.manifest = Manifest::new(f.manifest, f.version);
+        }
+        Ok(sink(EventRef {
+            persistence_id: &self.pid,
+            seq: Seq(f.seq),
+            offset: Offset(f.offset),
+            event_id: f.event_id,
+            timestamp: f.timestamp,
+            manifest: &self.manifest,
+            payload: f.payload,
+        }))
+    }
+
+    fn check_index(
+        &self,
+        want: Option<(u64, u64)>,
+        seq: u64,
+        offset: u64,
+        what: &dyn Fn() -> String,
+    ) -> Result<()> {
+        let Some((want_seq, want_offset)) = want else {
+            return Ok(());
+        };
+        if seq != want_seq {
+            let detail = format!("record is {} seq {seq}", self.pid);
+            return Err(self.corrupted(want_seq, detail));
+        }
+        if offset != want_offset {
+            return Err(self.corrupted(seq, format!("{} holds offset {offset}", what())));
+        }
+        Ok(())
+    }
+}
+
+impl EventIter {
+    /// Hands the events of the next chunk, or of up to 256 tail events, to `sink` (which
+    /// returns `false` to stop). `Ok(false)` once the stream has nothing left.
+    fn fill_with(&mut self, sink: &mut dyn FnMut(EventRef<'_>) -> bool) -> Result<bool> {
         if let Some(c) = self.chunks.pop_front() {
             let key = keys::chunk_key(c.generation, &self.ek, c.first_seq);
             let Some(table) = self.chunk_table.as_ref() else {
-                return Err(self.corrupted(c.first_seq, "chunk table missing"));
+                return Err(self.check.corrupted(c.first_seq, "chunk table missing"));
             };
             let Some(v) = table.get(key.as_slice())? else {
-                return Err(self.corrupted(
+                return Err(self.check.corrupted(
                     c.first_seq,
                     format!("chunk of generation {} missing", c.generation),
                 ));
             };
-            // `c.events` comes from disk: reserve no more than the row's frames can hold (each
-            // has a 4-byte length), or a damaged count aborts the process (see the test below).
-            let mut decoded = Vec::with_capacity((c.events as usize).min(v.value().len() / 4));
+            let what = || format!("chunk {}", c.generation);
             for frame in codec::Frames::new(v.value()) {
-                let rec = frame.and_then(|f| codec::decode_event_as(f, Some(&self.pid)));
-                decoded.push(rec);
-            }
-            drop(v);
-            for rec in decoded {
-                let rec = rec.map_err(|e| {
-                    self.corrupted(c.first_seq, format!("chunk {}: {e}", c.generation))
+                let frame = frame.map_err(|e| {
+                    self.check
+                        .corrupted(c.first_seq, format!("chunk {}: {e}", c.generation))
                 })?;
-                if let Some(rec) = self.accept(rec, None)? {
-                    self.buffer.push_back(rec);
+                if !self.check.emit(frame, None, c.first_seq, &what, sink)? {
+                    break;
                 }
             }
             return Ok(true);
         }
-        // Tail events: decode a batch of them from the cached bytes, or look them up in their
-        // log segments. (Every tail event is committed, so a cached one is returned even if it
+        // Tail events: decode them from the cached bytes, or look them up in their log
+        // segments. (Every tail event is committed, so a cached one is returned even if it
         // was committed after this read transaction began; the stream stays a prefix, as one
         // missing from the snapshot ends it.)
-        let mut any = false;
+        let mut n = 0;
         while let Some(TailEvent { r, bytes }) = self.tail.pop_front() {
-            let rec = match bytes {
-                Some(bytes) => codec::decode_event_as(&bytes, Some(&self.pid)),
+            let want = Some((r.seq, r.offset));
+            let what = || format!("log offset {}", r.offset);
+            let more = match bytes {
+                Some(bytes) => self.check.emit(&bytes, want, r.seq, &what, sink)?,
                 None => {
                     if !self.logs.contains_key(&r.segment) {
                         let name = keys::segment_table_name(r.segment);
@@ -749,26 +820,83 @@ impl EventIter {
                         self.truncated = true;
                         break;
                     };
-                    codec::decode_event_as(found.bytes(), Some(&self.pid))
+                    self.check.emit(found.bytes(), want, r.seq, &what, sink)?
                 }
             };
-            let rec =
-                rec.map_err(|e| self.corrupted(r.seq, format!("log offset {}: {e}", r.offset)))?;
-            if rec.offset.0 != r.offset {
-                return Err(self.corrupted(
-                    r.seq,
-                    format!("log offset {} holds offset {}", r.offset, rec.offset),
-                ));
-            }
-            if let Some(rec) = self.accept(rec, Some(r.seq))? {
-                self.buffer.push_back(rec);
-                any = true;
-            }
-            if self.buffer.len() >= 256 {
+            n += 1;
+            if !more || n >= 256 {
                 break;
             }
         }
-        Ok(any || !self.tail.is_empty())
+        Ok(n > 0 || !self.tail.is_empty())
+    }
+
+    /// The stream has nothing left: an error if it ended before the seq it must reach.
+    fn end_error(&mut self) -> Option<JournalError> {
+        self.done = true;
+        let next = self.check.expect.unwrap_or(self.check.from);
+        (!self.truncated && next <= self.end).then(|| {
+            JournalError::corrupted(
+                format!("{} seq {next}", self.check.pid),
+                format!(
+                    "events end before seq {} (missing chunk or log record)",
+                    self.end
+                ),
+            )
+        })
+    }
+
+    /// Calls `f` for every remaining event, borrowed in place: nothing is allocated per event,
+    /// which makes recovery faster than iterating owned [`EventRecord`]s. Stops at the first
+    /// error, of the journal (converted into `E`) or of `f`.
+    ///
+    /// # Errors
+    /// What `f` returns; [`JournalError::Corrupted`] or [`JournalError::Io`] as for the items
+    /// of the iterator.
+    pub fn for_each_ref<E: From<JournalError>>(
+        mut self,
+        mut f: impl FnMut(EventRef<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        // Records an earlier `next` decoded ahead.
+        while let Some(rec) = self.buffer.pop_front() {
+            if self.remaining == 0 {
+                return Ok(());
+            }
+            self.remaining -= 1;
+            f(rec.borrowed())?;
+        }
+        let meta = self.meta.clone();
+        let mut failed = None;
+        loop {
+            if self.done || self.remaining == 0 {
+                return Ok(());
+            }
+            let mut left = self.remaining;
+            let filled = guard(&meta.path, || {
+                self.fill_with(&mut |ev| {
+                    if left == 0 {
+                        return false;
+                    }
+                    left -= 1;
+                    match f(ev) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
+                    }
+                })
+            });
+            self.remaining = left;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            match filled {
+                Ok(true) => {}
+                Ok(false) => return self.end_error().map_or(Ok(()), |e| Err(e.into())),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 
@@ -785,22 +913,17 @@ impl Iterator for EventIter {
                 return Some(Ok(rec));
             }
             let meta = self.meta.clone();
-            match guard(&meta.path, || self.fill()) {
+            let mut buffer = std::mem::take(&mut self.buffer);
+            let filled = guard(&meta.path, || {
+                self.fill_with(&mut |ev| {
+                    buffer.push_back(ev.to_record());
+                    true
+                })
+            });
+            self.buffer = buffer;
+            match filled {
                 Ok(true) => continue,
-                Ok(false) => {
-                    self.done = true;
-                    let next = self.expect.unwrap_or(self.from);
-                    if !self.truncated && next <= self.end {
-                        return Some(Err(JournalError::corrupted(
-                            format!("{} seq {next}", self.pid),
-                            format!(
-                                "events end before seq {} (missing chunk or log record)",
-                                self.end
-                            ),
-                        )));
-                    }
-                    return None;
-                }
+                Ok(false) => return self.end_error().map(Err),
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e));

@@ -118,6 +118,65 @@ impl EventRecord {
     }
 }
 
+/// A stored event borrowed in place while a stream is visited with
+/// [`crate::EventIter::for_each_ref`]: the same fields as [`EventRecord`], without allocating
+/// per event (the manifest is shared by consecutive events that have the same one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// Whose event.
+    pub persistence_id: &'a PersistenceId,
+    /// Its seq within the persistence id.
+    pub seq: Seq,
+    /// Its position in the global changelog.
+    pub offset: Offset,
+    /// A unique id assigned at append (UUID v7, time-ordered).
+    pub event_id: Uuid,
+    /// When it was appended (UTC, microsecond precision).
+    pub timestamp: DateTime<Utc>,
+    /// What the payload is.
+    pub manifest: &'a Manifest,
+    /// The encoded event.
+    pub payload: &'a [u8],
+}
+
+impl EventRef<'_> {
+    /// An owned copy.
+    pub fn to_record(&self) -> EventRecord {
+        EventRecord {
+            persistence_id: self.persistence_id.clone(),
+            seq: self.seq,
+            offset: self.offset,
+            event_id: self.event_id,
+            timestamp: self.timestamp,
+            manifest: self.manifest.clone(),
+            payload: self.payload.to_vec(),
+        }
+    }
+
+    /// Decodes the payload with rmp-serde.
+    ///
+    /// # Errors
+    /// [`crate::CodecError::Decode`] if the bytes are not a `T`.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::CodecError> {
+        rmp_serde::from_slice(self.payload).map_err(|e| crate::CodecError::Decode(e.to_string()))
+    }
+}
+
+impl EventRecord {
+    /// This record, borrowed.
+    pub fn borrowed(&self) -> EventRef<'_> {
+        EventRef {
+            persistence_id: &self.persistence_id,
+            seq: self.seq,
+            offset: self.offset,
+            event_id: self.event_id,
+            timestamp: self.timestamp,
+            manifest: &self.manifest,
+            payload: &self.payload,
+        }
+    }
+}
+
 /// A stored snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotRecord {

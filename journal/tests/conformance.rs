@@ -147,6 +147,82 @@ async fn stores_the_envelope_fields() {
     assert_eq!(got[0].persistence_id, a);
 }
 
+#[test]
+fn visiting_in_place_yields_what_the_iterator_yields_and_stops_at_an_error() {
+    // Packed chunks, an unpacked tail, and manifests that change along the history.
+    let f = fixture_with(Journal::builder().segment_events(8).pack_step_events(2));
+    let a = pid("a");
+    for i in 0..30u32 {
+        let e = NewEvent::new(
+            Manifest::new(format!("T{}", i / 7), i % 2),
+            vec![i as u8; 3],
+        );
+        f.j.append_blocking(&a, Seq(u64::from(i) + 1), vec![e])
+            .unwrap();
+    }
+    f.j.flush_blocking(true).unwrap();
+    for (from, to, max) in [
+        (1, u64::MAX, u64::MAX),
+        (5, 21, u64::MAX),
+        (9, 30, 4),
+        (31, 40, 9),
+    ] {
+        let owned: Vec<EventRecord> =
+            f.j.events(&a, Seq(from), Seq(to), max)
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+        let mut visited = Vec::new();
+        f.j.events(&a, Seq(from), Seq(to), max)
+            .unwrap()
+            .for_each_ref(|e| {
+                visited.push(e.to_record());
+                Ok::<(), JournalError>(())
+            })
+            .unwrap();
+        assert_eq!(visited, owned, "{from}..={to} max {max}");
+    }
+    // Mixed: a few items iterated, the rest visited.
+    let mut it = f.j.events(&a, Seq(1), Seq(u64::MAX), u64::MAX).unwrap();
+    let first: Vec<u64> = it.by_ref().take(3).map(|r| r.unwrap().seq.0).collect();
+    let mut rest = Vec::new();
+    it.for_each_ref(|e| {
+        rest.push(e.seq.0);
+        Ok::<(), JournalError>(())
+    })
+    .unwrap();
+    assert_eq!(first, vec![1, 2, 3]);
+    assert_eq!(rest, (4..=30).collect::<Vec<_>>());
+    // The visitor's error ends the visit.
+    #[derive(Debug)]
+    enum Stop {
+        At(u64),
+        Journal(JournalError),
+    }
+    impl From<JournalError> for Stop {
+        fn from(e: JournalError) -> Self {
+            Stop::Journal(e)
+        }
+    }
+    let mut seen = 0;
+    let r =
+        f.j.events(&a, Seq(1), Seq(u64::MAX), u64::MAX)
+            .unwrap()
+            .for_each_ref(|e| {
+                seen += 1;
+                if e.seq.0 == 12 {
+                    return Err(Stop::At(12));
+                }
+                Ok(())
+            });
+    match r {
+        Err(Stop::At(12)) => {}
+        Err(Stop::Journal(e)) => panic!("journal error {e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seen, 12);
+}
+
 // ---- journal: highest seq and deletes ----
 
 #[tokio::test]

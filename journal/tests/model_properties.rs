@@ -79,6 +79,35 @@ fn check(j: &Journal, models: &HashMap<usize, Model>) {
                 .map(|e| (e.seq.0, e.payload))
                 .collect();
             assert_eq!(got, want, "events of {p}");
+            // Visited in place: the same events, also for a window and a count.
+            let mut visited = Vec::new();
+            r.events(&p, Seq(1), Seq(u64::MAX), u64::MAX)
+                .unwrap()
+                .for_each_ref(|e| {
+                    visited.push((e.seq.0, e.payload.to_vec()));
+                    Ok::<(), JournalError>(())
+                })
+                .unwrap();
+            assert_eq!(visited, want, "events of {p} visited in place");
+            if let Some((first, _)) = want.first() {
+                let (from, max) = (first + 1, 2);
+                let window = |e: &(u64, Vec<u8>)| e.0 >= from;
+                let want: Vec<_> = want
+                    .iter()
+                    .filter(|e| window(e))
+                    .take(max)
+                    .cloned()
+                    .collect();
+                let mut visited = Vec::new();
+                r.events(&p, Seq(from), Seq(u64::MAX), max as u64)
+                    .unwrap()
+                    .for_each_ref(|e| {
+                        visited.push((e.seq.0, e.payload.to_vec()));
+                        Ok::<(), JournalError>(())
+                    })
+                    .unwrap();
+                assert_eq!(visited, want, "window of {p} visited in place");
+            }
         }
         live += want.len();
         assert_eq!(j.highest_seq(&p).unwrap().0, m.map_or(0, |m| m.highest));
