@@ -28,7 +28,7 @@ fn payload(a: u32, round: u64) -> Value {
 fn info_counts_what_is_stored() {
     let f = bank();
     let v = stateline(["info", db(&f), "--json"]).ok().json();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], stateline::journal::FORMAT_VERSION);
     assert_eq!(v["key_groups"], 64);
     assert_eq!(v["entity_types"], 2);
     assert_eq!(v["persistence_ids"], u64::from(ACCOUNTS) + 1);
