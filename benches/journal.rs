@@ -23,7 +23,8 @@
 //! [0] (1: after the timed persist, a segment's worth of events of an extra entity seals the
 //! last segment, so replay reads only packed chunks), `STATELINE_BENCH_MERGE` [journal default]
 //! (1/0: merge packed generations or not), `STATELINE_BENCH_PACK_CACHE_BYTES` [journal
-//! default], `STATELINE_BENCH_ROUNDS` [3] (persist rounds, see below). With `RUST_LOG` set, the journal's tracing output goes to stderr.
+//! default], `STATELINE_BENCH_MAX_CHUNK_BYTES` [journal default], `STATELINE_BENCH_ROUNDS` [3]
+//! (persist rounds, see below). With `RUST_LOG` set, the journal's tracing output goes to stderr.
 //!
 //! Persist runs in rounds, each a fresh journal between two baseline runs (B J B J B J B); a
 //! round's ratio is the journal's rate over the mean of the baseline rates around it, and the
@@ -107,6 +108,7 @@ struct Config {
     merge: Option<bool>,
     pack_cache_bytes: Option<usize>,
     rounds: usize,
+    max_chunk_bytes: Option<usize>,
 }
 
 impl Config {
@@ -131,6 +133,7 @@ impl Config {
             merge: env_opt::<u8>("STATELINE_BENCH_MERGE").map(|v| v != 0),
             pack_cache_bytes: env_opt("STATELINE_BENCH_PACK_CACHE_BYTES"),
             rounds: env_or("STATELINE_BENCH_ROUNDS", 3usize).max(1),
+            max_chunk_bytes: env_opt("STATELINE_BENCH_MAX_CHUNK_BYTES"),
         }
     }
 }
@@ -591,6 +594,9 @@ fn journal_round(rt: &tokio::runtime::Runtime, cfg: &Config, path: &Path) -> (Pe
     }
     if let Some(n) = cfg.pack_cache_bytes {
         builder = builder.pack_cache_bytes(n);
+    }
+    if let Some(n) = cfg.max_chunk_bytes {
+        builder = builder.max_chunk_bytes(n);
     }
     let journal = builder.open(path).expect("open journal");
     let pids: Arc<Vec<PersistenceId>> = Arc::new(
