@@ -695,15 +695,19 @@ impl Checker {
     /// Decodes one stored event of the stream in place and hands it to `sink` if it is in
     /// range; `want` is the `(seq, offset)` the index says it has. `Ok(false)` when the sink
     /// asked to stop. `at` (the seq to name) and `what` (where the bytes are) locate errors.
+    /// The checksum is checked unless the bytes come from the event cache (`cached`): those
+    /// were sealed by the writer, or checked when the tail was rebuilt from disk.
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         &mut self,
         bytes: &[u8],
+        cached: bool,
         want: Option<(u64, u64)>,
         at: u64,
         what: &dyn Fn() -> String,
         sink: &mut dyn FnMut(EventRef<'_>) -> bool,
     ) -> Result<bool> {
-        let fields = codec::event_fields(bytes, &self.pid)
+        let fields = codec::event_fields(bytes, &self.pid, cached)
             .map_err(|e| self.corrupted(at, format!("{}: {e}", what())))?;
         let Some(f) = fields else {
             // Another persistence id, or a shape only serde reads: the owned decoder decides.
@@ -779,7 +783,10 @@ impl EventIter {
                     self.check
                         .corrupted(c.first_seq, format!("chunk {}: {e}", c.generation))
                 })?;
-                if !self.check.emit(frame, None, c.first_seq, &what, sink)? {
+                if !self
+                    .check
+                    .emit(frame, false, None, c.first_seq, &what, sink)?
+                {
                     break;
                 }
             }
@@ -794,7 +801,7 @@ impl EventIter {
             let want = Some((r.seq, r.offset));
             let what = || format!("log offset {}", r.offset);
             let more = match bytes {
-                Some(bytes) => self.check.emit(&bytes, want, r.seq, &what, sink)?,
+                Some(bytes) => self.check.emit(&bytes, true, want, r.seq, &what, sink)?,
                 None => {
                     if !self.logs.contains_key(&r.segment) {
                         let name = keys::segment_table_name(r.segment);
@@ -820,7 +827,8 @@ impl EventIter {
                         self.truncated = true;
                         break;
                     };
-                    self.check.emit(found.bytes(), want, r.seq, &what, sink)?
+                    self.check
+                        .emit(found.bytes(), false, want, r.seq, &what, sink)?
                 }
             };
             n += 1;
