@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -875,27 +876,35 @@ impl EventIter {
         }
         let meta = self.meta.clone();
         let mut failed = None;
+        let mut panicked = None;
         loop {
             if self.done || self.remaining == 0 {
                 return Ok(());
             }
             let mut left = self.remaining;
+            // The journal's own work runs under `guard` (a panic inside redb on damaged bytes
+            // is a typed error); a panic in `f` is the caller's and goes on unwinding.
             let filled = guard(&meta.path, || {
                 self.fill_with(&mut |ev| {
-                    if left == 0 {
-                        return false;
-                    }
                     left -= 1;
-                    match f(ev) {
-                        Ok(()) => true,
-                        Err(e) => {
+                    match catch_unwind(AssertUnwindSafe(|| f(ev))) {
+                        // Stop at the count, before decoding one event more.
+                        Ok(Ok(())) => left > 0,
+                        Ok(Err(e)) => {
                             failed = Some(e);
+                            false
+                        }
+                        Err(payload) => {
+                            panicked = Some(payload);
                             false
                         }
                     }
                 })
             });
             self.remaining = left;
+            if let Some(payload) = panicked {
+                resume_unwind(payload);
+            }
             if let Some(e) = failed {
                 return Err(e);
             }
@@ -933,6 +942,8 @@ impl Iterator for EventIter {
                 Ok(true) => continue,
                 Ok(false) => return self.end_error().map(Err),
                 Err(e) => {
+                    // Events decoded before the error are not returned after it.
+                    self.buffer.clear();
                     self.done = true;
                     return Some(Err(e));
                 }

@@ -223,6 +223,102 @@ fn visiting_in_place_yields_what_the_iterator_yields_and_stops_at_an_error() {
     assert_eq!(seen, 12);
 }
 
+/// Packs one entity's 6 events into one chunk and damages the 4th event's bytes in it (through
+/// redb, so the file itself stays sound): only the journal's checksum can tell.
+fn one_chunk_with_a_damaged_fourth_event() -> (Fixture, PersistenceId) {
+    let f = fixture_with(Journal::builder().segment_events(6));
+    let a = pid("a");
+    f.j.append_blocking(&a, Seq(1), evs(6, "e")).unwrap();
+    // A second segment's append seals the first, which the flush then packs.
+    f.j.append_blocking(&pid("b"), Seq(1), evs(1, "b")).unwrap();
+    f.j.flush_blocking(true).unwrap();
+    let Fixture { _dir, path, j } = f;
+    drop(j);
+    {
+        const CHUNKS: redb::TableDefinition<&[u8], &[u8]> =
+            redb::TableDefinition::new("stateline.chunks");
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(CHUNKS).unwrap();
+            let (key, mut row) = {
+                let mut it = redb::ReadableTable::range::<&[u8]>(&t, ..).unwrap();
+                let (k, v) = it.next().unwrap().unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            };
+            // Frames: `len u32 LE ‖ stored event`; flip the last byte of the fourth.
+            let mut at = 0;
+            for _ in 0..4 {
+                let len = u32::from_le_bytes(row[at..at + 4].try_into().unwrap()) as usize;
+                at += 4 + len;
+            }
+            row[at - 1] ^= 0x5a;
+            t.insert(key.as_slice(), row.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let j = Journal::open(&path).unwrap();
+    (Fixture { _dir, path, j }, a)
+}
+
+#[test]
+fn visiting_in_place_stops_at_the_count_and_after_an_iterator_error() {
+    let (f, a) = one_chunk_with_a_damaged_fourth_event();
+    // The count is reached before the damaged event is decoded.
+    let mut seen = Vec::new();
+    f.j.events(&a, Seq(1), Seq(u64::MAX), 3)
+        .unwrap()
+        .for_each_ref(|e| {
+            seen.push(e.seq.0);
+            Ok::<(), JournalError>(())
+        })
+        .unwrap();
+    assert_eq!(seen, vec![1, 2, 3]);
+    // Without a count the damage is a typed error, after the events before it.
+    let mut seen = Vec::new();
+    let r =
+        f.j.events(&a, Seq(1), Seq(u64::MAX), u64::MAX)
+            .unwrap()
+            .for_each_ref(|e| {
+                seen.push(e.seq.0);
+                Ok::<(), JournalError>(())
+            });
+    assert!(matches!(r, Err(JournalError::Corrupted { .. })), "{r:?}");
+    assert_eq!(seen, vec![1, 2, 3]);
+    // Once the iterator has reported the error, nothing more is visited.
+    let mut it = f.j.events(&a, Seq(1), Seq(u64::MAX), u64::MAX).unwrap();
+    assert!(matches!(
+        it.next(),
+        Some(Err(JournalError::Corrupted { .. }))
+    ));
+    let mut seen = Vec::new();
+    it.for_each_ref(|e| {
+        seen.push(e.seq.0);
+        Ok::<(), JournalError>(())
+    })
+    .unwrap();
+    assert!(seen.is_empty(), "{seen:?}");
+}
+
+#[test]
+fn a_panic_in_the_visitor_is_the_callers_not_a_journal_error() {
+    let f = fixture();
+    let a = pid("a");
+    f.j.append_blocking(&a, Seq(1), evs(2, "e")).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        f.j.events(&a, Seq(1), Seq(u64::MAX), u64::MAX)
+            .unwrap()
+            .for_each_ref(|_| -> Result<(), JournalError> { panic!("a bug in the visitor") })
+    }));
+    let payload = r.expect_err("the panic goes on unwinding");
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"a bug in the visitor")
+    );
+    // The journal is unaffected.
+    assert_eq!(f.j.all_events(&a).unwrap().len(), 2);
+}
+
 // ---- journal: highest seq and deletes ----
 
 #[tokio::test]
