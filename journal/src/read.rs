@@ -159,13 +159,12 @@ impl JournalReader {
                 Err(e) => return Err(e.into()),
             };
             let header = read_header(&meta, path)?;
-            let state = read_state(&meta)?;
             drop(meta);
             drop(rtx);
             let (tail, _, committed) = match &db {
                 // Readers without a writer read the tail from the log (no event cache).
-                Db::ReadOnly(d) => rebuild_tail(&***d, &state, header.key_groups, 0)?,
-                Db::Write(d) => rebuild_tail(&***d, &state, header.key_groups, 0)?,
+                Db::ReadOnly(d) => rebuild_tail(&***d, header.key_groups, 0)?,
+                Db::Write(d) => rebuild_tail(&***d, header.key_groups, 0)?,
             };
             let shared = Arc::new(Shared::new(tail, committed, header.key_groups));
             Ok(JournalReader::new(db, shared, header, path.to_path_buf()))
@@ -1082,7 +1081,17 @@ impl ChangelogIter {
             let name = keys::segment_table_name(seg.number);
             match self.rtx.open_table(keys::segment_table(&name)) {
                 Ok(t) => {
+                    // Offsets of a segment are dense up to the next one's first (or the
+                    // committed end): a missing row is damage, not a shorter changelog.
+                    let mut expected = self.pos;
                     log::for_each(&t, seg.number, seg.rows, self.pos..seg_end, |offset, v| {
+                        if offset != expected {
+                            return Err(JournalError::corrupted(
+                                format!("{name}/{expected}"),
+                                format!("log has no event at offset {expected} (next: {offset})"),
+                            ));
+                        }
+                        expected += 1;
                         let rec = codec::decode_event(v)
                             .map_err(|e| JournalError::corrupted(format!("{name}/{offset}"), e))?;
                         if rec.offset.0 != offset {
@@ -1094,8 +1103,20 @@ impl ChangelogIter {
                         batch.push(rec);
                         Ok(batch.len() < 1024)
                     })?;
+                    if batch.len() < 1024 && expected < seg_end {
+                        return Err(JournalError::corrupted(
+                            format!("{name}/{expected}"),
+                            format!("log ends at offset {expected}, before {seg_end}"),
+                        ));
+                    }
                 }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(redb::TableError::TableDoesNotExist(_)) if self.pos >= seg_end => {}
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Err(JournalError::corrupted(
+                        name,
+                        format!("log segment missing (offsets {}..{seg_end})", self.pos),
+                    ))
+                }
                 Err(e) => return Err(e.into()),
             }
             self.pos = match batch.last() {

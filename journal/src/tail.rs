@@ -121,6 +121,14 @@ impl Shared {
     }
 }
 
+/// Memory an event in the cache costs besides its bytes: its slot and the shared buffer's
+/// counts.
+pub(crate) const ENTRY_OVERHEAD: usize = 48;
+
+fn cost(bytes: &Arc<[u8]>) -> usize {
+    bytes.len() + ENTRY_OVERHEAD
+}
+
 /// Stored bytes of committed events by offset. Offsets are dense and increasing, so a deque
 /// indexed by `offset - base` is the whole index; the byte budget caps memory (events past it
 /// are read from the log).
@@ -140,9 +148,10 @@ impl EventCache {
         }
     }
 
-    /// Keeps the stored bytes of the event at `offset`, unless over budget.
+    /// Keeps the stored bytes of the event at `offset`, unless over budget. The budget counts
+    /// each event's bytes plus [`ENTRY_OVERHEAD`].
     pub(crate) fn put(&mut self, offset: u64, bytes: Arc<[u8]>) {
-        if self.bytes + bytes.len() > self.limit {
+        if self.bytes + cost(&bytes) > self.limit {
             return;
         }
         if self.slots.is_empty() {
@@ -162,11 +171,11 @@ impl EventCache {
         while self.slots.len() < index {
             self.slots.push_back(None);
         }
-        self.bytes += bytes.len();
+        self.bytes += cost(&bytes);
         if index == self.slots.len() {
             self.slots.push_back(Some(bytes));
         } else if let Some(old) = self.slots[index].replace(bytes) {
-            self.bytes -= old.len();
+            self.bytes -= cost(&old);
         }
     }
 
@@ -181,7 +190,7 @@ impl EventCache {
             match self.slots.pop_front() {
                 Some(slot) => {
                     if let Some(b) = slot {
-                        self.bytes -= b.len();
+                        self.bytes -= cost(&b);
                     }
                     self.base += 1;
                 }
@@ -205,7 +214,7 @@ mod tests {
 
     #[test]
     fn the_event_cache_is_indexed_by_offset_and_bounded() {
-        let mut c = EventCache::new(10);
+        let mut c = EventCache::new(10 + 2 * super::ENTRY_OVERHEAD);
         c.put(5, b(1, 4));
         c.put(6, b(2, 4));
         c.put(7, b(3, 4)); // over the budget: not kept
@@ -213,7 +222,7 @@ mod tests {
         assert_eq!(c.get(6).map(|b| b.to_vec()), Some(vec![2; 4]));
         assert_eq!(c.get(5).map(|b| b.to_vec()), Some(vec![1; 4]));
         c.forget_below(6);
-        assert_eq!((c.bytes, c.get(5)), (4, None));
+        assert_eq!((c.bytes, c.get(5)), (4 + super::ENTRY_OVERHEAD, None));
         c.put(8, b(4, 2));
         assert_eq!(c.get(8).map(|b| b.to_vec()), Some(vec![4; 2]));
         assert_eq!(c.get(7), None);
@@ -224,6 +233,6 @@ mod tests {
         assert_eq!(c.get(3), None);
         // A huge gap starts over.
         c.put(20 + (2 << 20), b(7, 1));
-        assert_eq!((c.get(20), c.bytes), (None, 1));
+        assert_eq!((c.get(20), c.bytes), (None, 1 + super::ENTRY_OVERHEAD));
     }
 }

@@ -345,13 +345,19 @@ impl Writer {
     }
 
     fn apply(&mut self, fx: &mut Effects) {
+        // Copied into shared buffers before readers are locked out.
+        let cached: Vec<(u64, Arc<[u8]>)> = fx
+            .appended_bytes
+            .drain(..)
+            .map(|(offset, bytes)| (offset, bytes.into()))
+            .collect();
         {
             let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
             for (ek, refs) in &fx.tail {
                 tail.extend(ek, refs);
             }
-            for (offset, bytes) in fx.appended_bytes.drain(..) {
-                tail.cache.put(offset, bytes.into());
+            for (offset, bytes) in cached {
+                tail.cache.put(offset, bytes);
             }
             if let Some((seg, end_offset)) = fx.packed_segment {
                 // Readers that saw the old entity rows retry when the version moves (read.rs).
@@ -1167,15 +1173,17 @@ impl Writer {
 const MERGE_FANIN: usize = 4;
 
 /// Rebuilds the tail index from the unpacked segments on open, checking each record and the
-/// contiguity of seqs within the tail, and caches the events' bytes up to `cache_bytes`.
-/// Returns the tail, the highest seq of every entity in it, and the highest committed offset.
+/// contiguity of offsets and seqs within the tail, and caches the events' bytes up to
+/// `cache_bytes`. The state is read in the same read transaction as the segments (a writer in
+/// another process may commit meanwhile). Returns the tail, the highest seq of every entity in
+/// it, and the highest committed offset.
 pub(crate) fn rebuild_tail(
     db: &impl redb::ReadableDatabase,
-    state: &State,
     key_groups: u32,
     cache_bytes: usize,
 ) -> Result<(Tail, FastMap<Vec<u8>, u64>, u64)> {
     let rtx = db.begin_read()?;
+    let state = crate::read::read_state(&rtx.open_table(keys::META)?)?;
     let mut tail = Tail {
         cache: EventCache::new(cache_bytes),
         ..Tail::default()
@@ -1188,8 +1196,17 @@ pub(crate) fn rebuild_tail(
             Err(redb::TableError::TableDoesNotExist(_)) if seg.events == 0 => continue,
             Err(e) => return Err(e.into()),
         };
+        let mut expected = seg.first_offset;
         log::for_each(&table, seg.number, seg.rows, 0..u64::MAX, |offset, v| {
             let loc = || format!("{name}/{offset}");
+            // Offsets of a segment are dense from its first: a missing row is damage.
+            if offset != expected {
+                return Err(JournalError::corrupted(
+                    loc(),
+                    format!("log has no event at offset {expected}"),
+                ));
+            }
+            expected += 1;
             let rec = codec::decode_event(v).map_err(|e| JournalError::corrupted(loc(), e))?;
             if rec.offset.0 != offset {
                 return Err(JournalError::corrupted(
@@ -1221,6 +1238,16 @@ pub(crate) fn rebuild_tail(
             tail.cache.put(offset, v.into());
             Ok(true)
         })?;
+        if expected != seg.first_offset + seg.events {
+            return Err(JournalError::corrupted(
+                name,
+                format!(
+                    "log holds {} events, the journal state {}",
+                    expected - seg.first_offset,
+                    seg.events
+                ),
+            ));
+        }
     }
     debug!(tail_events = tail.len(), "tail index rebuilt");
     Ok((tail, highest, state.next_offset.saturating_sub(1)))

@@ -319,6 +319,46 @@ fn a_panic_in_the_visitor_is_the_callers_not_a_journal_error() {
     assert_eq!(f.j.all_events(&a).unwrap().len(), 2);
 }
 
+#[test]
+fn a_missing_log_row_is_damage_not_a_shorter_history() {
+    let f = fixture_with(Journal::builder().segment_events(1_000_000));
+    let a = pid("a");
+    // Three commits of 200 events of ~60 bytes: a few log rows each.
+    for c in 0..3u64 {
+        f.j.append_blocking(&a, Seq(c * 200 + 1), evs(200, "payload-of-some-length-"))
+            .unwrap();
+    }
+    let Fixture { _dir, path, j } = f;
+    drop(j);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let name = redb::TableHandle::name(
+                &w.list_tables()
+                    .unwrap()
+                    .find(|t| redb::TableHandle::name(t).starts_with("stateline.log."))
+                    .unwrap(),
+            )
+            .to_string();
+            let mut t = w
+                .open_table(redb::TableDefinition::<u64, &[u8]>::new(&name))
+                .unwrap();
+            let keys: Vec<u64> = redb::ReadableTable::range::<u64>(&t, ..)
+                .unwrap()
+                .map(|r| r.unwrap().0.value())
+                .collect();
+            assert!(keys.len() >= 6, "{keys:?}");
+            t.remove(keys[keys.len() / 2]).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let err = Journal::open(&path).unwrap_err();
+    assert!(matches!(err, JournalError::Corrupted { .. }), "{err}");
+    let err = JournalReader::open_read_only(&path).unwrap_err();
+    assert!(matches!(err, JournalError::Corrupted { .. }), "{err}");
+}
+
 // ---- journal: highest seq and deletes ----
 
 #[tokio::test]
