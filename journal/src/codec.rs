@@ -104,26 +104,35 @@ pub(crate) fn encode_event(rec: &EventRecord) -> Result<Vec<u8>, CodecError> {
         &rec.persistence_id,
         rec.seq.0,
         &rec.event_id,
-        micros(rec.timestamp),
+        Some(micros(rec.timestamp)),
         &rec.manifest,
         &rec.payload,
     )
-    .seal(rec.offset.0))
+    .seal(rec.offset.0, 0))
 }
 
-/// A stored event encoded before the writer assigns its offset: written as a fixed-width
-/// `u64` (zero until [`Self::seal`]), the checksum not yet computed. Callers encode their
-/// events this way on their own threads; the writer thread only writes offset and checksum.
+/// A stored event encoded before the writer assigns its offset (and, unless preset, its
+/// timestamp): those are written as fixed-width `u64`s (zero until [`Self::seal`]), the
+/// checksum not yet computed. Callers encode their events this way on their own threads; the
+/// writer thread only writes offset, timestamp and checksum.
 #[derive(Debug)]
 pub(crate) struct UnsealedEvent {
     bytes: Vec<u8>,
     offset_at: usize,
+    timestamp_at: Option<usize>,
 }
 
 impl UnsealedEvent {
-    /// The stored event with `offset` written in and the checksum computed.
-    pub(crate) fn seal(mut self, offset: u64) -> Vec<u8> {
+    /// The stored event with `offset` and, unless it was preset, the timestamp `now_micros`
+    /// written in, and the checksum computed.
+    pub(crate) fn seal(mut self, offset: u64, now_micros: i64) -> Vec<u8> {
         self.bytes[self.offset_at..self.offset_at + 8].copy_from_slice(&offset.to_be_bytes());
+        if let Some(at) = self.timestamp_at {
+            // A clock before 1970 is written as the epoch (the u64 form serde also writes for
+            // every later time).
+            let now = u64::try_from(now_micros).unwrap_or(0);
+            self.bytes[at..at + 8].copy_from_slice(&now.to_be_bytes());
+        }
         let crc = crc32fast::hash(&self.bytes[CRC_LEN..]).to_le_bytes();
         self.bytes[..CRC_LEN].copy_from_slice(&crc);
         self.bytes
@@ -132,12 +141,13 @@ impl UnsealedEvent {
 
 /// Encodes the envelope `[entity_type, entity_id, seq, offset, event_id, timestamp_µs,
 /// manifest, version, payload]` with rmp's writers (the same MessagePack serde writes for
-/// [`EventEnvelope`], except that the offset always takes the 9-byte `u64` form).
+/// [`EventEnvelope`], except that the offset, and a timestamp left to the writer (`None`),
+/// always take the 9-byte `u64` form).
 pub(crate) fn encode_event_unsealed(
     pid: &PersistenceId,
     seq: u64,
     event_id: &Uuid,
-    timestamp_micros: i64,
+    timestamp_micros: Option<i64>,
     manifest: &Manifest,
     payload: &[u8],
 ) -> UnsealedEvent {
@@ -156,7 +166,17 @@ pub(crate) fn encode_event_unsealed(
     let offset_at = buf.as_slice().len() + 1;
     let Ok(()) = w::write_u64(&mut buf, 0);
     let Ok(()) = w::write_bin(&mut buf, event_id.as_bytes());
-    let Ok(_) = w::write_sint(&mut buf, timestamp_micros);
+    let timestamp_at = match timestamp_micros {
+        Some(us) => {
+            let Ok(_) = w::write_sint(&mut buf, us);
+            None
+        }
+        None => {
+            let at = buf.as_slice().len() + 1;
+            let Ok(()) = w::write_u64(&mut buf, 0);
+            Some(at)
+        }
+    };
     let Ok(()) = w::write_str(&mut buf, name);
     let Ok(_) = w::write_uint(&mut buf, u64::from(manifest.version));
     let Ok(()) = w::write_bin(&mut buf, payload);
@@ -164,6 +184,7 @@ pub(crate) fn encode_event_unsealed(
     UnsealedEvent {
         bytes: out,
         offset_at,
+        timestamp_at,
     }
 }
 

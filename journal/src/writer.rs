@@ -77,38 +77,41 @@ pub(crate) enum Request {
 }
 
 /// An event of an append, encoded by the caller with seq `expected_seq + i` (see
-/// [`PreparedEvent::new`]), so that the writer thread only writes its offset and checksum.
+/// [`PreparedEvent::encode_all`]), so that the writer thread only writes its offset, its
+/// timestamp (one per transaction, unless preset) and its checksum.
 pub(crate) struct PreparedEvent {
     unsealed: codec::UnsealedEvent,
-    timestamp_micros: i64,
+    /// Kept from another journal (imports).
+    preset_micros: Option<i64>,
 }
 
 impl PreparedEvent {
     /// Encodes the events of an append of `pid` at `expected_seq` on the calling thread, with
-    /// their ids and timestamps (kept for imports, assigned now otherwise).
+    /// their ids (kept for imports with their timestamps, assigned now otherwise).
     pub(crate) fn encode_all(
         pid: &PersistenceId,
         expected_seq: Seq,
         events: Vec<NewEvent>,
     ) -> Vec<PreparedEvent> {
-        let now = Utc::now();
         events
             .into_iter()
             .enumerate()
             .map(|(i, e)| {
-                let (event_id, timestamp) = e.preset.unwrap_or_else(|| (Uuid::now_v7(), now));
-                let timestamp_micros = timestamp.timestamp_micros();
+                let (event_id, preset_micros) = match e.preset {
+                    Some((id, ts)) => (id, Some(ts.timestamp_micros())),
+                    None => (Uuid::now_v7(), None),
+                };
                 let seq = expected_seq.0.saturating_add(i as u64);
                 PreparedEvent {
                     unsealed: codec::encode_event_unsealed(
                         pid,
                         seq,
                         &event_id,
-                        timestamp_micros,
+                        preset_micros,
                         &e.manifest,
                         &e.payload,
                     ),
-                    timestamp_micros,
+                    preset_micros,
                 }
             })
             .collect()
@@ -181,6 +184,9 @@ pub(crate) fn decode_row(ek: &[u8], bytes: &[u8]) -> Result<EntityRow> {
 /// What a committed transaction changes in memory.
 #[derive(Default)]
 struct Effects {
+    /// Timestamp of the events this transaction appends (µs since the epoch, UTC; a clock
+    /// before 1970 counts as the epoch).
+    now_micros: i64,
     tail: Vec<(Vec<u8>, Vec<TailRef>)>,
     /// Stored bytes of the events appended, for the shared event cache.
     appended_bytes: Vec<(u64, Vec<u8>)>,
@@ -394,7 +400,10 @@ impl Writer {
         if self.durability == Durability::None {
             txn.set_durability(redb::Durability::None)?;
         }
-        let mut fx = Effects::default();
+        let mut fx = Effects {
+            now_micros: Utc::now().timestamp_micros().max(0),
+            ..Effects::default()
+        };
         let needs_segment = batch.iter().any(|r| matches!(r, Request::Append { .. }));
         if needs_segment {
             self.rotate_if_full();
@@ -563,12 +572,13 @@ impl Writer {
         // The events were encoded with seqs `expected_seq..`, which is `current + 1..`.
         for (i, e) in events.into_iter().enumerate() {
             let offset = first_offset + i as u64;
-            let bytes = e.unsealed.seal(offset);
+            let timestamp_micros = e.preset_micros.unwrap_or(fx.now_micros);
+            let bytes = e.unsealed.seal(offset, fx.now_micros);
             refs.push(TailRef {
                 seq: current + 1 + i as u64,
                 offset,
                 segment,
-                timestamp_micros: e.timestamp_micros,
+                timestamp_micros,
                 bytes: bytes.len() as u32,
                 rows: true,
             });

@@ -359,6 +359,34 @@ fn a_missing_log_row_is_damage_not_a_shorter_history() {
     assert!(matches!(err, JournalError::Corrupted { .. }), "{err}");
 }
 
+#[test]
+fn timestamps_follow_the_commit_order() {
+    // The writer stamps each transaction's events, so timestamps never go down along the
+    // changelog, whichever caller encoded its events first.
+    let f = fixture();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let j = f.j.clone();
+            s.spawn(move || {
+                let p = pid(&format!("t{t}"));
+                for i in 0..50u64 {
+                    j.append_blocking(&p, Seq(i + 1), vec![ev("x")]).unwrap();
+                }
+            });
+        }
+    });
+    let stamps: Vec<_> =
+        f.j.changelog(Offset(1))
+            .unwrap()
+            .map(|r| r.unwrap().timestamp)
+            .collect();
+    assert_eq!(stamps.len(), 400);
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps go down"
+    );
+}
+
 // ---- journal: highest seq and deletes ----
 
 #[tokio::test]
