@@ -61,6 +61,24 @@ fn open(path: &Path, cache_bytes: usize) -> Journal {
         .unwrap()
 }
 
+/// `(seq, payload)` of at most `max` events of `p` from `from`, visited in place.
+fn visited_in_place(
+    r: &JournalReader,
+    p: &PersistenceId,
+    from: u64,
+    max: u64,
+) -> Vec<(u64, Vec<u8>)> {
+    let mut visited = Vec::new();
+    r.events(p, Seq(from), Seq(u64::MAX), max)
+        .unwrap()
+        .for_each_ref(|e| {
+            visited.push((e.seq.0, e.payload.to_vec()));
+            Ok::<(), JournalError>(())
+        })
+        .unwrap();
+    visited
+}
+
 fn check(j: &Journal, models: &HashMap<usize, Model>) {
     let mut live = 0;
     // A reader without the writer rebuilds the tail from the log and caches nothing.
@@ -80,33 +98,18 @@ fn check(j: &Journal, models: &HashMap<usize, Model>) {
                 .collect();
             assert_eq!(got, want, "events of {p}");
             // Visited in place: the same events, also for a window and a count.
-            let mut visited = Vec::new();
-            r.events(&p, Seq(1), Seq(u64::MAX), u64::MAX)
-                .unwrap()
-                .for_each_ref(|e| {
-                    visited.push((e.seq.0, e.payload.to_vec()));
-                    Ok::<(), JournalError>(())
-                })
-                .unwrap();
-            assert_eq!(visited, want, "events of {p} visited in place");
+            let all = visited_in_place(r, &p, 1, u64::MAX);
+            assert_eq!(all, want, "events of {p} visited in place");
             if let Some((first, _)) = want.first() {
                 let (from, max) = (first + 1, 2);
-                let window = |e: &(u64, Vec<u8>)| e.0 >= from;
                 let want: Vec<_> = want
                     .iter()
-                    .filter(|e| window(e))
+                    .filter(|e| e.0 >= from)
                     .take(max)
                     .cloned()
                     .collect();
-                let mut visited = Vec::new();
-                r.events(&p, Seq(from), Seq(u64::MAX), max as u64)
-                    .unwrap()
-                    .for_each_ref(|e| {
-                        visited.push((e.seq.0, e.payload.to_vec()));
-                        Ok::<(), JournalError>(())
-                    })
-                    .unwrap();
-                assert_eq!(visited, want, "window of {p} visited in place");
+                let window = visited_in_place(r, &p, from, max as u64);
+                assert_eq!(window, want, "window of {p} visited in place");
             }
         }
         live += want.len();
