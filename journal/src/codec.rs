@@ -108,7 +108,8 @@ pub(crate) fn encode_event(rec: &EventRecord) -> Result<Vec<u8>, CodecError> {
         &rec.manifest,
         &rec.payload,
     )
-    .seal(rec.offset.0, 0))
+    .seal(rec.offset.0, 0)
+    .0)
 }
 
 /// A stored event encoded before the writer assigns its offset (and, unless preset, its
@@ -119,23 +120,37 @@ pub(crate) fn encode_event(rec: &EventRecord) -> Result<Vec<u8>, CodecError> {
 pub(crate) struct UnsealedEvent {
     bytes: Vec<u8>,
     offset_at: usize,
-    timestamp_at: Option<usize>,
+    timestamp: Stamp,
+}
+
+/// An unsealed event's timestamp.
+#[derive(Debug)]
+enum Stamp {
+    /// Kept from another journal (imports), already written.
+    Preset(i64),
+    /// Left to the writer: a `u64` at this position.
+    At(usize),
 }
 
 impl UnsealedEvent {
     /// The stored event with `offset` and, unless it was preset, the timestamp `now_micros`
-    /// written in, and the checksum computed.
-    pub(crate) fn seal(mut self, offset: u64, now_micros: i64) -> Vec<u8> {
+    /// written in, and the checksum computed; with the timestamp it carries.
+    pub(crate) fn seal(mut self, offset: u64, now_micros: i64) -> (Vec<u8>, i64) {
         self.bytes[self.offset_at..self.offset_at + 8].copy_from_slice(&offset.to_be_bytes());
-        if let Some(at) = self.timestamp_at {
-            // A clock before 1970 is written as the epoch (the u64 form serde also writes for
-            // every later time).
-            let now = u64::try_from(now_micros).unwrap_or(0);
-            self.bytes[at..at + 8].copy_from_slice(&now.to_be_bytes());
-        }
+        let timestamp = match self.timestamp {
+            Stamp::Preset(us) => us,
+            Stamp::At(at) => {
+                // A clock before 1970 is written as the epoch (the u64 form serde also writes
+                // for every later time).
+                let now = now_micros.max(0);
+                let written = u64::try_from(now).unwrap_or(0);
+                self.bytes[at..at + 8].copy_from_slice(&written.to_be_bytes());
+                now
+            }
+        };
         let crc = crc32fast::hash(&self.bytes[CRC_LEN..]).to_le_bytes();
         self.bytes[..CRC_LEN].copy_from_slice(&crc);
-        self.bytes
+        (self.bytes, timestamp)
     }
 }
 
@@ -166,15 +181,15 @@ pub(crate) fn encode_event_unsealed(
     let offset_at = buf.as_slice().len() + 1;
     let Ok(()) = w::write_u64(&mut buf, 0);
     let Ok(()) = w::write_bin(&mut buf, event_id.as_bytes());
-    let timestamp_at = match timestamp_micros {
+    let timestamp = match timestamp_micros {
         Some(us) => {
             let Ok(_) = w::write_sint(&mut buf, us);
-            None
+            Stamp::Preset(us)
         }
         None => {
             let at = buf.as_slice().len() + 1;
             let Ok(()) = w::write_u64(&mut buf, 0);
-            Some(at)
+            Stamp::At(at)
         }
     };
     let Ok(()) = w::write_str(&mut buf, name);
@@ -184,7 +199,7 @@ pub(crate) fn encode_event_unsealed(
     UnsealedEvent {
         bytes: out,
         offset_at,
-        timestamp_at,
+        timestamp,
     }
 }
 

@@ -25,7 +25,7 @@ use crate::read::{Db, JournalReader};
 use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
 use crate::tail::Shared;
-use crate::writer::{PreparedEvent, Request, Writer};
+use crate::writer::{encode_append, Request, Writer};
 
 /// Which snapshots of a persistence id [`Journal::delete_snapshots`] deletes: those with
 /// `min_seq <= seq <= max_seq`, except the newest `keep_newest` snapshots of the persistence id.
@@ -393,7 +393,7 @@ impl Journal {
     ) -> Result<impl FnOnce(oneshot::Sender<Result<AppendAck>>) -> Request> {
         self.check_events(&events)?;
         let entity_key = keys::entity_key(pid, self.key_groups());
-        let events = PreparedEvent::encode_all(pid, expected_seq, events);
+        let events = encode_append(pid, expected_seq, events);
         let pid = pid.clone();
         Ok(move |reply| Request::Append {
             pid,

@@ -38,7 +38,7 @@ pub(crate) enum Request {
         /// `pid`'s entity key.
         entity_key: Vec<u8>,
         expected_seq: Seq,
-        events: Vec<PreparedEvent>,
+        events: Vec<codec::UnsealedEvent>,
         reply: Reply<AppendAck>,
     },
     SaveSnapshot {
@@ -76,46 +76,33 @@ pub(crate) enum Request {
     },
 }
 
-/// An event of an append, encoded by the caller with seq `expected_seq + i` (see
-/// [`PreparedEvent::encode_all`]), so that the writer thread only writes its offset, its
-/// timestamp (one per transaction, unless preset) and its checksum.
-pub(crate) struct PreparedEvent {
-    unsealed: codec::UnsealedEvent,
-    /// Kept from another journal (imports).
-    preset_micros: Option<i64>,
-}
-
-impl PreparedEvent {
-    /// Encodes the events of an append of `pid` at `expected_seq` on the calling thread, with
-    /// their ids (kept for imports with their timestamps, assigned now otherwise).
-    pub(crate) fn encode_all(
-        pid: &PersistenceId,
-        expected_seq: Seq,
-        events: Vec<NewEvent>,
-    ) -> Vec<PreparedEvent> {
-        events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let (event_id, preset_micros) = match e.preset {
-                    Some((id, ts)) => (id, Some(ts.timestamp_micros())),
-                    None => (Uuid::now_v7(), None),
-                };
-                let seq = expected_seq.0.saturating_add(i as u64);
-                PreparedEvent {
-                    unsealed: codec::encode_event_unsealed(
-                        pid,
-                        seq,
-                        &event_id,
-                        preset_micros,
-                        &e.manifest,
-                        &e.payload,
-                    ),
-                    preset_micros,
-                }
-            })
-            .collect()
-    }
+/// Encodes the events of an append of `pid` at `expected_seq` on the calling thread, with seqs
+/// `expected_seq + i` and their ids (kept for imports with their timestamps, assigned now
+/// otherwise), so that the writer thread only writes offsets, timestamps (one per transaction,
+/// unless preset) and checksums.
+pub(crate) fn encode_append(
+    pid: &PersistenceId,
+    expected_seq: Seq,
+    events: Vec<NewEvent>,
+) -> Vec<codec::UnsealedEvent> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (event_id, preset_micros) = match e.preset {
+                Some((id, ts)) => (id, Some(ts.timestamp_micros())),
+                None => (Uuid::now_v7(), None),
+            };
+            codec::encode_event_unsealed(
+                pid,
+                expected_seq.0.saturating_add(i as u64),
+                &event_id,
+                preset_micros,
+                &e.manifest,
+                &e.payload,
+            )
+        })
+        .collect()
 }
 
 impl Request {
@@ -550,7 +537,7 @@ impl Writer {
         pid: PersistenceId,
         ek: Vec<u8>,
         expected_seq: Seq,
-        events: Vec<PreparedEvent>,
+        events: Vec<codec::UnsealedEvent>,
         segment: Option<u64>,
         entities: &Table<&[u8], &[u8]>,
         inserts: &mut Vec<(u64, Vec<u8>)>,
@@ -572,8 +559,7 @@ impl Writer {
         // The events were encoded with seqs `expected_seq..`, which is `current + 1..`.
         for (i, e) in events.into_iter().enumerate() {
             let offset = first_offset + i as u64;
-            let timestamp_micros = e.preset_micros.unwrap_or(fx.now_micros);
-            let bytes = e.unsealed.seal(offset, fx.now_micros);
+            let (bytes, timestamp_micros) = e.seal(offset, fx.now_micros);
             refs.push(TailRef {
                 seq: current + 1 + i as u64,
                 offset,
