@@ -30,7 +30,7 @@ pub(crate) struct TailRef {
 #[derive(Clone, Debug)]
 pub(crate) struct TailEvent {
     pub r: TailRef,
-    pub bytes: Option<Arc<[u8]>>,
+    pub bytes: Option<Arc<Vec<u8>>>,
 }
 
 /// Entity key → its unpacked events, ascending seq; and the stored bytes of unpacked events.
@@ -125,8 +125,8 @@ impl Shared {
 /// counts.
 pub(crate) const ENTRY_OVERHEAD: usize = 48;
 
-fn cost(bytes: &Arc<[u8]>) -> usize {
-    bytes.len() + ENTRY_OVERHEAD
+fn cost(bytes: &Arc<Vec<u8>>) -> usize {
+    bytes.capacity() + ENTRY_OVERHEAD
 }
 
 /// Stored bytes of committed events by offset. Offsets are dense and increasing, so a deque
@@ -135,7 +135,7 @@ fn cost(bytes: &Arc<[u8]>) -> usize {
 #[derive(Debug, Default)]
 pub(crate) struct EventCache {
     base: u64,
-    slots: VecDeque<Option<Arc<[u8]>>>,
+    slots: VecDeque<Option<Arc<Vec<u8>>>>,
     bytes: usize,
     limit: usize,
 }
@@ -149,8 +149,8 @@ impl EventCache {
     }
 
     /// Keeps the stored bytes of the event at `offset`, unless over budget. The budget counts
-    /// each event's bytes plus [`ENTRY_OVERHEAD`].
-    pub(crate) fn put(&mut self, offset: u64, bytes: Arc<[u8]>) {
+    /// each event's buffer (its capacity) plus [`ENTRY_OVERHEAD`].
+    pub(crate) fn put(&mut self, offset: u64, bytes: Arc<Vec<u8>>) {
         if self.bytes + cost(&bytes) > self.limit {
             return;
         }
@@ -179,7 +179,7 @@ impl EventCache {
         }
     }
 
-    pub(crate) fn get(&self, offset: u64) -> Option<&Arc<[u8]>> {
+    pub(crate) fn get(&self, offset: u64) -> Option<&Arc<Vec<u8>>> {
         let index = usize::try_from(offset.checked_sub(self.base)?).ok()?;
         self.slots.get(index)?.as_ref()
     }
@@ -208,8 +208,8 @@ mod tests {
     use super::EventCache;
     use std::sync::Arc;
 
-    fn b(v: u8, n: usize) -> Arc<[u8]> {
-        vec![v; n].into()
+    fn b(v: u8, n: usize) -> Arc<Vec<u8>> {
+        Arc::new(vec![v; n])
     }
 
     #[test]

@@ -338,11 +338,11 @@ impl Writer {
     }
 
     fn apply(&mut self, fx: &mut Effects) {
-        // Copied into shared buffers before readers are locked out.
-        let cached: Vec<(u64, Arc<[u8]>)> = fx
+        // Shared (not copied) before readers are locked out.
+        let cached: Vec<(u64, Arc<Vec<u8>>)> = fx
             .appended_bytes
             .drain(..)
-            .map(|(offset, bytes)| (offset, bytes.into()))
+            .map(|(offset, bytes)| (offset, Arc::new(bytes)))
             .collect();
         {
             let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
@@ -1231,7 +1231,7 @@ pub(crate) fn rebuild_tail(
                     rows: seg.rows,
                 },
             );
-            tail.cache.put(offset, v.into());
+            tail.cache.put(offset, Arc::new(v.to_vec()));
             Ok(true)
         })?;
         if expected != seg.first_offset + seg.events {
