@@ -22,7 +22,7 @@ use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, Header, State};
 use crate::record::{EventRecord, EventRef, Manifest, SnapshotRecord};
 use crate::store::Store;
-use crate::tail::{Shared, TailEvent, TailRef};
+use crate::tail::{Shared, TailRef};
 use crate::writer::{decode_row, rebuild_tail};
 
 /// The redb handle behind a reader.
@@ -230,7 +230,7 @@ impl JournalReader {
 
     /// A consistent view of one entity: its row in a read transaction plus its tail refs,
     /// retried if a pack completed in between (so no event falls between the two).
-    fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailEvent>)> {
+    fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailRef>)> {
         self.entity_view_with(ek, Shared::tail_of)
     }
 
@@ -282,7 +282,7 @@ impl JournalReader {
         &self,
         rtx: ReadTransaction,
         row: &EntityRow,
-        tail: Vec<TailEvent>,
+        tail: Vec<TailRef>,
         pid: &PersistenceId,
         ek: Vec<u8>,
         from: Seq,
@@ -290,7 +290,7 @@ impl JournalReader {
         max: u64,
     ) -> Result<EventIter> {
         let from = from.0.max(row.deleted_to + 1).max(1);
-        let highest = tail.last().map_or(0, |e| e.r.seq).max(row.highest_seq);
+        let highest = tail.last().map_or(0, |r| r.seq).max(row.highest_seq);
         let covered = row.chunks.last().map_or(0, |c| c.last_seq);
         let chunks: VecDeque<ChunkRef> = row
             .chunks
@@ -298,9 +298,9 @@ impl JournalReader {
             .filter(|c| c.last_seq >= from && c.first_seq <= to.0)
             .copied()
             .collect();
-        let tail: VecDeque<TailEvent> = tail
+        let tail: VecDeque<TailRef> = tail
             .into_iter()
-            .filter(|e| e.r.seq > covered && e.r.seq >= from && e.r.seq <= to.0)
+            .filter(|r| r.seq > covered && r.seq >= from && r.seq <= to.0)
             .collect();
         let chunk_table = if chunks.is_empty() {
             None
@@ -315,6 +315,8 @@ impl JournalReader {
             logs: HashMap::new(),
             chunks,
             tail,
+            shared: self.shared.clone(),
+            batch: TailBatch::default(),
             buffer: VecDeque::new(),
             remaining: max,
             end: to.0.min(highest),
@@ -343,7 +345,7 @@ impl JournalReader {
         let ek = keys::entity_key(pid, self.meta.header.key_groups);
         guard(&self.meta.path, || {
             let (rtx, row, tail) = self.entity_view(&ek)?;
-            let highest = Seq(tail.last().map_or(0, |e| e.r.seq).max(row.highest_seq));
+            let highest = Seq(tail.last().map_or(0, |r| r.seq).max(row.highest_seq));
             let mut snapshot_seqs = Vec::new();
             if row.snapshots > 0 {
                 let t = rtx.open_table(keys::SNAPSHOTS)?;
@@ -568,7 +570,7 @@ pub struct RecoveryView {
     reader: JournalReader,
     rtx: ReadTransaction,
     row: EntityRow,
-    tail: Vec<TailEvent>,
+    tail: Vec<TailRef>,
     pid: PersistenceId,
     ek: Vec<u8>,
     highest: Seq,
@@ -651,7 +653,10 @@ pub struct EventIter {
     chunk_table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
     logs: HashMap<u64, ReadOnlyTable<u64, &'static [u8]>>,
     chunks: VecDeque<ChunkRef>,
-    tail: VecDeque<TailEvent>,
+    tail: VecDeque<TailRef>,
+    /// Where the cached bytes of tail events are copied from.
+    shared: Arc<Shared>,
+    batch: TailBatch,
     buffer: VecDeque<EventRecord>,
     remaining: u64,
     /// Last seq the stream must reach (unless cut by the read snapshot).
@@ -661,6 +666,18 @@ pub struct EventIter {
     done: bool,
     check: Checker,
 }
+
+/// Tail events decoded together: their refs, and the cached bytes copied under one lock.
+#[derive(Default)]
+struct TailBatch {
+    refs: Vec<TailRef>,
+    bytes: Vec<u8>,
+    spans: Vec<Option<std::ops::Range<usize>>>,
+}
+
+/// Tail events per batch, and the bytes that end one early.
+const TAIL_BATCH_EVENTS: usize = 256;
+const TAIL_BATCH_BYTES: usize = 256 * 1024;
 
 /// What every event of a stream is checked against, and the manifest consecutive events share.
 struct Checker {
@@ -796,12 +813,50 @@ impl EventIter {
         // segments. (Every tail event is committed, so a cached one is returned even if it
         // was committed after this read transaction began; the stream stays a prefix, as one
         // missing from the snapshot ends it.)
-        let mut n = 0;
-        while let Some(TailEvent { r, bytes }) = self.tail.pop_front() {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.refs.clear();
+        batch.bytes.clear();
+        batch.spans.clear();
+        let mut size = 0;
+        while batch.refs.len() < TAIL_BATCH_EVENTS && size < TAIL_BATCH_BYTES {
+            let Some(r) = self.tail.pop_front() else {
+                break;
+            };
+            size += r.bytes as usize;
+            batch.refs.push(r);
+        }
+        self.shared
+            .copy_cached(&batch.refs, &mut batch.bytes, &mut batch.spans);
+        let result = self.emit_tail(&batch, sink);
+        let n = match &result {
+            Ok(done) => *done,
+            Err(_) => batch.refs.len(),
+        };
+        // Events the sink stopped before go back to the front, in order.
+        for r in batch.refs.drain(n..).rev() {
+            self.tail.push_front(r);
+        }
+        self.batch = batch;
+        result?;
+        Ok(n > 0 || !self.tail.is_empty())
+    }
+
+    /// Hands the events of `batch` to `sink`: from the copied cache bytes, or looked up in
+    /// their log segments. Returns how many were used (all, unless the sink stopped or the
+    /// read snapshot ended the stream).
+    fn emit_tail(
+        &mut self,
+        batch: &TailBatch,
+        sink: &mut dyn FnMut(EventRef<'_>) -> bool,
+    ) -> Result<usize> {
+        for (i, (r, span)) in batch.refs.iter().zip(&batch.spans).enumerate() {
             let want = Some((r.seq, r.offset));
             let what = || format!("log offset {}", r.offset);
-            let more = match bytes {
-                Some(bytes) => self.check.emit(&bytes, true, want, r.seq, &what, sink)?,
+            let more = match span {
+                Some(span) => {
+                    let bytes = &batch.bytes[span.clone()];
+                    self.check.emit(bytes, true, want, r.seq, &what, sink)?
+                }
                 None => {
                     if !self.logs.contains_key(&r.segment) {
                         let name = keys::segment_table_name(r.segment);
@@ -813,30 +868,29 @@ impl EventIter {
                             Err(redb::TableError::TableDoesNotExist(_)) => {
                                 self.tail.clear();
                                 self.truncated = true;
-                                break;
+                                return Ok(batch.refs.len());
                             }
                             Err(e) => return Err(e.into()),
                         }
                     }
                     let Some(table) = self.logs.get(&r.segment) else {
-                        break;
+                        return Ok(batch.refs.len());
                     };
                     let Some(found) = log::get(table, r.segment, r.rows, r.offset)? else {
                         // Committed after this read transaction began.
                         self.tail.clear();
                         self.truncated = true;
-                        break;
+                        return Ok(batch.refs.len());
                     };
                     self.check
                         .emit(found.bytes(), false, want, r.seq, &what, sink)?
                 }
             };
-            n += 1;
-            if !more || n >= 256 {
-                break;
+            if !more {
+                return Ok(i + 1);
             }
         }
-        Ok(n > 0 || !self.tail.is_empty())
+        Ok(batch.refs.len())
     }
 
     /// The stream has nothing left: an error if it ended before the seq it must reach.

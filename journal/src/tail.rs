@@ -3,12 +3,13 @@
 //! scanning the unpacked segments (bounded by the segment size), shared between the writer and
 //! readers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// A hash map with a fast, randomly seeded hasher (foldhash) for the writer's per-event maps:
-/// std's SipHash was a tenth of the writer's time.
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// std's SipHash was a tenth of the writer's time. hashbrown's map, for `entry_ref`: one lookup
+/// per append without copying the key.
+pub(crate) type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
@@ -24,13 +25,6 @@ pub(crate) struct TailRef {
     pub bytes: u32,
     /// The segment stores log rows (format 2), see [`crate::meta::SegmentInfo::rows`].
     pub rows: bool,
-}
-
-/// An unpacked event in an entity's view, with its stored bytes when the cache holds them.
-#[derive(Clone, Debug)]
-pub(crate) struct TailEvent {
-    pub r: TailRef,
-    pub bytes: Option<Arc<Vec<u8>>>,
 }
 
 /// Entity key → its unpacked events, ascending seq; and the stored bytes of unpacked events.
@@ -49,12 +43,10 @@ impl Tail {
 
     /// Appends the refs of one append with one lookup.
     pub(crate) fn extend(&mut self, entity_key: &[u8], refs: &[TailRef]) {
-        match self.entries.get_mut(entity_key) {
-            Some(v) => v.extend_from_slice(refs),
-            None => {
-                self.entries.insert(entity_key.to_vec(), refs.to_vec());
-            }
-        }
+        self.entries
+            .entry_ref(entity_key)
+            .or_default()
+            .extend_from_slice(refs);
     }
 
     /// Drops every ref of `segment` (after it has been packed).
@@ -105,18 +97,30 @@ impl Shared {
         tail.entries.get(entity_key)?.last().map(|r| r.seq)
     }
 
-    /// The unpacked events of one entity, with the cached bytes of each.
-    pub(crate) fn tail_of(&self, entity_key: &[u8]) -> Vec<TailEvent> {
+    /// The unpacked events of one entity (their refs; readers copy the cached bytes of a few
+    /// at a time with [`Self::copy_cached`]).
+    pub(crate) fn tail_of(&self, entity_key: &[u8]) -> Vec<TailRef> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        match tail.entries.get(entity_key) {
-            Some(refs) => refs
-                .iter()
-                .map(|r| TailEvent {
-                    r: *r,
-                    bytes: tail.cache.get(r.offset).cloned(),
-                })
-                .collect(),
-            None => Vec::new(),
+        tail.entries.get(entity_key).cloned().unwrap_or_default()
+    }
+
+    /// Copies the cached stored bytes of `refs` to the end of `buf`, under one read lock:
+    /// `spans[i]` is where event `i` landed, or `None` when the cache does not hold it.
+    /// Copying is cheaper than sharing here: taking a reference to each buffer writes its
+    /// count, a cache line the writer thread owns, twice per event.
+    pub(crate) fn copy_cached(
+        &self,
+        refs: &[TailRef],
+        buf: &mut Vec<u8>,
+        spans: &mut Vec<Option<std::ops::Range<usize>>>,
+    ) {
+        let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+        for r in refs {
+            spans.push(tail.cache.get(r.offset).map(|b| {
+                let start = buf.len();
+                buf.extend_from_slice(b);
+                start..buf.len()
+            }));
         }
     }
 }

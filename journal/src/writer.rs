@@ -370,18 +370,6 @@ impl Writer {
         }
     }
 
-    fn current_highest(&mut self, ek: &[u8], entities: &Table<&[u8], &[u8]>) -> Result<u64> {
-        if let Some(h) = self.highest.get(ek) {
-            return Ok(*h);
-        }
-        let h = match entities.get(ek)? {
-            Some(v) => decode_row(ek, v.value())?.highest_seq,
-            None => 0,
-        };
-        self.highest.insert(ek.to_vec(), h);
-        Ok(h)
-    }
-
     fn transact(&mut self, batch: Vec<Request>, done: &mut Vec<Done>) -> Result<Effects> {
         let mut txn = self.db.begin_write()?;
         if self.durability == Durability::None {
@@ -543,7 +531,18 @@ impl Writer {
         inserts: &mut Vec<(u64, Vec<u8>)>,
         fx: &mut Effects,
     ) -> Result<Result<AppendAck>> {
-        let current = self.current_highest(&ek, entities)?;
+        // One lookup: the slot is read here and advanced below.
+        let highest = match self.highest.entry_ref(ek.as_slice()) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => o.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                let h = match entities.get(ek.as_slice())? {
+                    Some(row) => decode_row(&ek, row.value())?.highest_seq,
+                    None => 0,
+                };
+                v.insert(h)
+            }
+        };
+        let current = *highest;
         if expected_seq.0 != current + 1 {
             return Ok(Err(JournalError::Conflict {
                 pid,
@@ -571,12 +570,7 @@ impl Writer {
             inserts.push((offset, bytes));
         }
         self.state.next_offset += n;
-        match self.highest.get_mut(&ek) {
-            Some(h) => *h = current + n,
-            None => {
-                self.highest.insert(ek.clone(), current + n);
-            }
-        }
+        *highest = current + n;
         fx.tail.push((ek, refs));
         fx.appended += n as usize;
         Ok(Ok(AppendAck {
@@ -588,7 +582,7 @@ impl Writer {
     }
 
     /// The entity's row and its highest seq, reading the row once (the seq cache is filled from
-    /// it on a miss, as `current_highest` would).
+    /// it on a miss, as `append` does).
     fn row_and_highest(
         &mut self,
         ek: &[u8],
@@ -839,6 +833,8 @@ impl Writer {
             // At the end of this generation's key range (a merge target, newer, may follow it).
             let next_gen = (seg.number + 1).to_be_bytes();
             let mut cursor = chunks.upper_bound_mut(Bound::Excluded(&next_gen[..]))?;
+            // One chunk buffer for the whole step, reused per entity.
+            let mut buf: Vec<u8> = Vec::new();
             while budget > 0 {
                 let Some((ek, refs)) = plan.pop_first() else {
                     break;
@@ -847,7 +843,7 @@ impl Writer {
                     Some(v) => decode_row(&ek, v.value())?,
                     None => EntityRow::default(),
                 };
-                let mut buf: Vec<u8> = Vec::new();
+                buf.clear();
                 let mut current: Option<ChunkRef> = None;
                 for r in &refs {
                     row.highest_seq = row.highest_seq.max(r.seq);

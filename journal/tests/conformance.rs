@@ -616,6 +616,61 @@ async fn replay_is_the_same_before_and_after_packing_and_reopen() {
     assert_eq!(seqs(&j, &ids[2], 7, 19, 5), vec![7, 8, 9, 10, 11]);
 }
 
+/// Tail reads copy cached bytes a batch at a time: a tail longer than one batch, cached only in
+/// part, reads whole (iterated, visited in place, in windows), and a pack that drops the cache
+/// between two batches leaves the rest to the log in the read snapshot.
+#[test]
+fn a_long_tail_reads_across_batches_a_partial_cache_and_a_pack() {
+    let fill = |cache_bytes: usize| {
+        let f = fixture_with(
+            Journal::builder()
+                .segment_events(700)
+                .pack_step_events(1_000_000)
+                .pack_cache_bytes(cache_bytes),
+        );
+        for s in 1..=700u64 {
+            f.j.append_blocking(&pid("long"), Seq(s), vec![ev(&format!("e{s}"))])
+                .unwrap();
+        }
+        f
+    };
+    let p = pid("long");
+    let all: Vec<u64> = (1..=700).collect();
+    // About 250 events' worth: the first batches mix cached and logged events.
+    let f = fill(30_000);
+    let r = f.j.reader();
+    assert_eq!(seqs(&r, &p, 1, u64::MAX, u64::MAX), all);
+    assert_eq!(
+        seqs(&r, &p, 250, 520, u64::MAX),
+        (250..=520).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(&r, &p, 200, u64::MAX, 300),
+        (200..500).collect::<Vec<_>>()
+    );
+    let mut visited = Vec::new();
+    r.events(&p, Seq(1), Seq(u64::MAX), 513)
+        .unwrap()
+        .for_each_ref(|e| {
+            assert_eq!(e.payload, format!("e{}", e.seq).as_bytes());
+            visited.push(e.seq.0);
+            Ok::<(), JournalError>(())
+        })
+        .unwrap();
+    assert_eq!(visited, (1..=513).collect::<Vec<_>>());
+
+    // Everything cached: read one batch, pack the segment (its cache entries go), read on.
+    let f = fill(64 << 20);
+    let r = f.j.reader();
+    let mut it = r.events(&p, Seq(1), Seq(u64::MAX), u64::MAX).unwrap();
+    let mut read: Vec<u64> = it.by_ref().take(10).map(|e| e.unwrap().seq.0).collect();
+    f.j.append_blocking(&p, Seq(701), vec![ev("e701")]).unwrap();
+    f.j.flush_blocking(true).unwrap();
+    read.extend(it.map(|e| e.unwrap().seq.0));
+    assert_eq!(read, all, "the read snapshot had 700 events");
+    assert_eq!(seqs(&r, &p, 1, u64::MAX, u64::MAX).len(), 701);
+}
+
 #[tokio::test]
 async fn old_generations_merge_without_changing_what_reads_return() {
     let merging = || {
