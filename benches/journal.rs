@@ -24,7 +24,8 @@
 //! last segment, so replay reads only packed chunks), `STATELINE_BENCH_MERGE` [journal default]
 //! (1/0: merge packed generations or not), `STATELINE_BENCH_PACK_CACHE_BYTES` [journal
 //! default], `STATELINE_BENCH_MAX_CHUNK_BYTES` [journal default], `STATELINE_BENCH_ROUNDS` [3]
-//! (persist rounds, see below). With `RUST_LOG` set, the journal's tracing output goes to stderr.
+//! (persist rounds, see below), `STATELINE_BENCH_REPLAY_PASSES` [5] (timed replay passes per
+//! side, journal and baseline alternating). With `RUST_LOG` set, the journal's tracing output goes to stderr.
 //!
 //! Persist runs in rounds, each a fresh journal between two baseline runs (B J B J B J B); a
 //! round's ratio is the journal's rate over the mean of the baseline rates around it, and the
@@ -108,6 +109,7 @@ struct Config {
     merge: Option<bool>,
     pack_cache_bytes: Option<usize>,
     rounds: usize,
+    replay_passes: usize,
     max_chunk_bytes: Option<usize>,
 }
 
@@ -133,6 +135,7 @@ impl Config {
             merge: env_opt::<u8>("STATELINE_BENCH_MERGE").map(|v| v != 0),
             pack_cache_bytes: env_opt("STATELINE_BENCH_PACK_CACHE_BYTES"),
             rounds: env_or("STATELINE_BENCH_ROUNDS", 3usize).max(1),
+            replay_passes: env_or("STATELINE_BENCH_REPLAY_PASSES", 5usize).max(1),
             max_chunk_bytes: env_opt("STATELINE_BENCH_MAX_CHUNK_BYTES"),
         }
     }
@@ -752,11 +755,12 @@ fn scenario_replay(cfg: &Config, dir: &Path, p: &Persisted) {
     let total: u64 = p.highest.iter().sum();
     eprintln!(
         "== replay: all events of {} random persistence ids (of {}, ~{:.0} events each, written \
-         interleaved by persist), rmp-serde decode of every payload; warm (one untimed pass, \
-         then the median of 3 timed passes)",
+         interleaved by persist), rmp-serde decode of every payload; warm (one untimed pass \
+         each, then the median of {} timed passes, journal and baseline alternating)",
         cfg.replay_ids,
         cfg.ids,
-        total as f64 / cfg.ids as f64
+        total as f64 / cfg.ids as f64,
+        cfg.replay_passes
     );
     // Baseline file: the same payloads, contiguous per entity, written in entity order.
     let base_path = dir.join("baseline-events.redb");
@@ -787,26 +791,36 @@ fn scenario_replay(cfg: &Config, dir: &Path, p: &Persisted) {
     eprintln!("  baseline file {:.0} MiB", file_mib(&base_path));
 
     let ids = sample(cfg.ids, cfg.replay_ids, 0x5EED_0001);
-    let timed = |f: &dyn Fn() -> u64| -> (u64, Duration, Vec<f64>) {
-        let n = f(); // warm-up
-        let mut runs: Vec<Duration> = (0..3)
-            .map(|_| {
-                let t0 = Instant::now();
-                assert_eq!(f(), n);
-                t0.elapsed()
-            })
-            .collect();
-        runs.sort();
-        let each = runs.iter().map(|d| per_sec(n, *d)).collect();
-        (n, runs[1], each)
+    // Warm both, then alternate journal and baseline passes, so that a slow minute of this
+    // shared machine lands on both sides; each side reports its median pass.
+    let n = replay_journal(p, &ids);
+    assert_eq!(
+        n,
+        replay_baseline(&db, &ids, &p.highest),
+        "journal and baseline read different event counts"
+    );
+    let time = |f: &dyn Fn() -> u64| {
+        let t0 = Instant::now();
+        assert_eq!(f(), n);
+        t0.elapsed()
     };
-    let (n, d, each) = timed(&|| replay_journal(p, &ids));
+    let mut journal_runs = Vec::new();
+    let mut baseline_runs = Vec::new();
+    for _ in 0..cfg.replay_passes {
+        journal_runs.push(time(&|| replay_journal(p, &ids)));
+        baseline_runs.push(time(&|| replay_baseline(&db, &ids, &p.highest)));
+    }
+    let median = |runs: &mut Vec<Duration>| {
+        let each: Vec<f64> = runs.iter().map(|d| per_sec(n, *d)).collect();
+        runs.sort();
+        (runs[runs.len() / 2], each)
+    };
+    let (d, each) = median(&mut journal_runs);
+    let (bd, beach) = median(&mut baseline_runs);
     let eps = per_sec(n, d);
     eprintln!("  journal: {n} events, {eps:.0} events/s (passes: {each:.0?})");
-    let (bn, bd, beach) = timed(&|| replay_baseline(&db, &ids, &p.highest));
-    assert_eq!(n, bn, "journal and baseline read different event counts");
-    let base_eps = per_sec(bn, bd);
-    eprintln!("  baseline: {bn} events, {base_eps:.0} events/s (passes: {beach:.0?})");
+    let base_eps = per_sec(n, bd);
+    eprintln!("  baseline: {n} events, {base_eps:.0} events/s (passes: {beach:.0?})");
     let ratio = eps / base_eps;
     eprintln!("  target: ratio {ratio:.3} >= 0.7 {}", met(ratio >= 0.7));
     println!(

@@ -480,7 +480,7 @@ impl JournalReader {
                         .filter(|(k, _)| {
                             k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice()
                         })
-                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .map(|(k, v)| (k.clone(), v.refs.clone()))
                         .collect()
                 };
                 if self.shared.pack_version.load(Ordering::SeqCst) == v1 {
@@ -826,7 +826,7 @@ impl EventIter {
             batch.refs.push(r);
         }
         self.shared
-            .copy_cached(&batch.refs, &mut batch.bytes, &mut batch.spans);
+            .copy_cached(&self.ek, &batch.refs, &mut batch.bytes, &mut batch.spans);
         let result = self.emit_tail(&batch, sink);
         let n = match &result {
             Ok(done) => *done,

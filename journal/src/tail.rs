@@ -3,9 +3,6 @@
 //! scanning the unpacked segments (bounded by the segment size), shared between the writer and
 //! readers.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-
 /// A hash map with a fast, randomly seeded hasher (foldhash) for the writer's per-event maps:
 /// std's SipHash was a tenth of the writer's time. hashbrown's map, for `entry_ref`: one lookup
 /// per append without copying the key.
@@ -23,43 +20,138 @@ pub(crate) struct TailRef {
     pub segment: u64,
     pub timestamp_micros: i64,
     pub bytes: u32,
+    /// Where the event's stored bytes start in its entity's cache buffer for `segment`, or
+    /// [`NOT_CACHED`].
+    pub cached: u32,
     /// The segment stores log rows (format 2), see [`crate::meta::SegmentInfo::rows`].
     pub rows: bool,
 }
 
-/// Entity key → its unpacked events, ascending seq; and the stored bytes of unpacked events.
+/// [`TailRef::cached`] of an event the cache does not hold (over budget, or a reader
+/// without a cache).
+pub(crate) const NOT_CACHED: u32 = u32::MAX;
+
+/// One entity's unpacked events, ascending seq, and the event cache's copies of their stored
+/// bytes: one buffer per segment, so that an entity's tail is a few contiguous reads and a
+/// packed segment's bytes go as whole buffers.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EntityTail {
+    pub refs: Vec<TailRef>,
+    buffers: Vec<(u64, Vec<u8>)>,
+}
+
+impl EntityTail {
+    /// The cached stored bytes of `r` (one of this entity's refs).
+    pub(crate) fn cached(&self, r: &TailRef) -> Option<&[u8]> {
+        if r.cached == NOT_CACHED {
+            return None;
+        }
+        let (_, buf) = self.buffers.iter().find(|(s, _)| *s == r.segment)?;
+        let start = r.cached as usize;
+        buf.get(start..start + r.bytes as usize)
+    }
+}
+
+/// Entity key → its unpacked events and their cached bytes, bounded by a byte budget (the
+/// event cache; events past it are read from the log).
 #[derive(Default, Debug)]
 pub(crate) struct Tail {
-    pub entries: FastMap<Vec<u8>, Vec<TailRef>>,
-    /// Stored bytes of committed, unpacked events, so that packing copies them and readers
-    /// decode them without a log lookup each.
-    pub cache: EventCache,
+    pub entries: FastMap<Vec<u8>, EntityTail>,
+    /// Capacity of every cache buffer, against `cache_limit`.
+    cache_bytes: usize,
+    cache_limit: usize,
 }
 
 impl Tail {
-    pub(crate) fn push(&mut self, entity_key: &[u8], r: TailRef) {
-        self.extend(entity_key, std::slice::from_ref(&r));
+    /// An empty tail whose cache holds up to `cache_limit` bytes.
+    pub(crate) fn new(cache_limit: usize) -> Self {
+        Self {
+            cache_limit,
+            ..Self::default()
+        }
     }
 
-    /// Appends the refs of one append with one lookup.
-    pub(crate) fn extend(&mut self, entity_key: &[u8], refs: &[TailRef]) {
-        self.entries
-            .entry_ref(entity_key)
-            .or_default()
-            .extend_from_slice(refs);
+    /// Adds the events of one append (ascending seq) with their stored bytes, with one lookup;
+    /// each is cached while the budget allows.
+    pub(crate) fn extend<'b>(
+        &mut self,
+        entity_key: &[u8],
+        events: impl IntoIterator<Item = (TailRef, &'b [u8])>,
+    ) {
+        let entry = self.entries.entry_ref(entity_key).or_default();
+        for (mut r, bytes) in events {
+            r.cached = NOT_CACHED;
+            if let Some((grown, start)) =
+                cache_into(entry, r.segment, bytes, self.cache_bytes, self.cache_limit)
+            {
+                self.cache_bytes += grown;
+                r.cached = start;
+            }
+            entry.refs.push(r);
+        }
     }
 
-    /// Drops every ref of `segment` (after it has been packed).
+    /// Drops every ref of `segment` and its cached bytes (after it has been packed).
     pub(crate) fn drop_segment(&mut self, segment: u64) {
-        self.entries.retain(|_, refs| {
-            refs.retain(|r| r.segment != segment);
-            !refs.is_empty()
+        let mut freed = 0;
+        self.entries.retain(|_, e| {
+            e.refs.retain(|r| r.segment != segment);
+            e.buffers.retain(|(s, b)| {
+                let keep = *s != segment;
+                if !keep {
+                    freed += b.capacity();
+                }
+                keep
+            });
+            !e.refs.is_empty()
         });
+        self.cache_bytes -= freed;
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.entries.values().map(Vec::len).sum()
+        self.entries.values().map(|e| e.refs.len()).sum()
     }
+
+    /// Bytes the event cache holds (buffer capacities).
+    pub(crate) fn cache_bytes(&self) -> usize {
+        self.cache_bytes
+    }
+}
+
+/// Copies `bytes` to the end of the entity's buffer for `segment` if the budget allows the
+/// growth; returns the growth (capacity) and where the bytes start.
+fn cache_into(
+    entry: &mut EntityTail,
+    segment: u64,
+    bytes: &[u8],
+    used: usize,
+    limit: usize,
+) -> Option<(usize, u32)> {
+    let i = match entry.buffers.iter().position(|(s, _)| *s == segment) {
+        Some(i) => i,
+        None => {
+            entry.buffers.push((segment, Vec::new()));
+            entry.buffers.len() - 1
+        }
+    };
+    let buf = &mut entry.buffers[i].1;
+    let start = u32::try_from(buf.len()).ok().filter(|s| *s != NOT_CACHED)?;
+    let need = buf.len() + bytes.len();
+    let before = buf.capacity();
+    if need > before {
+        // Amortized doubling while the budget allows it; the exact size when only that fits.
+        let doubled = need.max(before * 2).max(1024);
+        let target = if used + (doubled - before) <= limit {
+            doubled
+        } else if used + (need - before) <= limit {
+            need
+        } else {
+            return None;
+        };
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(bytes);
+    Some((buf.capacity() - before, start))
 }
 
 /// State shared by the writer thread and all readers of one open journal.
@@ -94,29 +186,40 @@ impl Shared {
     /// Seq of the newest unpacked event of one entity.
     pub(crate) fn tail_highest(&self, entity_key: &[u8]) -> Option<u64> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        tail.entries.get(entity_key)?.last().map(|r| r.seq)
+        tail.entries.get(entity_key)?.refs.last().map(|r| r.seq)
     }
 
     /// The unpacked events of one entity (their refs; readers copy the cached bytes of a few
     /// at a time with [`Self::copy_cached`]).
     pub(crate) fn tail_of(&self, entity_key: &[u8]) -> Vec<TailRef> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        tail.entries.get(entity_key).cloned().unwrap_or_default()
+        tail.entries
+            .get(entity_key)
+            .map(|e| e.refs.clone())
+            .unwrap_or_default()
     }
 
-    /// Copies the cached stored bytes of `refs` to the end of `buf`, under one read lock:
-    /// `spans[i]` is where event `i` landed, or `None` when the cache does not hold it.
-    /// Copying is cheaper than sharing here: taking a reference to each buffer writes its
-    /// count, a cache line the writer thread owns, twice per event.
+    /// Copies the cached stored bytes of `refs` (events of the entity `entity_key`) to the end
+    /// of `buf`, under one read lock: `spans[i]` is where event `i` landed, or `None` when the
+    /// cache does not hold it (any more). Copying beats sharing: a reference to each event's
+    /// bytes would write a count the writer thread's cache line holds, twice per event.
     pub(crate) fn copy_cached(
         &self,
+        entity_key: &[u8],
         refs: &[TailRef],
         buf: &mut Vec<u8>,
         spans: &mut Vec<Option<std::ops::Range<usize>>>,
     ) {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
+        let entry = tail.entries.get(entity_key);
         for r in refs {
-            spans.push(tail.cache.get(r.offset).map(|b| {
+            // The ref as the tail holds it now: the read's copy may predate a pack.
+            let bytes = entry.and_then(|e| {
+                let now = e.refs.binary_search_by_key(&r.seq, |x| x.seq).ok()?;
+                e.cached(&e.refs[now])
+                    .filter(|_| e.refs[now].offset == r.offset)
+            });
+            spans.push(bytes.map(|b| {
                 let start = buf.len();
                 buf.extend_from_slice(b);
                 start..buf.len()
@@ -125,118 +228,65 @@ impl Shared {
     }
 }
 
-/// Memory an event in the cache costs besides its bytes: its slot and the shared buffer's
-/// counts.
-pub(crate) const ENTRY_OVERHEAD: usize = 48;
-
-fn cost(bytes: &Arc<Vec<u8>>) -> usize {
-    bytes.capacity() + ENTRY_OVERHEAD
-}
-
-/// Stored bytes of committed events by offset. Offsets are dense and increasing, so a deque
-/// indexed by `offset - base` is the whole index; the byte budget caps memory (events past it
-/// are read from the log).
-#[derive(Debug, Default)]
-pub(crate) struct EventCache {
-    base: u64,
-    slots: VecDeque<Option<Arc<Vec<u8>>>>,
-    bytes: usize,
-    limit: usize,
-}
-
-impl EventCache {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            ..Self::default()
-        }
-    }
-
-    /// Keeps the stored bytes of the event at `offset`, unless over budget. The budget counts
-    /// each event's buffer (its capacity) plus [`ENTRY_OVERHEAD`].
-    pub(crate) fn put(&mut self, offset: u64, bytes: Arc<Vec<u8>>) {
-        if self.bytes + cost(&bytes) > self.limit {
-            return;
-        }
-        if self.slots.is_empty() {
-            self.base = offset;
-        }
-        let Some(index) = offset.checked_sub(self.base) else {
-            return;
-        };
-        let index = index as usize;
-        if index > self.slots.len() + (1 << 20) {
-            // A gap this large means the cache was skipped for a while: start over.
-            self.slots.clear();
-            self.bytes = 0;
-            self.base = offset;
-            return self.put(offset, bytes);
-        }
-        while self.slots.len() < index {
-            self.slots.push_back(None);
-        }
-        self.bytes += cost(&bytes);
-        if index == self.slots.len() {
-            self.slots.push_back(Some(bytes));
-        } else if let Some(old) = self.slots[index].replace(bytes) {
-            self.bytes -= cost(&old);
-        }
-    }
-
-    pub(crate) fn get(&self, offset: u64) -> Option<&Arc<Vec<u8>>> {
-        let index = usize::try_from(offset.checked_sub(self.base)?).ok()?;
-        self.slots.get(index)?.as_ref()
-    }
-
-    /// Drops every event below `end` (a packed segment's).
-    pub(crate) fn forget_below(&mut self, end: u64) {
-        while self.base < end {
-            match self.slots.pop_front() {
-                Some(slot) => {
-                    if let Some(b) = slot {
-                        self.bytes -= cost(&b);
-                    }
-                    self.base += 1;
-                }
-                None => {
-                    self.base = end;
-                    break;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::EventCache;
-    use std::sync::Arc;
+    use super::{Tail, TailRef, NOT_CACHED};
 
-    fn b(v: u8, n: usize) -> Arc<Vec<u8>> {
-        Arc::new(vec![v; n])
+    fn r(seq: u64, segment: u64, bytes: u32) -> TailRef {
+        TailRef {
+            seq,
+            offset: seq,
+            segment,
+            timestamp_micros: 0,
+            bytes,
+            cached: NOT_CACHED,
+            rows: true,
+        }
+    }
+
+    fn cached(t: &Tail, key: &[u8], seq: u64) -> Option<Vec<u8>> {
+        let e = t.entries.get(key)?;
+        let r = e.refs.iter().find(|r| r.seq == seq)?;
+        e.cached(r).map(<[u8]>::to_vec)
     }
 
     #[test]
-    fn the_event_cache_is_indexed_by_offset_and_bounded() {
-        let mut c = EventCache::new(10 + 2 * super::ENTRY_OVERHEAD);
-        c.put(5, b(1, 4));
-        c.put(6, b(2, 4));
-        c.put(7, b(3, 4)); // over the budget: not kept
-        assert_eq!(c.get(7), None);
-        assert_eq!(c.get(6).map(|b| b.to_vec()), Some(vec![2; 4]));
-        assert_eq!(c.get(5).map(|b| b.to_vec()), Some(vec![1; 4]));
-        c.forget_below(6);
-        assert_eq!((c.bytes, c.get(5)), (4 + super::ENTRY_OVERHEAD, None));
-        c.put(8, b(4, 2));
-        assert_eq!(c.get(8).map(|b| b.to_vec()), Some(vec![4; 2]));
-        assert_eq!(c.get(7), None);
-        c.forget_below(9);
-        assert_eq!((c.bytes, c.get(8)), (0, None));
-        c.put(20, b(9, 1));
-        assert_eq!(c.get(20).map(|b| b.to_vec()), Some(vec![9]));
-        assert_eq!(c.get(3), None);
-        // A huge gap starts over.
-        c.put(20 + (2 << 20), b(7, 1));
-        assert_eq!((c.get(20), c.bytes), (None, 1 + super::ENTRY_OVERHEAD));
+    fn the_event_cache_keeps_bytes_per_entity_and_segment_within_its_budget() {
+        let mut t = Tail::new(2048 + 3);
+        t.extend(
+            b"a",
+            [(r(1, 0, 4), &[1u8; 4][..]), (r(2, 0, 4), &[2u8; 4][..])],
+        );
+        t.extend(b"b", [(r(1, 0, 3), &[3u8; 3][..])]);
+        assert_eq!(t.cache_bytes(), 2048, "two buffers of the minimum capacity");
+        assert_eq!(cached(&t, b"a", 2), Some(vec![2; 4]));
+        assert_eq!(cached(&t, b"b", 1), Some(vec![3; 3]));
+        // A third buffer does not fit: indexed, not cached.
+        t.extend(b"a", [(r(3, 1, 4), &[4u8; 4][..])]);
+        assert_eq!((t.len(), cached(&t, b"a", 3)), (4, None));
+        // Within its buffer's capacity it still fits.
+        t.extend(b"a", [(r(4, 0, 5), &[5u8; 5][..])]);
+        assert_eq!(cached(&t, b"a", 4), Some(vec![5; 5]));
+        t.drop_segment(0);
+        assert_eq!((t.len(), t.cache_bytes()), (1, 0));
+        assert!(!t.entries.contains_key(&b"b"[..]));
+        t.extend(b"a", [(r(5, 1, 2), &[6u8; 2][..])]);
+        assert_eq!(
+            (cached(&t, b"a", 5), cached(&t, b"a", 3)),
+            (Some(vec![6; 2]), None)
+        );
+        // Only the exact size fits: the buffer grows by just that.
+        let mut t = Tail::new(10);
+        t.extend(b"a", [(r(1, 0, 10), &[7u8; 10][..])]);
+        assert_eq!(
+            (t.cache_bytes(), cached(&t, b"a", 1)),
+            (10, Some(vec![7; 10]))
+        );
+        t.extend(b"a", [(r(2, 0, 1), &[8u8; 1][..])]);
+        assert_eq!((t.cache_bytes(), cached(&t, b"a", 2)), (10, None));
+        // No budget: nothing cached.
+        let mut t = Tail::new(0);
+        t.extend(b"a", [(r(1, 0, 1), &[9u8; 1][..])]);
+        assert_eq!((t.len(), cached(&t, b"a", 1)), (1, None));
     }
 }

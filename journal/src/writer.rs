@@ -27,7 +27,7 @@ use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState, SegmentInfo, State};
 use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
-use crate::tail::{EventCache, FastMap, Shared, Tail, TailRef};
+use crate::tail::{FastMap, Shared, Tail, TailRef, NOT_CACHED};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -338,26 +338,22 @@ impl Writer {
     }
 
     fn apply(&mut self, fx: &mut Effects) {
-        // Shared (not copied) before readers are locked out.
-        let cached: Vec<(u64, Arc<Vec<u8>>)> = fx
-            .appended_bytes
-            .drain(..)
-            .map(|(offset, bytes)| (offset, Arc::new(bytes)))
-            .collect();
         {
             let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
+            // The appended events' bytes, in offset order from the first.
+            let bytes = &fx.appended_bytes;
+            let base = bytes.first().map_or(0, |(offset, _)| *offset);
             for (ek, refs) in &fx.tail {
-                tail.extend(ek, refs);
+                tail.extend(
+                    ek,
+                    refs.iter()
+                        .map(|r| (*r, bytes[(r.offset - base) as usize].1.as_slice())),
+                );
             }
-            for (offset, bytes) in cached {
-                tail.cache.put(offset, bytes);
-            }
-            if let Some((seg, end_offset)) = fx.packed_segment {
+            if let Some((seg, _)) = fx.packed_segment {
                 // Readers that saw the old entity rows retry when the version moves (read.rs).
                 self.shared.pack_version.fetch_add(1, Ordering::SeqCst);
                 tail.drop_segment(seg);
-                // With the segment's events skipped by packing (deleted).
-                tail.cache.forget_below(end_offset);
             }
         }
         if fx.appended > 0 {
@@ -565,6 +561,7 @@ impl Writer {
                 segment,
                 timestamp_micros,
                 bytes: bytes.len() as u32,
+                cached: NOT_CACHED,
                 rows: true,
             });
             inserts.push((offset, bytes));
@@ -843,6 +840,7 @@ impl Writer {
                     Some(v) => decode_row(&ek, v.value())?,
                     None => EntityRow::default(),
                 };
+                let cached = tail.entries.get(ek.as_slice());
                 buf.clear();
                 let mut current: Option<ChunkRef> = None;
                 for r in &refs {
@@ -852,7 +850,7 @@ impl Writer {
                         continue;
                     }
                     let found;
-                    let v: &[u8] = match tail.cache.get(r.offset) {
+                    let v: &[u8] = match cached.and_then(|c| c.cached(r)) {
                         Some(b) => b,
                         None => {
                             found = log::get(&log, seg.number, seg.rows, r.offset)?.ok_or_else(
@@ -1144,11 +1142,12 @@ impl Writer {
         let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
         let cursor = self.state.pack_cursor.as_deref();
         let mut plan = BTreeMap::new();
-        for (ek, refs) in &tail.entries {
+        for (ek, entry) in &tail.entries {
             if cursor.is_some_and(|c| ek.as_slice() < c) {
                 continue;
             }
-            let mine: Vec<TailRef> = refs
+            let mine: Vec<TailRef> = entry
+                .refs
                 .iter()
                 .filter(|r| r.segment == segment)
                 .copied()
@@ -1176,10 +1175,7 @@ pub(crate) fn rebuild_tail(
 ) -> Result<(Tail, FastMap<Vec<u8>, u64>, u64)> {
     let rtx = db.begin_read()?;
     let state = crate::read::read_state(&rtx.open_table(keys::META)?)?;
-    let mut tail = Tail {
-        cache: EventCache::new(cache_bytes),
-        ..Tail::default()
-    };
+    let mut tail = Tail::new(cache_bytes);
     let mut highest: FastMap<Vec<u8>, u64> = FastMap::default();
     for seg in &state.segments {
         let name = keys::segment_table_name(seg.number);
@@ -1216,18 +1212,16 @@ pub(crate) fn rebuild_tail(
                 }
             }
             highest.insert(ek.clone(), rec.seq.0);
-            tail.push(
-                &ek,
-                TailRef {
-                    seq: rec.seq.0,
-                    offset,
-                    segment: seg.number,
-                    timestamp_micros: rec.timestamp.timestamp_micros(),
-                    bytes: v.len() as u32,
-                    rows: seg.rows,
-                },
-            );
-            tail.cache.put(offset, Arc::new(v.to_vec()));
+            let r = TailRef {
+                seq: rec.seq.0,
+                offset,
+                segment: seg.number,
+                timestamp_micros: rec.timestamp.timestamp_micros(),
+                bytes: v.len() as u32,
+                cached: NOT_CACHED,
+                rows: seg.rows,
+            };
+            tail.extend(&ek, [(r, v)]);
             Ok(true)
         })?;
         if expected != seg.first_offset + seg.events {
@@ -1241,7 +1235,11 @@ pub(crate) fn rebuild_tail(
             ));
         }
     }
-    debug!(tail_events = tail.len(), "tail index rebuilt");
+    debug!(
+        tail_events = tail.len(),
+        cache_bytes = tail.cache_bytes(),
+        "tail index rebuilt"
+    );
     Ok((tail, highest, state.next_offset.saturating_sub(1)))
 }
 
