@@ -2,7 +2,7 @@
 //! (length-prefixed frames). Every decode path returns a typed [`CodecError`]; bytes never panic
 //! (G7).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -88,6 +88,47 @@ fn micros(ts: DateTime<Utc>) -> i64 {
 fn from_micros(us: i64) -> Result<DateTime<Utc>, CodecError> {
     DateTime::<Utc>::from_timestamp_micros(us)
         .ok_or_else(|| CodecError::Invalid(format!("timestamp {us} out of range")))
+}
+
+/// Converts stored timestamps as [`from_micros`] does, remembering the last day's date:
+/// consecutive events of a replay mostly share it, and the calendar arithmetic was a few
+/// percent of a replay.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dates {
+    day: i64,
+    date: NaiveDate,
+}
+
+impl Default for Dates {
+    fn default() -> Self {
+        Self {
+            day: 0,
+            date: NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default(),
+        }
+    }
+}
+
+impl Dates {
+    /// `us` microseconds since the epoch as a UTC time.
+    pub(crate) fn at(&mut self, us: i64) -> Result<DateTime<Utc>, CodecError> {
+        let secs = us.div_euclid(1_000_000);
+        let nanos = (us.rem_euclid(1_000_000) * 1_000) as u32;
+        let day = secs.div_euclid(86_400);
+        let second = secs.rem_euclid(86_400) as u32;
+        if day != self.day {
+            // Days from the common era's first day: 719,163 of them precede 1970-01-01.
+            let date = i32::try_from(day + 719_163)
+                .ok()
+                .and_then(NaiveDate::from_num_days_from_ce_opt);
+            let Some(date) = date else {
+                return from_micros(us);
+            };
+            *self = Self { day, date };
+        }
+        let time = NaiveTime::from_num_seconds_from_midnight_opt(second, nanos)
+            .ok_or_else(|| CodecError::Invalid(format!("timestamp {us} out of range")))?;
+        Ok(NaiveDateTime::new(self.date, time).and_utc())
+    }
 }
 
 fn pid_of(entity_type: &str, entity_id: &str) -> Result<PersistenceId, CodecError> {
@@ -330,11 +371,13 @@ pub(crate) struct EventFields<'a> {
 /// Decodes a stored event read for `known` in place, checking its checksum unless the bytes
 /// are `trusted` (made by this process's writer, or checked when read from disk). `Ok(None)`
 /// when the bytes hold another persistence id or are valid in a shape this version does not
-/// write: [`decode_event_as`] then tells which (and gives the same errors).
+/// write: [`decode_event_as`] then tells which (and gives the same errors). `dates` converts
+/// the timestamp.
 pub(crate) fn event_fields<'a>(
     bytes: &'a [u8],
     known: &PersistenceId,
     trusted: bool,
+    dates: &mut Dates,
 ) -> Result<Option<EventFields<'a>>, CodecError> {
     let body = if trusted && bytes.len() >= CRC_LEN {
         &bytes[CRC_LEN..]
@@ -358,7 +401,7 @@ pub(crate) fn event_fields<'a>(
         seq: env.seq,
         offset: env.offset,
         event_id,
-        timestamp: from_micros(env.timestamp_micros)?,
+        timestamp: dates.at(env.timestamp_micros)?,
         manifest: env.manifest,
         version: env.version,
         payload: env.payload,
@@ -481,6 +524,26 @@ impl<'a> Iterator for Frames<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn remembered_dates_convert_as_chrono_does() {
+        let mut dates = super::Dates::default();
+        let day = 86_400_000_000i64;
+        let mut samples = vec![0, 1, -1, day - 1, day, -day, -day - 1, i64::MAX, i64::MIN];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly within a few days of now (consecutive days repeat), some anywhere.
+            samples.push(1_800_000_000_000_000 + (x % (3 * day as u64)) as i64);
+            samples.push(x as i64 >> (x % 20));
+        }
+        for us in samples {
+            let want = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(us);
+            assert_eq!(dates.at(us).ok(), want, "{us}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -331,6 +331,7 @@ impl JournalReader {
                 // history.
                 expect: Some(from),
                 manifest: Manifest::new(String::new(), 0),
+                dates: codec::Dates::default(),
             },
         })
     }
@@ -686,6 +687,7 @@ struct Checker {
     to: u64,
     expect: Option<u64>,
     manifest: Manifest,
+    dates: codec::Dates,
 }
 
 impl Checker {
@@ -724,7 +726,7 @@ impl Checker {
         what: &dyn Fn() -> String,
         sink: &mut dyn FnMut(EventRef<'_>) -> bool,
     ) -> Result<bool> {
-        let fields = codec::event_fields(bytes, &self.pid, cached)
+        let fields = codec::event_fields(bytes, &self.pid, cached, &mut self.dates)
             .map_err(|e| self.corrupted(at, format!("{}: {e}", what())))?;
         let Some(f) = fields else {
             // Another persistence id, or a shape only serde reads: the owned decoder decides.
