@@ -142,10 +142,11 @@ impl JournalBuilder {
         self
     }
 
-    /// Bytes of committed, not yet packed events kept in memory (the event cache), so that
-    /// packing copies them and replays decode them without reading the log back. Refilled on
-    /// open. Default 128 MiB: up to about two segments of ~200-byte events are unpacked at a
-    /// time (events beyond the budget are read from the log). 0 disables the cache.
+    /// Bytes of committed, not yet packed events kept in memory (the event cache: one buffer
+    /// per entity and unpacked segment, counted by capacity), so that packing copies them and
+    /// replays decode them without reading the log back. Refilled on open. Default 128 MiB:
+    /// up to about two segments of ~200-byte events are unpacked at a time (events beyond the
+    /// budget are read from the log). 0 disables the cache.
     pub fn pack_cache_bytes(mut self, n: usize) -> Self {
         self.pack_cache_bytes = n;
         self

@@ -140,7 +140,8 @@ fn cache_into(
     let before = buf.capacity();
     if need > before {
         // Amortized doubling while the budget allows it; the exact size when only that fits.
-        let doubled = need.max(before * 2).max(1024);
+        // No minimum: an entity with one small event costs that event.
+        let doubled = need.max(before * 2);
         let target = if used + (doubled - before) <= limit {
             doubled
         } else if used + (need - before) <= limit {
@@ -252,38 +253,34 @@ mod tests {
 
     #[test]
     fn the_event_cache_keeps_bytes_per_entity_and_segment_within_its_budget() {
-        let mut t = Tail::new(2048 + 3);
+        let mut t = Tail::new(16 + 2);
         t.extend(
             b"a",
             [(r(1, 0, 4), &[1u8; 4][..]), (r(2, 0, 4), &[2u8; 4][..])],
         );
         t.extend(b"b", [(r(1, 0, 3), &[3u8; 3][..])]);
-        assert_eq!(t.cache_bytes(), 2048, "two buffers of the minimum capacity");
+        assert_eq!(t.cache_bytes(), 8 + 3, "exact, then doubled capacities");
         assert_eq!(cached(&t, b"a", 2), Some(vec![2; 4]));
         assert_eq!(cached(&t, b"b", 1), Some(vec![3; 3]));
-        // A third buffer does not fit: indexed, not cached.
-        t.extend(b"a", [(r(3, 1, 4), &[4u8; 4][..])]);
-        assert_eq!((t.len(), cached(&t, b"a", 3)), (4, None));
-        // Within its buffer's capacity it still fits.
-        t.extend(b"a", [(r(4, 0, 5), &[5u8; 5][..])]);
-        assert_eq!(cached(&t, b"a", 4), Some(vec![5; 5]));
+        // Doubling a's buffer to 16 does not fit; growing it by exactly 5 does.
+        t.extend(b"a", [(r(3, 0, 5), &[4u8; 5][..])]);
+        assert_eq!(
+            (t.cache_bytes(), cached(&t, b"a", 3)),
+            (16, Some(vec![4; 5]))
+        );
+        // A buffer for another segment does not fit: indexed, not cached.
+        t.extend(b"a", [(r(4, 1, 4), &[5u8; 4][..])]);
+        assert_eq!((t.len(), cached(&t, b"a", 4)), (5, None));
         t.drop_segment(0);
         assert_eq!((t.len(), t.cache_bytes()), (1, 0));
         assert!(!t.entries.contains_key(&b"b"[..]));
+        // The uncached event stays uncached; later ones are cached again.
         t.extend(b"a", [(r(5, 1, 2), &[6u8; 2][..])]);
         assert_eq!(
-            (cached(&t, b"a", 5), cached(&t, b"a", 3)),
+            (cached(&t, b"a", 5), cached(&t, b"a", 4)),
             (Some(vec![6; 2]), None)
         );
-        // Only the exact size fits: the buffer grows by just that.
-        let mut t = Tail::new(10);
-        t.extend(b"a", [(r(1, 0, 10), &[7u8; 10][..])]);
-        assert_eq!(
-            (t.cache_bytes(), cached(&t, b"a", 1)),
-            (10, Some(vec![7; 10]))
-        );
-        t.extend(b"a", [(r(2, 0, 1), &[8u8; 1][..])]);
-        assert_eq!((t.cache_bytes(), cached(&t, b"a", 2)), (10, None));
+        assert_eq!(t.cache_bytes(), 2);
         // No budget: nothing cached.
         let mut t = Tail::new(0);
         t.extend(b"a", [(r(1, 0, 1), &[9u8; 1][..])]);
