@@ -812,9 +812,9 @@ impl EventIter {
             return Ok(true);
         }
         // Tail events: decode them from the cached bytes, or look them up in their log
-        // segments. (Every tail event is committed, so a cached one is returned even if it
-        // was committed after this read transaction began; the stream stays a prefix, as one
-        // missing from the snapshot ends it.)
+        // segments. (Every tail event is committed, so one still cached is returned even if
+        // it was committed after this read transaction began; the stream stays a prefix, as
+        // one missing from both the cache and the snapshot ends it.)
         let mut batch = std::mem::take(&mut self.batch);
         batch.refs.clear();
         batch.bytes.clear();

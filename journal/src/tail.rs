@@ -127,30 +127,29 @@ fn cache_into(
     used: usize,
     limit: usize,
 ) -> Option<(usize, u32)> {
-    let i = match entry.buffers.iter().position(|(s, _)| *s == segment) {
-        Some(i) => i,
-        None => {
-            entry.buffers.push((segment, Vec::new()));
-            entry.buffers.len() - 1
-        }
+    let i = entry.buffers.iter().position(|(s, _)| *s == segment);
+    let (len, before) = i.map_or((0, 0), |i| {
+        let b = &entry.buffers[i].1;
+        (b.len(), b.capacity())
+    });
+    let start = u32::try_from(len).ok().filter(|s| *s != NOT_CACHED)?;
+    let need = len + bytes.len();
+    let room = limit.saturating_sub(used);
+    // Amortized doubling (no minimum: an entity with one small event costs that event); near
+    // the budget, all that is left at once, so that a buffer is not reallocated per event.
+    let target = if need <= before {
+        before
+    } else if need - before <= room {
+        need.max(before * 2).min(before + room)
+    } else {
+        return None;
     };
+    let i = i.unwrap_or_else(|| {
+        entry.buffers.push((segment, Vec::new()));
+        entry.buffers.len() - 1
+    });
     let buf = &mut entry.buffers[i].1;
-    let start = u32::try_from(buf.len()).ok().filter(|s| *s != NOT_CACHED)?;
-    let need = buf.len() + bytes.len();
-    let before = buf.capacity();
-    if need > before {
-        // Amortized doubling while the budget allows it; the exact size when only that fits.
-        // No minimum: an entity with one small event costs that event.
-        let doubled = need.max(before * 2);
-        let target = if used + (doubled - before) <= limit {
-            doubled
-        } else if used + (need - before) <= limit {
-            need
-        } else {
-            return None;
-        };
-        buf.reserve_exact(target - buf.len());
-    }
+    buf.reserve_exact(target - buf.len());
     buf.extend_from_slice(bytes);
     Some((buf.capacity() - before, start))
 }
@@ -262,22 +261,28 @@ mod tests {
         assert_eq!(t.cache_bytes(), 8 + 3, "exact, then doubled capacities");
         assert_eq!(cached(&t, b"a", 2), Some(vec![2; 4]));
         assert_eq!(cached(&t, b"b", 1), Some(vec![3; 3]));
-        // Doubling a's buffer to 16 does not fit; growing it by exactly 5 does.
+        // Doubling a's buffer to 16 does not fit; it takes all that is left (15).
         t.extend(b"a", [(r(3, 0, 5), &[4u8; 5][..])]);
         assert_eq!(
             (t.cache_bytes(), cached(&t, b"a", 3)),
-            (16, Some(vec![4; 5]))
+            (18, Some(vec![4; 5]))
         );
-        // A buffer for another segment does not fit: indexed, not cached.
-        t.extend(b"a", [(r(4, 1, 4), &[5u8; 4][..])]);
-        assert_eq!((t.len(), cached(&t, b"a", 4)), (5, None));
+        // Within its capacity it still fits; a buffer for another segment does not (and no
+        // empty buffer is left behind).
+        t.extend(
+            b"a",
+            [(r(4, 0, 2), &[5u8; 2][..]), (r(5, 1, 4), &[5u8; 4][..])],
+        );
+        assert_eq!((t.len(), cached(&t, b"a", 4)), (6, Some(vec![5; 2])));
+        assert_eq!(cached(&t, b"a", 5), None);
+        assert_eq!(t.entries[&b"a"[..]].buffers.len(), 1);
         t.drop_segment(0);
         assert_eq!((t.len(), t.cache_bytes()), (1, 0));
         assert!(!t.entries.contains_key(&b"b"[..]));
         // The uncached event stays uncached; later ones are cached again.
-        t.extend(b"a", [(r(5, 1, 2), &[6u8; 2][..])]);
+        t.extend(b"a", [(r(6, 1, 2), &[6u8; 2][..])]);
         assert_eq!(
-            (cached(&t, b"a", 5), cached(&t, b"a", 4)),
+            (cached(&t, b"a", 6), cached(&t, b"a", 5)),
             (Some(vec![6; 2]), None)
         );
         assert_eq!(t.cache_bytes(), 2);
