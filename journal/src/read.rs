@@ -481,7 +481,7 @@ impl JournalReader {
                         .filter(|(k, _)| {
                             k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice()
                         })
-                        .map(|(k, v)| (k.clone(), v.refs.clone()))
+                        .map(|(k, v)| (k.to_vec(), v.refs.clone()))
                         .collect()
                 };
                 if self.shared.pack_version.load(Ordering::SeqCst) == v1 {

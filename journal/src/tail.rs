@@ -4,9 +4,15 @@
 //! readers.
 
 /// A hash map with a fast, randomly seeded hasher (foldhash) for the writer's per-event maps:
-/// std's SipHash was a tenth of the writer's time. hashbrown's map, for `entry_ref`: one lookup
+/// std's SipHash was a tenth of the writer's time. hashbrown's map, for raw entries: one lookup
 /// per append without copying the key.
 pub(crate) type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// An entity key as the writer's maps hold it: inline up to 40 bytes, so that a lookup
+/// compares the key in the table's own slot instead of following a pointer to a cold heap
+/// allocation (that comparison was a tenth of the writer's CPU). Longer keys spill to the heap.
+pub(crate) type EntityKey = smallvec::SmallVec<[u8; 40]>;
+use hashbrown::hash_map::RawEntryMut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 
@@ -56,7 +62,7 @@ impl EntityTail {
 /// event cache; events past it are read from the log).
 #[derive(Default, Debug)]
 pub(crate) struct Tail {
-    pub entries: FastMap<Vec<u8>, EntityTail>,
+    pub entries: FastMap<EntityKey, EntityTail>,
     /// Capacity of every cache buffer, against `cache_limit`.
     cache_bytes: usize,
     cache_limit: usize,
@@ -78,7 +84,10 @@ impl Tail {
         entity_key: &[u8],
         events: impl IntoIterator<Item = (TailRef, &'b [u8])>,
     ) {
-        let entry = self.entries.entry_ref(entity_key).or_default();
+        let entry = match self.entries.raw_entry_mut().from_key(entity_key) {
+            RawEntryMut::Occupied(o) => o.into_mut(),
+            RawEntryMut::Vacant(v) => v.insert(entity_key.into(), EntityTail::default()).1,
+        };
         for (mut r, bytes) in events {
             r.cached = NOT_CACHED;
             if let Some((grown, start)) =

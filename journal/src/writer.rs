@@ -27,7 +27,8 @@ use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState, SegmentInfo, State};
 use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
-use crate::tail::{FastMap, Shared, Tail, TailRef, NOT_CACHED};
+use crate::tail::{EntityKey, FastMap, Shared, Tail, TailRef, NOT_CACHED};
+use hashbrown::hash_map::RawEntryMut;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -189,7 +190,7 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
     state: State,
-    highest: FastMap<Vec<u8>, u64>,
+    highest: FastMap<EntityKey, u64>,
     plan: Option<BTreeMap<Vec<u8>, Vec<TailRef>>>,
     /// Generation → first offset (the key of its generation row).
     gen_index: BTreeMap<u64, u64>,
@@ -215,7 +216,7 @@ impl Writer {
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Request>,
         state: State,
-        highest: FastMap<Vec<u8>, u64>,
+        highest: FastMap<EntityKey, u64>,
         gen_index: BTreeMap<u64, u64>,
         cfg: &JournalBuilder,
         path: PathBuf,
@@ -528,14 +529,14 @@ impl Writer {
         fx: &mut Effects,
     ) -> Result<Result<AppendAck>> {
         // One lookup: the slot is read here and advanced below.
-        let highest = match self.highest.entry_ref(ek.as_slice()) {
-            hashbrown::hash_map::EntryRef::Occupied(o) => o.into_mut(),
-            hashbrown::hash_map::EntryRef::Vacant(v) => {
+        let highest = match self.highest.raw_entry_mut().from_key(ek.as_slice()) {
+            RawEntryMut::Occupied(o) => o.into_mut(),
+            RawEntryMut::Vacant(v) => {
                 let h = match entities.get(ek.as_slice())? {
                     Some(row) => decode_row(&ek, row.value())?.highest_seq,
                     None => 0,
                 };
-                v.insert(h)
+                v.insert(ek.as_slice().into(), h).1
             }
         };
         let current = *highest;
@@ -589,7 +590,7 @@ impl Writer {
         let highest = match self.highest.get(ek) {
             Some(h) => *h,
             None => {
-                self.highest.insert(ek.to_vec(), row.highest_seq);
+                self.highest.insert(ek.into(), row.highest_seq);
                 row.highest_seq
             }
         };
@@ -679,7 +680,7 @@ impl Writer {
         row.highest_seq = deleted_to.0;
         row.deleted_to = deleted_to.0;
         entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
-        self.highest.insert(ek, deleted_to.0);
+        self.highest.insert(ek.as_slice().into(), deleted_to.0);
         Ok(Ok(()))
     }
 
@@ -1153,7 +1154,7 @@ impl Writer {
                 .copied()
                 .collect();
             if !mine.is_empty() {
-                plan.insert(ek.clone(), mine);
+                plan.insert(ek.to_vec(), mine);
             }
         }
         plan
@@ -1172,11 +1173,11 @@ pub(crate) fn rebuild_tail(
     db: &impl redb::ReadableDatabase,
     key_groups: u32,
     cache_bytes: usize,
-) -> Result<(Tail, FastMap<Vec<u8>, u64>, u64)> {
+) -> Result<(Tail, FastMap<EntityKey, u64>, u64)> {
     let rtx = db.begin_read()?;
     let state = crate::read::read_state(&rtx.open_table(keys::META)?)?;
     let mut tail = Tail::new(cache_bytes);
-    let mut highest: FastMap<Vec<u8>, u64> = FastMap::default();
+    let mut highest: FastMap<EntityKey, u64> = FastMap::default();
     for seg in &state.segments {
         let name = keys::segment_table_name(seg.number);
         let table = match rtx.open_table(keys::segment_table(&name)) {
@@ -1203,7 +1204,7 @@ pub(crate) fn rebuild_tail(
                 ));
             }
             let ek = keys::entity_key(&rec.persistence_id, key_groups);
-            if let Some(prev) = highest.get(&ek) {
+            if let Some(prev) = highest.get(ek.as_slice()) {
                 if rec.seq.0 != prev + 1 {
                     return Err(JournalError::corrupted(
                         loc(),
@@ -1211,7 +1212,7 @@ pub(crate) fn rebuild_tail(
                     ));
                 }
             }
-            highest.insert(ek.clone(), rec.seq.0);
+            highest.insert(ek.as_slice().into(), rec.seq.0);
             let r = TailRef {
                 seq: rec.seq.0,
                 offset,
