@@ -143,7 +143,8 @@ impl JournalBuilder {
     }
 
     /// Bytes of committed, not yet packed events kept in memory (the event cache: one buffer
-    /// per entity and unpacked segment, counted by capacity), so that packing copies them and
+    /// per entity and unpacked segment, counted by capacity; a packed segment's buffers are
+    /// kept for reuse within the budget), so that packing copies them and
     /// replays decode them without reading the log back. Refilled on open. Default 128 MiB:
     /// up to about two segments of ~200-byte events are unpacked at a time (events beyond the
     /// budget are read from the log). 0 disables the cache.

@@ -63,17 +63,46 @@ impl EntityTail {
 #[derive(Default, Debug)]
 pub(crate) struct Tail {
     pub entries: FastMap<EntityKey, EntityTail>,
-    /// Capacity of every cache buffer, against `cache_limit`.
-    cache_bytes: usize,
-    cache_limit: usize,
+    budget: CacheBudget,
+}
+
+/// The event cache's memory: every buffer's capacity (spare ones included) against a limit.
+#[derive(Default, Debug)]
+struct CacheBudget {
+    used: usize,
+    limit: usize,
+    /// Emptied buffers of packed segments, reused for the next segments' events: fresh memory
+    /// for every segment cost the writer page faults and a copy per doubling (~10% of its CPU
+    /// when the allocator returned the freed pages to the system).
+    spare: Vec<Vec<u8>>,
+}
+
+impl CacheBudget {
+    fn room(&self) -> usize {
+        self.limit.saturating_sub(self.used)
+    }
+
+    /// Gives spare buffers back until `more` bytes fit; `false` if they cannot.
+    fn make_room(&mut self, more: usize) -> bool {
+        while self.room() < more {
+            match self.spare.pop() {
+                Some(b) => self.used -= b.capacity(),
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 impl Tail {
     /// An empty tail whose cache holds up to `cache_limit` bytes.
     pub(crate) fn new(cache_limit: usize) -> Self {
         Self {
-            cache_limit,
-            ..Self::default()
+            entries: FastMap::default(),
+            budget: CacheBudget {
+                limit: cache_limit,
+                ..CacheBudget::default()
+            },
         }
     }
 
@@ -89,78 +118,80 @@ impl Tail {
             RawEntryMut::Vacant(v) => v.insert(entity_key.into(), EntityTail::default()).1,
         };
         for (mut r, bytes) in events {
-            r.cached = NOT_CACHED;
-            if let Some((grown, start)) =
-                cache_into(entry, r.segment, bytes, self.cache_bytes, self.cache_limit)
-            {
-                self.cache_bytes += grown;
-                r.cached = start;
-            }
+            r.cached = cache_into(entry, r.segment, bytes, &mut self.budget).unwrap_or(NOT_CACHED);
             entry.refs.push(r);
         }
     }
 
-    /// Drops every ref of `segment` and its cached bytes (after it has been packed).
+    /// Drops every ref of `segment`; its cached bytes' buffers become spare (after it has been
+    /// packed).
     pub(crate) fn drop_segment(&mut self, segment: u64) {
-        let mut freed = 0;
+        let spare = &mut self.budget.spare;
         self.entries.retain(|_, e| {
             e.refs.retain(|r| r.segment != segment);
-            e.buffers.retain(|(s, b)| {
+            e.buffers.retain_mut(|(s, b)| {
                 let keep = *s != segment;
-                if !keep {
-                    freed += b.capacity();
+                if !keep && b.capacity() > 0 {
+                    b.clear();
+                    spare.push(std::mem::take(b));
                 }
                 keep
             });
             !e.refs.is_empty()
         });
-        self.cache_bytes -= freed;
     }
 
     pub(crate) fn len(&self) -> usize {
         self.entries.values().map(|e| e.refs.len()).sum()
     }
 
-    /// Bytes the event cache holds (buffer capacities).
+    /// Bytes the event cache holds (buffer capacities, spare buffers included).
     pub(crate) fn cache_bytes(&self) -> usize {
-        self.cache_bytes
+        self.budget.used
     }
 }
 
-/// Copies `bytes` to the end of the entity's buffer for `segment` if the budget allows the
-/// growth; returns the growth (capacity) and where the bytes start.
+/// Copies `bytes` to the end of the entity's buffer for `segment` (a spare one when it has
+/// none yet) if the budget allows the growth; returns where the bytes start.
 fn cache_into(
     entry: &mut EntityTail,
     segment: u64,
     bytes: &[u8],
-    used: usize,
-    limit: usize,
-) -> Option<(usize, u32)> {
-    let i = entry.buffers.iter().position(|(s, _)| *s == segment);
-    let (len, before) = i.map_or((0, 0), |i| {
-        let b = &entry.buffers[i].1;
-        (b.len(), b.capacity())
-    });
-    let start = u32::try_from(len).ok().filter(|s| *s != NOT_CACHED)?;
-    let need = len + bytes.len();
-    let room = limit.saturating_sub(used);
-    // Amortized doubling (no minimum: an entity with one small event costs that event); near
-    // the budget, all that is left at once, so that a buffer is not reallocated per event.
-    let target = if need <= before {
-        before
-    } else if need - before <= room {
-        need.max(before * 2).min(before + room)
-    } else {
-        return None;
+    budget: &mut CacheBudget,
+) -> Option<u32> {
+    let (i, new) = match entry.buffers.iter().position(|(s, _)| *s == segment) {
+        Some(i) => (i, false),
+        None => {
+            entry
+                .buffers
+                .push((segment, budget.spare.pop().unwrap_or_default()));
+            (entry.buffers.len() - 1, true)
+        }
     };
-    let i = i.unwrap_or_else(|| {
-        entry.buffers.push((segment, Vec::new()));
-        entry.buffers.len() - 1
-    });
     let buf = &mut entry.buffers[i].1;
-    buf.reserve_exact(target - buf.len());
+    let (len, before) = (buf.len(), buf.capacity());
+    let need = len + bytes.len();
+    let fits = u32::try_from(len).is_ok_and(|s| s != NOT_CACHED)
+        && (need <= before || budget.make_room(need - before));
+    if !fits {
+        if new {
+            // Nothing was cached in it: back to the spares (or freed, if it never had memory).
+            let (_, b) = entry.buffers.swap_remove(i);
+            if b.capacity() > 0 {
+                budget.spare.push(b);
+            }
+        }
+        return None;
+    }
+    if need > before {
+        // Amortized doubling (no minimum: an entity with one small event costs that event);
+        // near the budget, all that is left at once, so a buffer is not reallocated per event.
+        let target = need.max(before * 2).min(before + budget.room());
+        buf.reserve_exact(target - len);
+        budget.used += buf.capacity() - before;
+    }
     buf.extend_from_slice(bytes);
-    Some((buf.capacity() - before, start))
+    Some(len as u32)
 }
 
 /// State shared by the writer thread and all readers of one open journal.
@@ -285,16 +316,19 @@ mod tests {
         assert_eq!((t.len(), cached(&t, b"a", 4)), (6, Some(vec![5; 2])));
         assert_eq!(cached(&t, b"a", 5), None);
         assert_eq!(t.entries[&b"a"[..]].buffers.len(), 1);
+        // Packed: the segment's buffers become spare, still counted.
         t.drop_segment(0);
-        assert_eq!((t.len(), t.cache_bytes()), (1, 0));
+        assert_eq!((t.len(), t.cache_bytes(), t.budget.spare.len()), (1, 18, 2));
         assert!(!t.entries.contains_key(&b"b"[..]));
-        // The uncached event stays uncached; later ones are cached again.
-        t.extend(b"a", [(r(6, 1, 2), &[6u8; 2][..])]);
-        assert_eq!(
-            (cached(&t, b"a", 6), cached(&t, b"a", 5)),
-            (Some(vec![6; 2]), None)
-        );
-        assert_eq!(t.cache_bytes(), 2);
+        // A new buffer reuses a spare one; growing it gives the other spare back.
+        t.extend(b"c", [(r(1, 1, 18), &[6u8; 18][..])]);
+        assert_eq!(cached(&t, b"c", 1), Some(vec![6; 18]));
+        assert_eq!((t.cache_bytes(), t.budget.spare.len()), (18, 0));
+        // Nothing left: not cached, and no empty buffer stays behind.
+        t.extend(b"a", [(r(6, 1, 2), &[7u8; 2][..])]);
+        assert_eq!((cached(&t, b"a", 6), cached(&t, b"a", 5)), (None, None));
+        assert!(t.entries[&b"a"[..]].buffers.is_empty());
+        assert_eq!(t.cache_bytes(), 18);
         // No budget: nothing cached.
         let mut t = Tail::new(0);
         t.extend(b"a", [(r(1, 0, 1), &[9u8; 1][..])]);
