@@ -229,9 +229,16 @@ impl JournalReader {
     }
 
     /// A consistent view of one entity: its row in a read transaction plus its tail refs,
-    /// retried if a pack completed in between (so no event falls between the two).
+    /// retried if a pack completed in between (so no event falls between the two). Only refs
+    /// committed before the transaction began are kept (the committed offset is read first and
+    /// is published before any append is acknowledged), so every event of the view is in the
+    /// transaction and a stream never ends short of the view's highest seq because a pack
+    /// dropped bytes the view counted on.
     fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailRef>)> {
-        self.entity_view_with(ek, Shared::tail_of)
+        let committed = *self.shared.committed.borrow();
+        let (rtx, row, mut tail) = self.entity_view_with(ek, Shared::tail_of)?;
+        tail.retain(|r| r.offset <= committed);
+        Ok((rtx, row, tail))
     }
 
     /// [`Self::entity_view`] with what `tail` takes from the tail index.
@@ -812,9 +819,9 @@ impl EventIter {
             return Ok(true);
         }
         // Tail events: decode them from the cached bytes, or look them up in their log
-        // segments. (Every tail event is committed, so one still cached is returned even if
-        // it was committed after this read transaction began; the stream stays a prefix, as
-        // one missing from both the cache and the snapshot ends it.)
+        // segments. Every one is in this read transaction (`entity_view`); one missing from
+        // it (a read-only reader whose tail another process packed away) ends the stream, which
+        // stays a prefix.
         let mut batch = std::mem::take(&mut self.batch);
         batch.refs.clear();
         batch.bytes.clear();

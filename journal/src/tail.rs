@@ -75,20 +75,54 @@ struct CacheBudget {
     /// for every segment cost the writer page faults and a copy per doubling (~10% of its CPU
     /// when the allocator returned the freed pages to the system).
     spare: Vec<Vec<u8>>,
+    /// Capacity of the spare buffers (part of `used`).
+    spare_bytes: usize,
 }
+
+/// Largest buffer kept as a spare: any new buffer may get one, so a bigger one (a hot
+/// entity's) would leave most of the budget empty under a small entity.
+const SPARE_MAX: usize = 16 * 1024;
 
 impl CacheBudget {
     fn room(&self) -> usize {
         self.limit.saturating_sub(self.used)
     }
 
-    /// Gives spare buffers back until `more` bytes fit; `false` if they cannot.
+    fn take_spare(&mut self) -> Vec<u8> {
+        let b = self.spare.pop().unwrap_or_default();
+        self.spare_bytes -= b.capacity();
+        b
+    }
+
+    /// Keeps an emptied buffer for reuse, or frees it when it is too big to share.
+    fn give_spare(&mut self, mut b: Vec<u8>) {
+        if b.capacity() == 0 {
+            return;
+        }
+        if b.capacity() > SPARE_MAX {
+            self.used -= b.capacity();
+            return;
+        }
+        b.clear();
+        self.spare_bytes += b.capacity();
+        self.spare.push(b);
+    }
+
+    /// Frees every spare buffer.
+    fn release_spares(&mut self) {
+        self.used -= self.spare_bytes;
+        self.spare_bytes = 0;
+        self.spare = Vec::new();
+    }
+
+    /// Frees spare buffers until `more` bytes fit; `false` (freeing none) if they cannot.
     fn make_room(&mut self, more: usize) -> bool {
+        if self.room() + self.spare_bytes < more {
+            return false;
+        }
         while self.room() < more {
-            match self.spare.pop() {
-                Some(b) => self.used -= b.capacity(),
-                None => return false,
-            }
+            let b = self.take_spare();
+            self.used -= b.capacity();
         }
         true
     }
@@ -115,7 +149,10 @@ impl Tail {
     ) {
         let entry = match self.entries.raw_entry_mut().from_key(entity_key) {
             RawEntryMut::Occupied(o) => o.into_mut(),
-            RawEntryMut::Vacant(v) => v.insert(entity_key.into(), EntityTail::default()).1,
+            RawEntryMut::Vacant(v) => {
+                v.insert(EntityKey::from_slice(entity_key), EntityTail::default())
+                    .1
+            }
         };
         for (mut r, bytes) in events {
             r.cached = cache_into(entry, r.segment, bytes, &mut self.budget).unwrap_or(NOT_CACHED);
@@ -124,16 +161,17 @@ impl Tail {
     }
 
     /// Drops every ref of `segment`; its cached bytes' buffers become spare (after it has been
-    /// packed).
+    /// packed). Spares the previous pack left unused are freed first, so an idle journal keeps
+    /// at most one segment's worth.
     pub(crate) fn drop_segment(&mut self, segment: u64) {
-        let spare = &mut self.budget.spare;
+        self.budget.release_spares();
+        let budget = &mut self.budget;
         self.entries.retain(|_, e| {
             e.refs.retain(|r| r.segment != segment);
             e.buffers.retain_mut(|(s, b)| {
                 let keep = *s != segment;
-                if !keep && b.capacity() > 0 {
-                    b.clear();
-                    spare.push(std::mem::take(b));
+                if !keep {
+                    budget.give_spare(std::mem::take(b));
                 }
                 keep
             });
@@ -162,9 +200,7 @@ fn cache_into(
     let (i, new) = match entry.buffers.iter().position(|(s, _)| *s == segment) {
         Some(i) => (i, false),
         None => {
-            entry
-                .buffers
-                .push((segment, budget.spare.pop().unwrap_or_default()));
+            entry.buffers.push((segment, budget.take_spare()));
             (entry.buffers.len() - 1, true)
         }
     };
@@ -177,9 +213,7 @@ fn cache_into(
         if new {
             // Nothing was cached in it: back to the spares (or freed, if it never had memory).
             let (_, b) = entry.buffers.swap_remove(i);
-            if b.capacity() > 0 {
-                budget.spare.push(b);
-            }
+            budget.give_spare(b);
         }
         return None;
     }
@@ -288,6 +322,33 @@ mod tests {
         let e = t.entries.get(key)?;
         let r = e.refs.iter().find(|r| r.seq == seq)?;
         e.cached(r).map(<[u8]>::to_vec)
+    }
+
+    #[test]
+    fn spare_buffers_are_small_bounded_and_kept_for_one_pack() {
+        let big = vec![1u8; super::SPARE_MAX + 1];
+        let mut t = Tail::new(1 << 20);
+        t.extend(b"hot", [(r(1, 0, big.len() as u32), &big[..])]);
+        t.extend(b"a", [(r(1, 0, 100), &[2u8; 100][..])]);
+        assert_eq!(t.cache_bytes(), big.len() + 100);
+        // The hot entity's buffer is freed, the small one kept.
+        t.drop_segment(0);
+        assert_eq!((t.budget.spare.len(), t.cache_bytes()), (1, 100));
+        // An event that cannot fit even with the spares freed frees none of them.
+        let huge = vec![3u8; (1 << 20) + 1];
+        t.extend(b"b", [(r(1, 1, huge.len() as u32), &huge[..])]);
+        assert_eq!(
+            (cached(&t, b"b", 1).is_some(), t.budget.spare.len()),
+            (false, 1)
+        );
+        // The next pack frees the spares the last one left unused.
+        t.extend(b"a", [(r(2, 2, 1), &[4u8; 1][..])]);
+        assert_eq!((t.budget.spare.len(), t.cache_bytes()), (0, 100));
+        t.drop_segment(1);
+        t.drop_segment(2);
+        assert_eq!((t.budget.spare.len(), t.cache_bytes()), (1, 100));
+        t.drop_segment(3);
+        assert_eq!((t.budget.spare.len(), t.cache_bytes()), (0, 0));
     }
 
     #[test]

@@ -536,7 +536,7 @@ impl Writer {
                     Some(row) => decode_row(&ek, row.value())?.highest_seq,
                     None => 0,
                 };
-                v.insert(ek.as_slice().into(), h).1
+                v.insert(EntityKey::from_slice(&ek), h).1
             }
         };
         let current = *highest;
@@ -590,7 +590,8 @@ impl Writer {
         let highest = match self.highest.get(ek) {
             Some(h) => *h,
             None => {
-                self.highest.insert(ek.into(), row.highest_seq);
+                self.highest
+                    .insert(EntityKey::from_slice(ek), row.highest_seq);
                 row.highest_seq
             }
         };
@@ -680,7 +681,8 @@ impl Writer {
         row.highest_seq = deleted_to.0;
         row.deleted_to = deleted_to.0;
         entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
-        self.highest.insert(ek.as_slice().into(), deleted_to.0);
+        self.highest
+            .insert(EntityKey::from_slice(&ek), deleted_to.0);
         Ok(Ok(()))
     }
 
@@ -1212,7 +1214,7 @@ pub(crate) fn rebuild_tail(
                     ));
                 }
             }
-            highest.insert(ek.as_slice().into(), rec.seq.0);
+            highest.insert(EntityKey::from_slice(&ek), rec.seq.0);
             let r = TailRef {
                 seq: rec.seq.0,
                 offset,
