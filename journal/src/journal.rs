@@ -268,8 +268,7 @@ impl Journal {
             gen_index,
             &cfg,
             path.to_path_buf(),
-        )
-        .map_err(|e| JournalError::Io(format!("cannot start publisher thread: {e}")))?;
+        );
         let handle = std::thread::Builder::new()
             .name("stateline-journal-writer".into())
             .spawn(move || writer.run())

@@ -32,7 +32,6 @@ mod keys;
 mod log;
 mod meta;
 mod power_loss;
-mod publish;
 mod read;
 mod record;
 mod store;

@@ -14,7 +14,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 use uuid::Uuid;
 
 use crate::codec;
@@ -25,13 +25,12 @@ use crate::journal::SnapshotCriteria;
 use crate::keys;
 use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState, SegmentInfo, State};
-use crate::publish::{Publication, Publisher};
 use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
 use crate::tail::{EntityKey, FastMap, Shared, Tail, TailRef, NOT_CACHED};
 use hashbrown::hash_map::RawEntryMut;
 
-pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// A request to the writer thread.
 pub(crate) enum Request {
@@ -117,7 +116,7 @@ impl Request {
 }
 
 /// A reply computed inside a transaction, sent once the transaction's fate is known.
-pub(crate) enum Done {
+enum Done {
     Ack(Reply<AppendAck>, Result<AppendAck>),
     Unit(Reply<()>, Result<()>),
     Seq(Reply<Seq>, Result<Seq>),
@@ -125,7 +124,7 @@ pub(crate) enum Done {
 }
 
 impl Done {
-    pub(crate) fn send(self) {
+    fn send(self) {
         // A caller that stopped waiting is not an error of the journal.
         match self {
             Done::Ack(r, v) => drop(r.send(v)),
@@ -201,8 +200,6 @@ pub(crate) struct Writer {
     merge_checked: usize,
     merge_enabled: bool,
     pack_waiters: Vec<Reply<()>>,
-    /// Makes committed transactions visible and answers their callers (publish.rs).
-    publisher: Publisher,
     durability: Durability,
     segment_events: u64,
     pack_step_events: usize,
@@ -223,10 +220,9 @@ impl Writer {
         gen_index: BTreeMap<u64, u64>,
         cfg: &JournalBuilder,
         path: PathBuf,
-    ) -> std::io::Result<Self> {
+    ) -> Self {
         let key_groups = shared.key_groups;
-        let publisher = Publisher::start(shared.clone())?;
-        Ok(Self {
+        Self {
             db,
             shared,
             rx,
@@ -238,7 +234,6 @@ impl Writer {
             merge_checked: 0,
             merge_enabled: cfg.merge_generations,
             pack_waiters: Vec::new(),
-            publisher,
             durability: cfg.durability,
             segment_events: cfg.segment_events,
             pack_step_events: cfg.pack_step_events,
@@ -246,7 +241,7 @@ impl Writer {
             max_batch_events: cfg.max_batch_events,
             key_groups,
             path,
-        })
+        }
     }
 
     fn pack_pending(&self) -> bool {
@@ -291,8 +286,6 @@ impl Writer {
             }
             self.commit(batch);
         }
-        // Every committed transaction is published and answered before the file is released.
-        self.publisher.stop();
         debug!(path = %self.path.display(), "journal writer stopped");
     }
 
@@ -311,29 +304,20 @@ impl Writer {
             )),
         };
         match result {
-            Ok(fx) => {
-                let pack_waiters = if !self.pack_pending() && !self.merge_pending() {
-                    std::mem::take(&mut self.pack_waiters)
-                } else {
-                    Vec::new()
-                };
-                let (appended, packed) = (fx.appended, fx.packed);
-                let published = self.publisher.publish(Publication {
-                    tail: fx.tail,
-                    appended_bytes: fx.appended_bytes,
-                    packed_segment: fx.packed_segment.map(|(seg, _)| seg),
-                    committed: (appended > 0).then(|| self.state.next_offset.saturating_sub(1)),
-                    done,
-                    pack_waiters,
-                });
-                if !published {
-                    // Committed but not visible in memory: refuse more until reopened.
-                    self.shared.poisoned.store(true, Ordering::SeqCst);
+            Ok(mut fx) => {
+                self.apply(&mut fx);
+                for d in done {
+                    d.send();
+                }
+                if !self.pack_pending() && !self.merge_pending() {
+                    for w in self.pack_waiters.drain(..) {
+                        drop(w.send(Ok(())));
+                    }
                 }
                 debug!(
                     requests,
-                    events = appended,
-                    packed,
+                    events = fx.appended,
+                    packed = fx.packed,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "group commit"
                 );
@@ -351,6 +335,35 @@ impl Writer {
                     drop(w.send(Err(JournalError::Io(msg.clone()))));
                 }
             }
+        }
+    }
+
+    fn apply(&mut self, fx: &mut Effects) {
+        {
+            let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
+            // The appended events' bytes, in offset order from the first.
+            let bytes = &fx.appended_bytes;
+            let base = bytes.first().map_or(0, |(offset, _)| *offset);
+            for (ek, refs) in &fx.tail {
+                tail.extend(
+                    ek,
+                    refs.iter()
+                        .map(|r| (*r, bytes[(r.offset - base) as usize].1.as_slice())),
+                );
+            }
+            if let Some((seg, _)) = fx.packed_segment {
+                // Readers that saw the old entity rows retry when the version moves (read.rs).
+                self.shared.pack_version.fetch_add(1, Ordering::SeqCst);
+                tail.drop_segment(seg);
+            }
+        }
+        if fx.appended > 0 {
+            self.shared
+                .committed
+                .send_replace(self.state.next_offset.saturating_sub(1));
+        }
+        if let Some((seg, _)) = fx.packed_segment {
+            info!(segment = seg, "log segment packed into chunks");
         }
     }
 
@@ -1129,8 +1142,6 @@ impl Writer {
 
     /// The entities of `segment` still to pack, in key order, from the tail index.
     fn build_plan(&self, segment: u64) -> BTreeMap<Vec<u8>, Vec<TailRef>> {
-        // The segment's last events may still be on their way into the tail.
-        self.publisher.wait();
         let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
         let cursor = self.state.pack_cursor.as_deref();
         let mut plan = BTreeMap::new();

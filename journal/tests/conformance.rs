@@ -554,57 +554,6 @@ async fn invalid_ids_are_refused_before_reaching_the_journal() {
     ));
 }
 
-/// Commits are published (tail, cache, committed offset) beside the writer; an acknowledged
-/// append is visible to every read that starts after the acknowledgement, also while segments
-/// seal and pack under concurrent appends.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_acknowledged_append_is_visible_to_the_next_read() {
-    let f = fixture_with(
-        Journal::builder()
-            .segment_events(40)
-            .pack_step_events(7)
-            .max_chunk_bytes(300),
-    );
-    let mut tasks = Vec::new();
-    for t in 0..16 {
-        let j = f.j.clone();
-        tasks.push(tokio::spawn(async move {
-            let p = pid(&format!("v{t}"));
-            let r = j.reader();
-            for s in 1..=60u64 {
-                let ack = j
-                    .append(&p, Seq(s), vec![ev(&format!("{t}:{s}"))])
-                    .await
-                    .unwrap();
-                assert_eq!(j.highest_seq(&p).unwrap(), Seq(s));
-                assert!(r.committed_offset() >= ack.last_offset);
-                let last: Vec<_> = r
-                    .events(&p, Seq(s), Seq(s), 1)
-                    .unwrap()
-                    .map(|e| e.unwrap().payload)
-                    .collect();
-                assert_eq!(last, vec![format!("{t}:{s}").into_bytes()], "{p} seq {s}");
-                if s % 20 == 0 {
-                    assert_eq!(
-                        seqs(&r, &p, 1, u64::MAX, u64::MAX),
-                        (1..=s).collect::<Vec<_>>()
-                    );
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    f.j.flush(true).await.unwrap();
-    for t in 0..16 {
-        assert_eq!(
-            seqs(&f.j, &pid(&format!("v{t}")), 1, u64::MAX, u64::MAX).len(),
-            60
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appenders_are_group_committed() {
     let f = fixture();
