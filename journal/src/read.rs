@@ -234,11 +234,34 @@ impl JournalReader {
     /// is published before any append is acknowledged), so every event of the view is in the
     /// transaction and a stream never ends short of the view's highest seq because a pack
     /// dropped bytes the view counted on.
+    ///
+    /// A transaction can also see a commit whose events are not in the tail yet (the writer
+    /// updates memory right after committing): when the row's highest seq (which a snapshot
+    /// or delete in the same commit raises) is beyond everything the view holds, the view is
+    /// taken again after a moment, so that the stream does not end short of it. After
+    /// [`VIEW_ATTEMPTS`] (or at once for a reader without the writer) the view stands as it
+    /// is, and a stream that ends short reports it.
     fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailRef>)> {
-        let committed = *self.shared.committed.borrow();
-        let (rtx, row, mut tail) = self.entity_view_with(ek, Shared::tail_of)?;
-        tail.retain(|r| r.offset <= committed);
-        Ok((rtx, row, tail))
+        let mut attempt = 1;
+        loop {
+            let committed = *self.shared.committed.borrow();
+            let (rtx, row, mut tail) = self.entity_view_with(ek, Shared::tail_of)?;
+            tail.retain(|r| r.offset <= committed);
+            let held = tail
+                .last()
+                .map(|r| r.seq)
+                .into_iter()
+                .chain(row.chunks.last().map(|c| c.last_seq))
+                .fold(row.deleted_to, u64::max);
+            // A reader in another process has no writer to catch up with.
+            let live = matches!(self.db, Db::Write(_));
+            if row.highest_seq <= held || !live || attempt >= VIEW_ATTEMPTS {
+                return Ok((rtx, row, tail));
+            }
+            drop(rtx);
+            attempt += 1;
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
     }
 
     /// [`Self::entity_view`] with what `tail` takes from the tail index.
@@ -674,6 +697,9 @@ pub struct EventIter {
     done: bool,
     check: Checker,
 }
+
+/// Views of one entity taken before one that lags the writer's memory stands (100 µs apart).
+const VIEW_ATTEMPTS: u32 = 200;
 
 /// Tail events decoded together: their refs, and the cached bytes copied under one lock.
 #[derive(Default)]

@@ -554,6 +554,115 @@ async fn invalid_ids_are_refused_before_reaching_the_journal() {
     ));
 }
 
+/// The writer makes each commit visible in memory (tail, cache, committed offset) before it
+/// answers: an acknowledged append is visible to every read that starts after the
+/// acknowledgement, also while segments seal and pack under concurrent appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_append_is_visible_to_the_next_read() {
+    let f = fixture_with(
+        Journal::builder()
+            .segment_events(40)
+            .pack_step_events(7)
+            .max_chunk_bytes(300),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let j = f.j.clone();
+        tasks.push(tokio::spawn(async move {
+            let p = pid(&format!("v{t}"));
+            let r = j.reader();
+            for s in 1..=60u64 {
+                let ack = j
+                    .append(&p, Seq(s), vec![ev(&format!("{t}:{s}"))])
+                    .await
+                    .unwrap();
+                assert_eq!(j.highest_seq(&p).unwrap(), Seq(s));
+                assert!(r.committed_offset() >= ack.last_offset);
+                let last: Vec<_> = r
+                    .events(&p, Seq(s), Seq(s), 1)
+                    .unwrap()
+                    .map(|e| e.unwrap().payload)
+                    .collect();
+                assert_eq!(last, vec![format!("{t}:{s}").into_bytes()], "{p} seq {s}");
+                if s % 20 == 0 {
+                    assert_eq!(
+                        seqs(&r, &p, 1, u64::MAX, u64::MAX),
+                        (1..=s).collect::<Vec<_>>()
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    f.j.flush(true).await.unwrap();
+    for t in 0..16 {
+        assert_eq!(
+            seqs(&f.j, &pid(&format!("v{t}")), 1, u64::MAX, u64::MAX).len(),
+            60
+        );
+    }
+}
+
+/// A snapshot (or delete) committed together with an append of the same entity raises the
+/// entity row's highest seq in the same commit that appends the event; a read that sees that
+/// commit before the writer has put the event in its tail index must not end short of it
+/// (`Corrupted`). `STATELINE_SOAK=1` runs longer.
+#[test]
+fn reads_never_end_short_while_snapshots_commit_with_appends() {
+    let f = fixture();
+    let p = pid("raced");
+    let rounds: u64 = if std::env::var_os("STATELINE_SOAK").is_some() {
+        20_000
+    } else {
+        2_000
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (r, p, stop) = (f.j.reader(), p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let view = r.recovery_view(&p).unwrap();
+                let highest = view.highest_seq().0;
+                let mut n = 0u64;
+                for e in view.events_from(Seq(1)).unwrap() {
+                    e.unwrap();
+                    n += 1;
+                }
+                assert_eq!(
+                    n, highest,
+                    "a view returns every event up to its highest seq"
+                );
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for s in 1..=rounds {
+            // The snapshot at the previous seq and the next append go into one commit, mostly.
+            let (append, snapshot) = tokio::join!(
+                f.j.append(&p, Seq(s), vec![ev(&format!("e{s}"))]),
+                f.j.save_snapshot(&p, Seq(s - 1), Manifest::new("S", 1), vec![1])
+            );
+            append.unwrap();
+            // Seq 0 is refused; every later one lands.
+            if s > 1 {
+                snapshot.unwrap();
+            }
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(reads > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appenders_are_group_committed() {
     let f = fixture();
