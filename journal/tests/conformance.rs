@@ -605,6 +605,44 @@ async fn an_acknowledged_append_is_visible_to_the_next_read() {
     }
 }
 
+/// Reads after any acknowledged commit see it, also a commit without appends (a delete, a
+/// snapshot, a pack), after views taken with nothing committed in between.
+#[tokio::test]
+async fn reads_after_any_acknowledged_commit_see_it() {
+    let f = fixture_with(small_segments());
+    let (a, b) = (pid("a"), pid("b"));
+    write_n(&f.j, &a, 20).await;
+    write_n(&f.j, &b, 3).await;
+    let r = f.j.reader();
+    // Views taken with nothing committed in between (sharing one transaction).
+    for _ in 0..3 {
+        assert_eq!(
+            seqs(&r, &a, 1, u64::MAX, u64::MAX),
+            (1..=20).collect::<Vec<_>>()
+        );
+        assert_eq!(seqs(&r, &b, 1, u64::MAX, u64::MAX), vec![1, 2, 3]);
+    }
+    f.j.delete_events_to(&a, Seq(5)).await.unwrap();
+    assert_eq!(
+        seqs(&r, &a, 1, u64::MAX, u64::MAX),
+        (6..=20).collect::<Vec<_>>()
+    );
+    f.j.save_snapshot(&b, Seq(2), Manifest::new("S", 1), vec![2])
+        .await
+        .unwrap();
+    assert_eq!(r.recovery_view(&b).unwrap().snapshot_seqs(), &[Seq(2)]);
+    f.j.flush(true).await.unwrap();
+    assert_eq!(
+        seqs(&r, &a, 1, u64::MAX, u64::MAX),
+        (6..=20).collect::<Vec<_>>()
+    );
+    f.j.delete_entity(&b).await.unwrap();
+    assert_eq!(seqs(&r, &b, 1, u64::MAX, u64::MAX), Vec::<u64>::new());
+    assert!(r.recovery_view(&b).unwrap().snapshot_seqs().is_empty());
+    write_n(&f.j, &a, 1).await;
+    assert_eq!(seqs(&r, &a, 21, u64::MAX, u64::MAX), vec![21]);
+}
+
 /// A snapshot (or delete) committed together with an append of the same entity raises the
 /// entity row's highest seq in the same commit that appends the event; a read that sees that
 /// commit before the writer has put the event in its tail index must not end short of it
