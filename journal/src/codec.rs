@@ -93,19 +93,11 @@ fn from_micros(us: i64) -> Result<DateTime<Utc>, CodecError> {
 /// Converts stored timestamps as [`from_micros`] does, remembering the last day's date:
 /// consecutive events of a replay mostly share it, and the calendar arithmetic was a few
 /// percent of a replay.
-#[derive(Debug, Clone, Copy)]
+/// Starts at day 0, whose date (chrono's default) is 1970-01-01.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Dates {
     day: i64,
     date: NaiveDate,
-}
-
-impl Default for Dates {
-    fn default() -> Self {
-        Self {
-            day: 0,
-            date: NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default(),
-        }
-    }
 }
 
 impl Dates {
@@ -125,9 +117,10 @@ impl Dates {
             };
             *self = Self { day, date };
         }
-        let time = NaiveTime::from_num_seconds_from_midnight_opt(second, nanos)
-            .ok_or_else(|| CodecError::Invalid(format!("timestamp {us} out of range")))?;
-        Ok(NaiveDateTime::new(self.date, time).and_utc())
+        match NaiveTime::from_num_seconds_from_midnight_opt(second, nanos) {
+            Some(time) => Ok(NaiveDateTime::new(self.date, time).and_utc()),
+            None => from_micros(us),
+        }
     }
 }
 

@@ -40,7 +40,7 @@ pub(crate) const NOT_CACHED: u32 = u32::MAX;
 /// One entity's unpacked events, ascending seq, and the event cache's copies of their stored
 /// bytes: one buffer per segment, so that an entity's tail is a few contiguous reads and a
 /// packed segment's bytes go as whole buffers.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct EntityTail {
     pub refs: Vec<TailRef>,
     buffers: Vec<(u64, Vec<u8>)>,

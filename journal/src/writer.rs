@@ -178,8 +178,8 @@ struct Effects {
     tail: Vec<(Vec<u8>, Vec<TailRef>)>,
     /// Stored bytes of the events appended, for the shared event cache.
     appended_bytes: Vec<(u64, Vec<u8>)>,
-    /// A segment whose last entity was packed, and the offset its events end at.
-    packed_segment: Option<(u64, u64)>,
+    /// A segment whose last entity was packed.
+    packed_segment: Option<u64>,
     appended: usize,
     packed: usize,
 }
@@ -351,7 +351,7 @@ impl Writer {
                         .map(|r| (*r, bytes[(r.offset - base) as usize].1.as_slice())),
                 );
             }
-            if let Some((seg, _)) = fx.packed_segment {
+            if let Some(seg) = fx.packed_segment {
                 // Readers that saw the old entity rows retry when the version moves (read.rs).
                 self.shared.pack_version.fetch_add(1, Ordering::SeqCst);
                 tail.drop_segment(seg);
@@ -362,7 +362,7 @@ impl Writer {
                 .committed
                 .send_replace(self.state.next_offset.saturating_sub(1));
         }
-        if let Some((seg, _)) = fx.packed_segment {
+        if let Some(seg) = fx.packed_segment {
             info!(segment = seg, "log segment packed into chunks");
         }
     }
@@ -923,7 +923,7 @@ impl Writer {
             self.state.segments.remove(0);
             self.state.pack_cursor = None;
             self.state.pack_events = 0;
-            fx.packed_segment = Some((seg.number, end_offset));
+            fx.packed_segment = Some(seg.number);
         } else {
             self.plan = Some(plan);
         }
