@@ -254,7 +254,7 @@ impl Journal {
         let db = Arc::new(Store::new(db));
         let (header, state) = guard(path, || init_or_check(&db, path, &cfg))?;
         let (tail, highest, committed) = guard(path, || {
-            crate::writer::rebuild_tail(&**db, header.key_groups, cfg.pack_cache_bytes)
+            crate::scan::rebuild_tail(&**db, header.key_groups, cfg.pack_cache_bytes)
         })?;
         let gen_index = guard(path, || crate::writer::load_generations(&**db))?;
         let shared = Arc::new(Shared::new(tail, committed, header.key_groups));

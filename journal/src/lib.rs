@@ -34,6 +34,7 @@ mod meta;
 mod power_loss;
 mod read;
 mod record;
+mod scan;
 mod store;
 mod tail;
 mod verify;

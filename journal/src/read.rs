@@ -21,9 +21,10 @@ use crate::keys;
 use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, Header, State};
 use crate::record::{EventRecord, EventRef, Manifest, SnapshotRecord};
+use crate::scan::{catch_up, rebuild_tail};
 use crate::store::Store;
 use crate::tail::{Shared, TailRef};
-use crate::writer::{decode_row, rebuild_tail};
+use crate::writer::decode_row;
 
 /// The redb handle behind a reader.
 #[derive(Clone)]
@@ -116,8 +117,10 @@ impl JournalReader {
     }
 
     /// Opens a journal for reading only, without taking the writer's lock: a journal that a
-    /// running application has open (with the default durability) can be inspected. What is
-    /// read is the state as of this open plus later commits for changelog reads.
+    /// running application has open (with the default durability) can be inspected. Reads
+    /// follow the writer's later commits: each read transaction first brings this reader's
+    /// tail index up to the commit it sees (the log written since, read from the file; packed
+    /// segments dropped), so every read is of one commit, whichever process made it.
     ///
     /// # Errors
     /// [`JournalError::NotAJournal`] for a missing, empty or foreign file;
@@ -204,20 +207,54 @@ impl JournalReader {
     }
 
     /// A receiver that changes whenever appends commit (the highest committed offset): the
-    /// live tail of the changelog. Only a writable [`crate::Journal`] publishes commits; a
-    /// read-only handle polls [`Self::changelog`] instead.
+    /// live tail of the changelog. Only a writable [`crate::Journal`] publishes commits as they
+    /// happen; a read-only handle's changes when one of its reads (or
+    /// [`Self::wait_for_offset`]) finds new commits.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.committed.subscribe()
     }
 
-    /// Waits until an event with offset ≥ `offset` is committed, or the journal closes.
+    /// Waits until an event with offset ≥ `offset` is committed, or the journal closes. A
+    /// read-only handle has no writer to tell it: it looks every 20 ms, and returns
+    /// early if a look fails (the next read reports why).
     pub async fn wait_for_offset(&self, offset: Offset) {
+        if let Db::ReadOnly(_) = self.db {
+            while *self.shared.committed.borrow() < offset.0 {
+                if self.read_txn().is_err() {
+                    return;
+                }
+                if *self.shared.committed.borrow() >= offset.0 {
+                    return;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+            return;
+        }
         let mut rx = self.subscribe();
         let _ = rx.wait_for(|c| *c >= offset.0).await;
     }
 
     pub(crate) fn read_txn(&self) -> Result<ReadTransaction> {
-        self.db.begin_read()
+        Ok(self.txn_and_end()?.0)
+    }
+
+    /// A read transaction and the last offset whose tail ref a view in it may use. With the
+    /// writer in this process, that is the committed offset read before the transaction began
+    /// (the writer publishes it only after the commit's events are in the tail). Without it,
+    /// the tail first catches up with what the transaction sees, so a reader opened on a live
+    /// journal follows its later commits.
+    fn txn_and_end(&self) -> Result<(ReadTransaction, u64)> {
+        match &self.db {
+            Db::Write(d) => {
+                let committed = *self.shared.committed.borrow();
+                Ok((d.begin_read()?, committed))
+            }
+            Db::ReadOnly(d) => {
+                let rtx = d.begin_read()?;
+                let end = catch_up(&self.shared, &rtx, self.meta.header.key_groups)?;
+                Ok((rtx, end))
+            }
+        }
     }
 
     fn row(&self, rtx: &ReadTransaction, ek: &[u8]) -> Result<Option<EntityRow>> {
@@ -244,9 +281,8 @@ impl JournalReader {
     fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailRef>)> {
         let mut attempt = 1;
         loop {
-            let committed = *self.shared.committed.borrow();
-            let (rtx, row, mut tail) = self.entity_view_with(ek, Shared::tail_of)?;
-            tail.retain(|r| r.offset <= committed);
+            let (rtx, row, mut tail, end) = self.entity_view_with(ek, Shared::tail_of)?;
+            tail.retain(|r| r.offset <= end);
             let held = tail
                 .last()
                 .map(|r| r.seq)
@@ -269,14 +305,14 @@ impl JournalReader {
         &self,
         ek: &[u8],
         tail: impl Fn(&Shared, &[u8]) -> T,
-    ) -> Result<(ReadTransaction, EntityRow, T)> {
+    ) -> Result<(ReadTransaction, EntityRow, T, u64)> {
         loop {
             let v1 = self.shared.pack_version.load(Ordering::SeqCst);
-            let rtx = self.read_txn()?;
+            let (rtx, end) = self.txn_and_end()?;
             let row = self.row(&rtx, ek)?.unwrap_or_default();
             let tail = tail(&self.shared, ek);
             if self.shared.pack_version.load(Ordering::SeqCst) == v1 {
-                return Ok((rtx, row, tail));
+                return Ok((rtx, row, tail, end));
             }
         }
     }
@@ -288,7 +324,7 @@ impl JournalReader {
     pub fn highest_seq(&self, pid: &PersistenceId) -> Result<Seq> {
         let ek = keys::entity_key(pid, self.meta.header.key_groups);
         guard(&self.meta.path, || {
-            let (_rtx, row, tail) = self.entity_view_with(&ek, Shared::tail_highest)?;
+            let (_rtx, row, tail, _) = self.entity_view_with(&ek, Shared::tail_highest)?;
             Ok(Seq(tail.unwrap_or(0).max(row.highest_seq)))
         })
     }
@@ -700,6 +736,9 @@ pub struct EventIter {
 
 /// Views of one entity taken before one that lags the writer's memory stands (100 µs apart).
 const VIEW_ATTEMPTS: u32 = 200;
+
+/// How often a read-only handle looks for new commits in [`JournalReader::wait_for_offset`].
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Tail events decoded together: their refs, and the cached bytes copied under one lock.
 #[derive(Default)]

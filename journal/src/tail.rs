@@ -64,6 +64,8 @@ impl EntityTail {
 pub(crate) struct Tail {
     pub entries: FastMap<EntityKey, EntityTail>,
     budget: CacheBudget,
+    /// Segments numbered below this are packed and hold no refs here.
+    floor: u64,
 }
 
 /// The event cache's memory: every buffer's capacity (spare ones included) against a limit.
@@ -137,6 +139,7 @@ impl Tail {
                 limit: cache_limit,
                 ..CacheBudget::default()
             },
+            floor: 0,
         }
     }
 
@@ -165,11 +168,22 @@ impl Tail {
     /// at most one segment's worth.
     pub(crate) fn drop_segment(&mut self, segment: u64) {
         self.budget.release_spares();
+        self.drop_segments(|s| s == segment);
+        self.floor = self.floor.max(segment + 1);
+    }
+
+    /// Drops every ref of the segments numbered below `floor` (all packed).
+    pub(crate) fn drop_segments_below(&mut self, floor: u64) {
+        self.drop_segments(|s| s < floor);
+        self.floor = self.floor.max(floor);
+    }
+
+    fn drop_segments(&mut self, dropped: impl Fn(u64) -> bool) {
         let budget = &mut self.budget;
         self.entries.retain(|_, e| {
-            e.refs.retain(|r| r.segment != segment);
+            e.refs.retain(|r| !dropped(r.segment));
             e.buffers.retain_mut(|(s, b)| {
-                let keep = *s != segment;
+                let keep = !dropped(*s);
                 if !keep {
                     budget.give_spare(std::mem::take(b));
                 }
@@ -177,6 +191,16 @@ impl Tail {
             });
             !e.refs.is_empty()
         });
+    }
+
+    /// Segments numbered below this are packed (none of their refs is here).
+    pub(crate) fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// Records that the segments numbered below `floor` are packed (when the tail is built).
+    pub(crate) fn set_floor(&mut self, floor: u64) {
+        self.floor = floor;
     }
 
     pub(crate) fn len(&self) -> usize {

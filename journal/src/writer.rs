@@ -27,7 +27,7 @@ use crate::log;
 use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState, SegmentInfo, State};
 use crate::record::{AppendAck, Manifest, NewEvent, SnapshotRecord};
 use crate::store::Store;
-use crate::tail::{EntityKey, FastMap, Shared, Tail, TailRef, NOT_CACHED};
+use crate::tail::{EntityKey, FastMap, Shared, TailRef, NOT_CACHED};
 use hashbrown::hash_map::RawEntryMut;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -1165,86 +1165,6 @@ impl Writer {
 
 /// Generations merged at once.
 const MERGE_FANIN: usize = 4;
-
-/// Rebuilds the tail index from the unpacked segments on open, checking each record and the
-/// contiguity of offsets and seqs within the tail, and caches the events' bytes up to
-/// `cache_bytes`. The state is read in the same read transaction as the segments (a writer in
-/// another process may commit meanwhile). Returns the tail, the highest seq of every entity in
-/// it, and the highest committed offset.
-pub(crate) fn rebuild_tail(
-    db: &impl redb::ReadableDatabase,
-    key_groups: u32,
-    cache_bytes: usize,
-) -> Result<(Tail, FastMap<EntityKey, u64>, u64)> {
-    let rtx = db.begin_read()?;
-    let state = crate::read::read_state(&rtx.open_table(keys::META)?)?;
-    let mut tail = Tail::new(cache_bytes);
-    let mut highest: FastMap<EntityKey, u64> = FastMap::default();
-    for seg in &state.segments {
-        let name = keys::segment_table_name(seg.number);
-        let table = match rtx.open_table(keys::segment_table(&name)) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) if seg.events == 0 => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let mut expected = seg.first_offset;
-        log::for_each(&table, seg.number, seg.rows, 0..u64::MAX, |offset, v| {
-            let loc = || format!("{name}/{offset}");
-            // Offsets of a segment are dense from its first: a missing row is damage.
-            if offset != expected {
-                return Err(JournalError::corrupted(
-                    loc(),
-                    format!("log has no event at offset {expected}"),
-                ));
-            }
-            expected += 1;
-            let rec = codec::decode_event(v).map_err(|e| JournalError::corrupted(loc(), e))?;
-            if rec.offset.0 != offset {
-                return Err(JournalError::corrupted(
-                    loc(),
-                    format!("record says offset {}", rec.offset),
-                ));
-            }
-            let ek = keys::entity_key(&rec.persistence_id, key_groups);
-            if let Some(prev) = highest.get(ek.as_slice()) {
-                if rec.seq.0 != prev + 1 {
-                    return Err(JournalError::corrupted(
-                        loc(),
-                        format!("{}: seq {} follows {prev}", rec.persistence_id, rec.seq),
-                    ));
-                }
-            }
-            highest.insert(EntityKey::from_slice(&ek), rec.seq.0);
-            let r = TailRef {
-                seq: rec.seq.0,
-                offset,
-                segment: seg.number,
-                timestamp_micros: rec.timestamp.timestamp_micros(),
-                bytes: v.len() as u32,
-                cached: NOT_CACHED,
-                rows: seg.rows,
-            };
-            tail.extend(&ek, [(r, v)]);
-            Ok(true)
-        })?;
-        if expected != seg.first_offset + seg.events {
-            return Err(JournalError::corrupted(
-                name,
-                format!(
-                    "log holds {} events, the journal state {}",
-                    expected - seg.first_offset,
-                    seg.events
-                ),
-            ));
-        }
-    }
-    debug!(
-        tail_events = tail.len(),
-        cache_bytes = tail.cache_bytes(),
-        "tail index rebuilt"
-    );
-    Ok((tail, highest, state.next_offset.saturating_sub(1)))
-}
 
 /// Generation → first offset, from the generations table.
 pub(crate) fn load_generations(db: &impl redb::ReadableDatabase) -> Result<BTreeMap<u64, u64>> {

@@ -1207,6 +1207,129 @@ fn a_second_writer_is_locked_out_but_readers_are_not() {
     assert_eq!(r.all_events(&pid("a")).unwrap().len(), 1);
 }
 
+/// A reader without the writer (the CLI on a live journal) follows the writer's later commits:
+/// events appended after it opened, also when a snapshot committed with them raised the
+/// entity's highest seq (a stream used to end there with `Corrupted`), new entities, and
+/// segments packed meanwhile.
+#[test]
+fn a_read_only_reader_follows_later_commits() {
+    let f = fixture_with(small_segments());
+    let (a, b) = (pid("a"), pid("b"));
+    f.j.append_blocking(&a, Seq(1), evs(3, "x")).unwrap();
+    let r = JournalReader::open_read_only(&f.path).unwrap();
+    let all = |p: &PersistenceId| seqs(&r, p, 1, u64::MAX, u64::MAX);
+    assert_eq!(all(&a), vec![1, 2, 3]);
+
+    f.j.append_blocking(&a, Seq(4), evs(2, "y")).unwrap();
+    f.j.save_snapshot_blocking(&a, Seq(5), Manifest::new("S", 1), vec![5])
+        .unwrap();
+    assert_eq!(all(&a), vec![1, 2, 3, 4, 5]);
+    assert_eq!(r.highest_seq(&a).unwrap(), Seq(5));
+    assert_eq!(r.committed_offset(), Offset(5));
+
+    f.j.append_blocking(&b, Seq(1), evs(1, "z")).unwrap();
+    let listed: Vec<_> = r
+        .entities(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.persistence_id, e.highest_seq))
+        .collect();
+    assert_eq!(listed, vec![(a.clone(), Seq(5)), (b.clone(), Seq(1))]);
+
+    // Enough events that the segments the reader saw seal and are packed.
+    for s in 2..=60 {
+        f.j.append_blocking(&b, Seq(s), vec![ev(&format!("b{s}"))])
+            .unwrap();
+    }
+    f.j.flush_blocking(true).unwrap();
+    assert_eq!(all(&a), vec![1, 2, 3, 4, 5]);
+    assert_eq!(all(&b), (1..=60).collect::<Vec<_>>());
+    assert_eq!(payloads(&r, &a), payloads(&f.j, &a));
+    assert_eq!(payloads(&r, &b), payloads(&f.j, &b));
+    let changelog: Vec<u64> = r
+        .changelog(Offset(1))
+        .unwrap()
+        .map(|e| e.unwrap().offset.0)
+        .collect();
+    assert_eq!(changelog, (1..=65).collect::<Vec<_>>());
+
+    // Waiting for a commit: the read-only handle looks for it itself.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let waiter = {
+        let r = r.clone();
+        std::thread::spawn(move || rt.block_on(r.wait_for_offset(Offset(66))))
+    };
+    f.j.append_blocking(&b, Seq(61), vec![ev("b61")]).unwrap();
+    waiter.join().unwrap();
+    assert_eq!(r.committed_offset(), Offset(66));
+}
+
+/// Readers without the writer, on two threads sharing one handle, while the writer appends,
+/// snapshots and packs small segments: every view returns each event up to its highest seq
+/// (no stream ends short across a catch-up or a pack), and what a thread sees never goes
+/// back. `STATELINE_SOAK=1` runs longer.
+#[test]
+fn read_only_readers_keep_up_with_appends_snapshots_and_packs() {
+    let f = fixture_with(small_segments());
+    let ids: Vec<_> = (0..4).map(|i| pid(&format!("f{i}"))).collect();
+    f.j.append_blocking(&ids[0], Seq(1), vec![ev("first")])
+        .unwrap();
+    let r = JournalReader::open_read_only(&f.path).unwrap();
+    let rounds: u64 = if std::env::var_os("STATELINE_SOAK").is_some() {
+        3_000
+    } else {
+        300
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (r, ids, stop) = (r.clone(), ids.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = vec![0u64; ids.len()];
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for (k, p) in ids.iter().enumerate() {
+                        let view = r.recovery_view(p).unwrap();
+                        let highest = view.highest_seq().0;
+                        let got: Vec<u64> = view
+                            .events_from(Seq(1))
+                            .unwrap()
+                            .map(|e| e.unwrap().seq.0)
+                            .collect();
+                        assert_eq!(got, (1..=highest).collect::<Vec<_>>(), "{p}");
+                        assert!(highest >= seen[k], "{p}: {highest} after {}", seen[k]);
+                        seen[k] = highest;
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    for round in 0..rounds {
+        for (k, p) in ids.iter().enumerate() {
+            let next = if k == 0 { round + 2 } else { round + 1 };
+            f.j.append_blocking(p, Seq(next), vec![ev(&format!("{k}:{next}"))])
+                .unwrap();
+            if round % 7 == k as u64 {
+                f.j.save_snapshot_blocking(p, Seq(next), Manifest::new("S", 1), vec![1])
+                    .unwrap();
+            }
+        }
+    }
+    f.j.flush_blocking(true).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in readers {
+        assert!(t.join().unwrap() > 0);
+    }
+    for p in &ids {
+        assert_eq!(payloads(&r, p), payloads(&f.j, p), "{p}");
+    }
+}
+
 #[test]
 fn foreign_files_are_not_journals() {
     let dir = tempfile::tempdir().unwrap();
