@@ -1,0 +1,394 @@
+//! Background work of the writer: packing sealed log segments into per-entity chunk rows, a
+//! step per commit, and merging packed generations (opt-in). Both are append-ordered bulk
+//! writes in the writer's transactions; see FORMAT.md for their crash argument.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use redb::{ReadableTable, Table};
+use tracing::debug;
+
+use super::{decode_row, encode_row, Effects, Writer};
+use crate::codec;
+use crate::error::{JournalError, Result};
+use crate::keys;
+use crate::log;
+use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState};
+use crate::tail::TailRef;
+
+impl Writer {
+    /// Packs up to `budget` events of the oldest sealed segment into chunk rows; when the
+    /// segment is done, drops its log table and records its generation.
+    pub(super) fn pack_step(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        entities: &mut Table<&[u8], &[u8]>,
+        chunks: &mut Table<&[u8], &[u8]>,
+        mut budget: usize,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        if !self.pack_pending() {
+            return Ok(());
+        }
+        let seg = self.state.segments[0].clone();
+        let plan = match self.plan.take() {
+            Some(p) => p,
+            None => self.build_plan(seg.number),
+        };
+        let mut plan = plan;
+        let name = keys::segment_table_name(seg.number);
+        {
+            let log = txn.open_table(keys::segment_table(&name))?;
+            // Every event to pack was committed by an earlier transaction, so the cache has
+            // it unless it was over budget.
+            let shared = self.shared.clone();
+            let tail = shared.tail.read().unwrap_or_else(|p| p.into_inner());
+            // At the end of this generation's key range (a merge target, newer, may follow it).
+            let next_gen = (seg.number + 1).to_be_bytes();
+            let mut cursor = chunks.upper_bound_mut(Bound::Excluded(&next_gen[..]))?;
+            // One chunk buffer for the whole step, reused per entity.
+            let mut buf: Vec<u8> = Vec::new();
+            while budget > 0 {
+                let Some((ek, refs)) = plan.pop_first() else {
+                    break;
+                };
+                let mut row = match entities.get(ek.as_slice())? {
+                    Some(v) => decode_row(&ek, v.value())?,
+                    None => EntityRow::default(),
+                };
+                let cached = tail.entries.get(ek.as_slice());
+                buf.clear();
+                let mut current: Option<ChunkRef> = None;
+                for r in &refs {
+                    row.highest_seq = row.highest_seq.max(r.seq);
+                    row.last_write_micros = row.last_write_micros.max(r.timestamp_micros);
+                    if r.seq <= row.deleted_to {
+                        continue;
+                    }
+                    let found;
+                    let v: &[u8] = match cached.and_then(|c| c.cached(r)) {
+                        Some(b) => b,
+                        None => {
+                            found = log::get(&log, seg.number, seg.rows, r.offset)?.ok_or_else(
+                                || {
+                                    JournalError::corrupted(
+                                        format!("{name}/{}", r.offset),
+                                        "event missing from log",
+                                    )
+                                },
+                            )?;
+                            found.bytes()
+                        }
+                    };
+                    if let Some(c) = current.as_mut() {
+                        if buf.len() + 4 + v.len() > self.max_chunk_bytes {
+                            let key = keys::chunk_key(seg.number, &ek, c.first_seq);
+                            cursor.insert_before(key.as_slice(), buf.as_slice())?;
+                            row.chunks.push(*c);
+                            buf.clear();
+                            current = None;
+                        }
+                    }
+                    let c = current.get_or_insert(ChunkRef {
+                        generation: seg.number,
+                        first_seq: r.seq,
+                        last_seq: r.seq,
+                        events: 0,
+                        bytes: 0,
+                    });
+                    c.last_seq = r.seq;
+                    c.events += 1;
+                    self.state.pack_events += 1;
+                    c.bytes += v.len() as u32;
+                    codec::push_frame(&mut buf, v);
+                }
+                if let Some(c) = current {
+                    let key = keys::chunk_key(seg.number, &ek, c.first_seq);
+                    cursor.insert_before(key.as_slice(), buf.as_slice())?;
+                    row.chunks.push(c);
+                }
+                entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
+                budget = budget.saturating_sub(refs.len());
+                fx.packed += refs.len();
+                let mut next = ek;
+                next.push(0);
+                self.state.pack_cursor = Some(next);
+            }
+            cursor.close()?;
+        }
+        if plan.is_empty() {
+            txn.delete_table(keys::segment_table(&name))?;
+            let end_offset = self
+                .state
+                .segments
+                .get(1)
+                .map_or(self.state.next_offset, |s| s.first_offset);
+            let gen = GenerationRow {
+                generation: seg.number,
+                first_offset: seg.first_offset,
+                end_offset,
+                events: self.state.pack_events,
+            };
+            self.gen_index.insert(seg.number, seg.first_offset);
+            let mut gens = txn.open_table(keys::GENERATIONS)?;
+            let bytes = codec::encode_meta(&gen).map_err(|e| JournalError::Io(e.to_string()))?;
+            gens.insert(seg.first_offset, bytes.as_slice())?;
+            self.state.segments.remove(0);
+            self.state.pack_cursor = None;
+            self.state.pack_events = 0;
+            fx.packed_segment = Some(seg.number);
+        } else {
+            self.plan = Some(plan);
+        }
+        Ok(())
+    }
+
+    pub(super) fn merge_pending(&self) -> bool {
+        self.state.merge.is_some()
+    }
+
+    /// Picks generations to merge: the oldest run of [`MERGE_FANIN`] consecutive generations
+    /// of the same size tier (offset span in powers of the fan-in times the segment size), so
+    /// an entity's history lives in a number of chunks logarithmic in its age.
+    fn plan_merge(&mut self, txn: &redb::WriteTransaction) -> Result<()> {
+        let gens_table = txn.open_table(keys::GENERATIONS)?;
+        let mut gens = Vec::new();
+        for item in gens_table.range::<u64>(..)? {
+            let (k, v) = item?;
+            let g = codec::decode_meta::<GenerationRow>(v.value())
+                .map_err(|e| JournalError::corrupted(format!("generations/{}", k.value()), e))?;
+            gens.push(g);
+        }
+        let seg = self.segment_events.max(1);
+        let tier = |g: &GenerationRow| {
+            let mut span = g.end_offset.saturating_sub(g.first_offset) / seg;
+            let mut t = 0;
+            while span >= MERGE_FANIN as u64 {
+                span /= MERGE_FANIN as u64;
+                t += 1;
+            }
+            t
+        };
+        let run = gens.windows(MERGE_FANIN).find(|w| {
+            w.iter().all(|g| tier(g) == tier(&w[0]))
+                && w.windows(2).all(|p| p[0].end_offset == p[1].first_offset)
+        });
+        if let Some(w) = run {
+            let target = self.state.next_segment;
+            self.state.next_segment += 1;
+            self.state.merge = Some(MergeState {
+                sources: w.iter().map(|g| g.generation).collect(),
+                target,
+                first_offset: w[0].first_offset,
+                end_offset: w[MERGE_FANIN - 1].end_offset,
+                cursor: None,
+                events: 0,
+            });
+            self.merge_plan = None;
+        }
+        Ok(())
+    }
+
+    /// The entities with chunks in the merge's sources still to merge, from the chunk keys.
+    fn build_merge_plan(
+        &self,
+        chunks: &Table<&[u8], &[u8]>,
+        m: &MergeState,
+    ) -> Result<std::collections::BTreeSet<Vec<u8>>> {
+        let mut plan = std::collections::BTreeSet::new();
+        for g in &m.sources {
+            let lo = g.to_be_bytes();
+            let hi = (g + 1).to_be_bytes();
+            for item in chunks.range(&lo[..]..&hi[..])? {
+                let (k, _) = item?;
+                let k = k.value();
+                if k.len() < 8 + 9 {
+                    return Err(JournalError::corrupted("chunks", "chunk key too short"));
+                }
+                let ek = &k[8..k.len() - 9];
+                if m.cursor.as_deref().is_some_and(|c| ek < c) {
+                    continue;
+                }
+                plan.insert(ek.to_vec());
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Merges up to `budget` events of the merge under way (starting one when due); when the
+    /// last entity is merged, swaps the sources' chunk and generation rows for the target's.
+    pub(super) fn merge_step(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        entities: &mut Table<&[u8], &[u8]>,
+        chunks: &mut Table<&[u8], &[u8]>,
+        mut budget: usize,
+    ) -> Result<()> {
+        if self.state.merge.is_none() {
+            if !self.merge_enabled {
+                return Ok(());
+            }
+            // Look for a run only when the set of generations changed.
+            if self.gen_index.len() < MERGE_FANIN || self.merge_checked == self.gen_index.len() {
+                return Ok(());
+            }
+            self.merge_checked = self.gen_index.len();
+            self.plan_merge(txn)?;
+        }
+        let Some(m) = self.state.merge.clone() else {
+            return Ok(());
+        };
+        let mut plan = match self.merge_plan.take() {
+            Some(p) => p,
+            None => self.build_merge_plan(chunks, &m)?,
+        };
+        let mut written = 0u64;
+        while budget > 0 {
+            let Some(ek) = plan.pop_first() else {
+                break;
+            };
+            let mut row = match entities.get(ek.as_slice())? {
+                Some(v) => decode_row(&ek, v.value())?,
+                None => EntityRow::default(),
+            };
+            let (mine, rest): (Vec<ChunkRef>, Vec<ChunkRef>) = row
+                .chunks
+                .iter()
+                .partition(|c| m.sources.contains(&c.generation));
+            let mut merged: Vec<ChunkRef> = Vec::new();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut current: Option<ChunkRef> = None;
+            for c in &mine {
+                let key = keys::chunk_key(c.generation, &ek, c.first_seq);
+                let Some(v) = chunks.get(key.as_slice())? else {
+                    return Err(JournalError::corrupted(
+                        format!("chunk {key:?}"),
+                        "referenced chunk missing during merge",
+                    ));
+                };
+                let bytes = v.value().to_vec();
+                drop(v);
+                for frame in codec::Frames::new(&bytes) {
+                    let frame =
+                        frame.map_err(|e| JournalError::corrupted(format!("chunk {key:?}"), e))?;
+                    let rec = codec::decode_event(frame)
+                        .map_err(|e| JournalError::corrupted(format!("chunk {key:?}"), e))?;
+                    if rec.seq.0 <= row.deleted_to {
+                        continue;
+                    }
+                    if let Some(cur) = current.as_mut() {
+                        if buf.len() + 4 + frame.len() > self.max_chunk_bytes {
+                            let k = keys::chunk_key(m.target, &ek, cur.first_seq);
+                            chunks.insert(k.as_slice(), buf.as_slice())?;
+                            merged.push(*cur);
+                            buf.clear();
+                            current = None;
+                        }
+                    }
+                    let cur = current.get_or_insert(ChunkRef {
+                        generation: m.target,
+                        first_seq: rec.seq.0,
+                        last_seq: rec.seq.0,
+                        events: 0,
+                        bytes: 0,
+                    });
+                    cur.last_seq = rec.seq.0;
+                    cur.events += 1;
+                    cur.bytes += frame.len() as u32;
+                    codec::push_frame(&mut buf, frame);
+                    written += 1;
+                }
+                budget = budget.saturating_sub(c.events as usize);
+            }
+            if let Some(cur) = current {
+                let k = keys::chunk_key(m.target, &ek, cur.first_seq);
+                chunks.insert(k.as_slice(), buf.as_slice())?;
+                merged.push(cur);
+            }
+            if !mine.is_empty() {
+                let mut all = merged;
+                all.extend(rest);
+                all.sort_by_key(|c| c.first_seq);
+                row.chunks = all;
+                entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
+            }
+            budget = budget.saturating_sub(1);
+            let mut next = ek;
+            next.push(0);
+            if let Some(ms) = self.state.merge.as_mut() {
+                ms.cursor = Some(next);
+            }
+        }
+        if let Some(ms) = self.state.merge.as_mut() {
+            ms.events += written;
+        }
+        if !plan.is_empty() {
+            self.merge_plan = Some(plan);
+            return Ok(());
+        }
+        // Done: the sources' rows go, the target's generation row arrives, in one commit.
+        let Some(m) = self.state.merge.take() else {
+            return Ok(());
+        };
+        let mut gens = txn.open_table(keys::GENERATIONS)?;
+        for g in &m.sources {
+            let lo = g.to_be_bytes();
+            let hi = (g + 1).to_be_bytes();
+            chunks.retain_in(&lo[..]..&hi[..], |_, _| false)?;
+            if let Some(first) = self.gen_index.remove(g) {
+                gens.remove(first)?;
+            }
+        }
+        let row = GenerationRow {
+            generation: m.target,
+            first_offset: m.first_offset,
+            end_offset: m.end_offset,
+            events: m.events,
+        };
+        let bytes = codec::encode_meta(&row).map_err(|e| JournalError::Io(e.to_string()))?;
+        gens.insert(m.first_offset, bytes.as_slice())?;
+        self.gen_index.insert(m.target, m.first_offset);
+        self.merge_plan = None;
+        debug!(sources = ?m.sources, target = m.target, events = m.events, "generations merged");
+        Ok(())
+    }
+
+    /// The entities of `segment` still to pack, in key order, from the tail index.
+    fn build_plan(&self, segment: u64) -> BTreeMap<Vec<u8>, Vec<TailRef>> {
+        let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
+        let cursor = self.state.pack_cursor.as_deref();
+        let mut plan = BTreeMap::new();
+        for (ek, entry) in &tail.entries {
+            if cursor.is_some_and(|c| ek.as_slice() < c) {
+                continue;
+            }
+            let mine: Vec<TailRef> = entry
+                .refs
+                .iter()
+                .filter(|r| r.segment == segment)
+                .copied()
+                .collect();
+            if !mine.is_empty() {
+                plan.insert(ek.to_vec(), mine);
+            }
+        }
+        plan
+    }
+}
+
+/// Generations merged at once.
+pub(super) const MERGE_FANIN: usize = 4;
+
+/// Generation → first offset, from the generations table.
+pub(crate) fn load_generations(db: &impl redb::ReadableDatabase) -> Result<BTreeMap<u64, u64>> {
+    let rtx = db.begin_read()?;
+    let gens = rtx.open_table(keys::GENERATIONS)?;
+    let mut out = BTreeMap::new();
+    for item in gens.range::<u64>(..)? {
+        let (k, v) = item?;
+        let row = codec::decode_meta::<GenerationRow>(v.value())
+            .map_err(|e| JournalError::corrupted(format!("generations/{}", k.value()), e))?;
+        out.insert(row.generation, k.value());
+    }
+    Ok(out)
+}
