@@ -23,7 +23,8 @@
 //! [0] (1: after the timed persist, a segment's worth of events of an extra entity seals the
 //! last segment, so replay reads only packed chunks), `STATELINE_BENCH_MERGE` [journal default]
 //! (1/0: merge packed generations or not), `STATELINE_BENCH_PACK_CACHE_BYTES` [journal
-//! default], `STATELINE_BENCH_MAX_CHUNK_BYTES` [journal default], `STATELINE_BENCH_ROUNDS` [3]
+//! default], `STATELINE_BENCH_MAX_CHUNK_BYTES` [journal default], `STATELINE_BENCH_CACHE_BYTES`
+//! [268435456, the journal's default] (redb page cache of the journal and of both baselines), `STATELINE_BENCH_ROUNDS` [3]
 //! (persist rounds, see below), `STATELINE_BENCH_REPLAY_PASSES` [5] (timed replay passes per
 //! side, journal and baseline alternating). With `RUST_LOG` set, the journal's tracing output goes to stderr.
 //!
@@ -111,6 +112,7 @@ struct Config {
     rounds: usize,
     replay_passes: usize,
     max_chunk_bytes: Option<usize>,
+    cache_bytes: usize,
 }
 
 impl Config {
@@ -137,6 +139,7 @@ impl Config {
             rounds: env_or("STATELINE_BENCH_ROUNDS", 3usize).max(1),
             replay_passes: env_or("STATELINE_BENCH_REPLAY_PASSES", 5usize).max(1),
             max_chunk_bytes: env_opt("STATELINE_BENCH_MAX_CHUNK_BYTES"),
+            cache_bytes: env_or("STATELINE_BENCH_CACHE_BYTES", 256usize << 20),
         }
     }
 }
@@ -334,10 +337,10 @@ fn baseline_writer(
     )
 }
 
-fn redb_builder() -> redb::Builder {
+fn redb_builder(cfg: &Config) -> redb::Builder {
     let mut b = redb::Builder::new();
-    // Same page cache as the journal's default.
-    b.set_cache_size(256 << 20);
+    // The same page cache as the journal's.
+    b.set_cache_size(cfg.cache_bytes);
     b
 }
 
@@ -432,7 +435,7 @@ fn baseline_persist(
     path: &Path,
     label: &str,
 ) -> Duration {
-    let mut b = redb_builder();
+    let mut b = redb_builder(cfg);
     if cfg.baseline_single_writer {
         b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
     }
@@ -584,6 +587,7 @@ struct Round {
 /// Appends the scenario's events to a fresh journal at `path` and lets packing finish.
 fn journal_round(rt: &tokio::runtime::Runtime, cfg: &Config, path: &Path) -> (Persisted, Round) {
     let mut builder = Journal::builder()
+        .cache_bytes(cfg.cache_bytes)
         .durability(Durability::Immediate)
         .max_batch_events(cfg.max_batch);
     if let Some(n) = cfg.segment_events {
@@ -764,7 +768,9 @@ fn scenario_replay(cfg: &Config, dir: &Path, p: &Persisted) {
     );
     // Baseline file: the same payloads, contiguous per entity, written in entity order.
     let base_path = dir.join("baseline-events.redb");
-    let db = redb_builder().create(&base_path).expect("baseline create");
+    let db = redb_builder(cfg)
+        .create(&base_path)
+        .expect("baseline create");
     let memo = memo_len();
     let mut txn = db.begin_write().expect("baseline begin_write");
     let mut in_txn = 0u64;

@@ -166,6 +166,14 @@ fn encode_row(ek: &[u8], row: &EntityRow) -> Result<Vec<u8>> {
     codec::encode_keyed(ek, row).map_err(|e| JournalError::Io(e.to_string()))
 }
 
+/// The entity's stored row (a default one if it has none).
+fn load_row(ek: &[u8], entities: &Table<&[u8], &[u8]>) -> Result<EntityRow> {
+    match entities.get(ek)? {
+        Some(v) => decode_row(ek, v.value()),
+        None => Ok(EntityRow::default()),
+    }
+}
+
 pub(crate) fn decode_row(ek: &[u8], bytes: &[u8]) -> Result<EntityRow> {
     codec::decode_keyed(ek, bytes).map_err(|e| {
         JournalError::corrupted(format!("entities/{}", String::from_utf8_lossy(ek)), e)
@@ -535,10 +543,7 @@ impl Writer {
         let highest = match self.highest.raw_entry_mut().from_key(ek.as_slice()) {
             RawEntryMut::Occupied(o) => o.into_mut(),
             RawEntryMut::Vacant(v) => {
-                let h = match entities.get(ek.as_slice())? {
-                    Some(row) => decode_row(&ek, row.value())?.highest_seq,
-                    None => 0,
-                };
+                let h = load_row(&ek, entities)?.highest_seq;
                 v.insert(EntityKey::from_slice(&ek), h).1
             }
         };
@@ -589,7 +594,7 @@ impl Writer {
         ek: &[u8],
         entities: &Table<&[u8], &[u8]>,
     ) -> Result<(EntityRow, u64)> {
-        let row = self.load_row(ek, entities)?;
+        let row = load_row(ek, entities)?;
         let highest = match self.highest.get(ek) {
             Some(h) => *h,
             None => {
@@ -599,13 +604,6 @@ impl Writer {
             }
         };
         Ok((row, highest))
-    }
-
-    fn load_row(&self, ek: &[u8], entities: &Table<&[u8], &[u8]>) -> Result<EntityRow> {
-        match entities.get(ek)? {
-            Some(v) => decode_row(ek, v.value()),
-            None => Ok(EntityRow::default()),
-        }
     }
 
     fn save_snapshot(
@@ -774,7 +772,7 @@ impl Writer {
             }
         }
         if deleted > 0 {
-            let mut row = self.load_row(&ek, entities)?;
+            let mut row = load_row(&ek, entities)?;
             row.snapshots = remaining.len() as u32;
             row.snapshot_seq = remaining.last().map_or(0, |s| s.0);
             entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
