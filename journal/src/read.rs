@@ -223,7 +223,7 @@ impl JournalReader {
     pub async fn wait_for_offset(&self, offset: Offset) {
         if let Db::ReadOnly(_) = self.db {
             while *self.shared.committed.borrow() < offset.0 {
-                if self.read_txn().is_err() {
+                if guard(&self.meta.path, || self.read_txn()).is_err() {
                     return;
                 }
                 if *self.shared.committed.borrow() >= offset.0 {
@@ -284,7 +284,7 @@ impl JournalReader {
     fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailRef>)> {
         let mut attempt = 1;
         loop {
-            let (rtx, row, mut tail, end) = self.entity_view_with(ek, Shared::tail_of)?;
+            let (rtx, row, mut tail, end) = self.entity_view_with(ek, |s, ek, _| s.tail_of(ek))?;
             tail.retain(|r| r.offset <= end);
             let held = tail
                 .last()
@@ -303,17 +303,18 @@ impl JournalReader {
         }
     }
 
-    /// [`Self::entity_view`] with what `tail` takes from the tail index.
+    /// [`Self::entity_view`] with what `tail` takes from the tail index (given the last offset
+    /// the transaction sees).
     fn entity_view_with<T>(
         &self,
         ek: &[u8],
-        tail: impl Fn(&Shared, &[u8]) -> T,
+        tail: impl Fn(&Shared, &[u8], u64) -> T,
     ) -> Result<(ReadTransaction, EntityRow, T, u64)> {
         loop {
             let v1 = self.shared.pack_version.load(Ordering::SeqCst);
             let (rtx, end) = self.txn_and_end()?;
             let row = self.row(&rtx, ek)?.unwrap_or_default();
-            let tail = tail(&self.shared, ek);
+            let tail = tail(&self.shared, ek, end);
             if self.shared.pack_version.load(Ordering::SeqCst) == v1 {
                 return Ok((rtx, row, tail, end));
             }
@@ -477,7 +478,7 @@ impl JournalReader {
             // Same retry rule as `entity_view`, for every entity at once.
             let (rows, tail) = loop {
                 let v1 = self.shared.pack_version.load(Ordering::SeqCst);
-                let rtx = self.read_txn()?;
+                let (rtx, end) = self.txn_and_end()?;
                 let t = rtx.open_table(keys::ENTITIES)?;
                 let mut rows: std::collections::BTreeMap<Vec<u8>, EntityRow> = Default::default();
                 for item in t.range(lo.as_slice()..hi.as_slice())? {
@@ -491,7 +492,12 @@ impl JournalReader {
                         .filter(|(k, _)| {
                             k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice()
                         })
-                        .map(|(k, v)| (k.to_vec(), v.refs.clone()))
+                        .filter_map(|(k, v)| {
+                            // Only what this transaction sees (see `txn_and_end`).
+                            let seen: Vec<TailRef> =
+                                v.refs.iter().filter(|r| r.offset <= end).copied().collect();
+                            (!seen.is_empty()).then(|| (k.to_vec(), seen))
+                        })
                         .collect()
                 };
                 if self.shared.pack_version.load(Ordering::SeqCst) == v1 {

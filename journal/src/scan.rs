@@ -27,7 +27,17 @@ pub(crate) fn rebuild_tail(
     let state = read_state(&rtx.open_table(keys::META)?)?;
     let mut tail = Tail::new(cache_bytes);
     let mut highest: FastMap<EntityKey, u64> = FastMap::default();
-    scan_segments(&rtx, &state, key_groups, 1, &mut tail, &mut highest)?;
+    scan_segments(
+        &rtx,
+        &state,
+        key_groups,
+        1,
+        None,
+        &mut highest,
+        &mut |ek, r, v| {
+            tail.extend(ek, [(r, v)]);
+        },
+    )?;
     tail.set_floor(first_unpacked(&state));
     debug!(
         tail_events = tail.len(),
@@ -61,12 +71,29 @@ pub(crate) fn catch_up(shared: &Shared, rtx: &ReadTransaction, key_groups: u32) 
     }
     let known = *shared.committed.borrow();
     if end > known {
+        // Into a list first: a scan that fails half way (damage, I/O) leaves the tail as it
+        // was, so the next read scans the same events again instead of tripping over them.
+        let mut found: Vec<(EntityKey, TailRef)> = Vec::new();
         let mut highest = FastMap::default();
-        scan_segments(rtx, &state, key_groups, known + 1, &mut tail, &mut highest)?;
+        scan_segments(
+            rtx,
+            &state,
+            key_groups,
+            known + 1,
+            Some(&tail),
+            &mut highest,
+            &mut |ek, r, _| found.push((EntityKey::from_slice(ek), r)),
+        )?;
+        for (ek, r) in found {
+            tail.push_uncached(&ek, r);
+        }
         shared.committed.send_replace(end);
     }
     Ok(end)
 }
+
+/// Where a scan puts each event it found: its entity key, its ref and its stored bytes.
+type Sink<'a> = dyn FnMut(&[u8], TailRef, &[u8]) + 'a;
 
 /// Number of the oldest segment not yet packed (every older one is packed).
 fn first_unpacked(state: &State) -> u64 {
@@ -76,16 +103,17 @@ fn first_unpacked(state: &State) -> u64 {
         .map_or(state.next_segment, |s| s.number)
 }
 
-/// Adds the events with offset ≥ `from` of the unpacked segments to `tail`. `highest` holds
-/// the last seq of each entity seen so far (the tail's own last ref counts too), so that seqs
-/// are checked to follow each other.
+/// Gives `sink` the events with offset ≥ `from` of the unpacked segments (entity key, ref,
+/// stored bytes), in offset order. `highest` holds the last seq of each entity seen so far,
+/// before that the last ref `base` holds, so that seqs are checked to follow each other.
 fn scan_segments(
     rtx: &ReadTransaction,
     state: &State,
     key_groups: u32,
     from: u64,
-    tail: &mut Tail,
+    base: Option<&Tail>,
     highest: &mut FastMap<EntityKey, u64>,
+    sink: &mut Sink<'_>,
 ) -> Result<()> {
     for seg in &state.segments {
         let seg_end = seg.first_offset + seg.events;
@@ -98,8 +126,10 @@ fn scan_segments(
             Err(redb::TableError::TableDoesNotExist(_)) if seg.events == 0 => continue,
             Err(e) => return Err(e.into()),
         };
-        let start = seg.first_offset.max(from);
-        let mut expected = start;
+        let mut expected = seg.first_offset.max(from);
+        // A whole segment is read from its table's start, so that a row keyed below the
+        // segment's first offset is found as damage.
+        let start = if from <= seg.first_offset { 0 } else { from };
         log::for_each(
             &table,
             seg.number,
@@ -124,7 +154,7 @@ fn scan_segments(
                 }
                 let ek = keys::entity_key(&rec.persistence_id, key_groups);
                 let prev = highest.get(ek.as_slice()).copied().or_else(|| {
-                    let e = tail.entries.get(ek.as_slice())?;
+                    let e = base?.entries.get(ek.as_slice())?;
                     e.refs.last().map(|r| r.seq)
                 });
                 if let Some(prev) = prev {
@@ -145,7 +175,7 @@ fn scan_segments(
                     cached: NOT_CACHED,
                     rows: seg.rows,
                 };
-                tail.extend(&ek, [(r, v)]);
+                sink(&ek, r, v);
                 Ok(true)
             },
         )?;

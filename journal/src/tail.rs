@@ -163,6 +163,22 @@ impl Tail {
         }
     }
 
+    /// Adds one event (after the entity's last) whose bytes are not cached: what a reader
+    /// without the writer learns when it catches up.
+    pub(crate) fn push_uncached(&mut self, entity_key: &[u8], r: TailRef) {
+        let entry = match self.entries.raw_entry_mut().from_key(entity_key) {
+            RawEntryMut::Occupied(o) => o.into_mut(),
+            RawEntryMut::Vacant(v) => {
+                v.insert(EntityKey::from_slice(entity_key), EntityTail::default())
+                    .1
+            }
+        };
+        entry.refs.push(TailRef {
+            cached: NOT_CACHED,
+            ..r
+        });
+    }
+
     /// Drops every ref of `segment`; its cached bytes' buffers become spare (after it has been
     /// packed). Spares the previous pack left unused are freed first, so an idle journal keeps
     /// at most one segment's worth.
@@ -281,10 +297,11 @@ impl Shared {
         self.poisoned.load(Ordering::SeqCst)
     }
 
-    /// Seq of the newest unpacked event of one entity.
-    pub(crate) fn tail_highest(&self, entity_key: &[u8]) -> Option<u64> {
+    /// Seq of the newest unpacked event of one entity with offset at most `end`.
+    pub(crate) fn tail_highest(&self, entity_key: &[u8], end: u64) -> Option<u64> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        tail.entries.get(entity_key)?.refs.last().map(|r| r.seq)
+        let refs = &tail.entries.get(entity_key)?.refs;
+        refs.iter().rev().find(|r| r.offset <= end).map(|r| r.seq)
     }
 
     /// The unpacked events of one entity (their refs; readers copy the cached bytes of a few

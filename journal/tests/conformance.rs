@@ -1267,6 +1267,61 @@ fn a_read_only_reader_follows_later_commits() {
     assert_eq!(r.committed_offset(), Offset(66));
 }
 
+/// Overwrites the value of the last log row (of the first segment) with `f(old)`; returns the
+/// old value. The journal must be closed; read-only handles may stay open.
+fn rewrite_last_log_row(path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut b = redb::Builder::new();
+    b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    let db = b.open(path).unwrap();
+    let w = db.begin_write().unwrap();
+    let old = {
+        let name = redb::TableHandle::name(
+            &w.list_tables()
+                .unwrap()
+                .find(|t| redb::TableHandle::name(t).starts_with("stateline.log."))
+                .unwrap(),
+        )
+        .to_string();
+        let mut t = w
+            .open_table(redb::TableDefinition::<u64, &[u8]>::new(&name))
+            .unwrap();
+        let (key, old) = {
+            let (k, v) = redb::ReadableTable::last(&t).unwrap().unwrap();
+            (k.value(), v.value().to_vec())
+        };
+        let mut new = old.clone();
+        f(&mut new);
+        t.insert(key, new.as_slice()).unwrap();
+        old
+    };
+    w.commit().unwrap();
+    old
+}
+
+/// A catch-up that fails on damaged log bytes reports `Corrupted` and changes nothing: once the
+/// bytes are whole again, the same handle reads every event (it used to trip over the half of
+/// the catch-up it had kept, for good).
+#[test]
+fn a_failed_catch_up_leaves_the_reader_as_it_was() {
+    let f = fixture();
+    let a = pid("a");
+    f.j.append_blocking(&a, Seq(1), vec![ev("one")]).unwrap();
+    let r = JournalReader::open_read_only(&f.path).unwrap();
+    assert_eq!(seqs(&r, &a, 1, u64::MAX, u64::MAX), vec![1]);
+    f.j.append_blocking(&a, Seq(2), evs(4, "more")).unwrap();
+    let Fixture { _dir, path, j } = f;
+    drop(j);
+    // The last byte of the row is the last event's payload: its checksum no longer holds.
+    let whole = rewrite_last_log_row(&path, |row| *row.last_mut().unwrap() ^= 0xff);
+    let err = r.all_events(&a).unwrap_err();
+    assert!(matches!(err, JournalError::Corrupted { .. }), "{err}");
+    assert!(r.snapshot_seqs(&a).is_err(), "every read catches up first");
+    assert_eq!(r.committed_offset(), Offset(1));
+    rewrite_last_log_row(&path, |row| *row = whole.clone());
+    assert_eq!(seqs(&r, &a, 1, u64::MAX, u64::MAX), vec![1, 2, 3, 4, 5]);
+    assert_eq!(r.committed_offset(), Offset(5));
+}
+
 /// Readers without the writer, on two threads sharing one handle, while the writer appends,
 /// snapshots and packs small segments: every view returns each event up to its highest seq
 /// (no stream ends short across a catch-up or a pack), and what a thread sees never goes

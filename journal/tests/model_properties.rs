@@ -79,9 +79,10 @@ fn visited_in_place(
     visited
 }
 
-fn check(j: &Journal, models: &HashMap<usize, Model>) {
+fn check(j: &Journal, follower: &JournalReader, models: &HashMap<usize, Model>) {
     let mut live = 0;
-    // A reader without the writer rebuilds the tail from the log and caches nothing.
+    // A reader without the writer rebuilds the tail from the log and caches nothing; the
+    // follower, opened read-only when the run began, catches up with every commit since.
     let cold = JournalReader::open_read_only(j.path()).unwrap();
     for who in 0..4 {
         let m = models.get(&who);
@@ -89,7 +90,7 @@ fn check(j: &Journal, models: &HashMap<usize, Model>) {
         let want: Vec<(u64, Vec<u8>)> = m
             .map(|m| m.events.iter().map(|(s, p)| (*s, p.clone())).collect())
             .unwrap_or_default();
-        for r in [&j.reader(), &cold] {
+        for r in [&j.reader(), &cold, follower] {
             let got: Vec<(u64, Vec<u8>)> = r
                 .all_events(&p)
                 .unwrap()
@@ -114,6 +115,11 @@ fn check(j: &Journal, models: &HashMap<usize, Model>) {
         }
         live += want.len();
         assert_eq!(j.highest_seq(&p).unwrap().0, m.map_or(0, |m| m.highest));
+        assert_eq!(
+            follower.highest_seq(&p).unwrap().0,
+            m.map_or(0, |m| m.highest),
+            "highest seq of {p} for the follower"
+        );
         let snap = j
             .load_snapshot(&p, Seq(u64::MAX))
             .unwrap()
@@ -133,6 +139,13 @@ fn check(j: &Journal, models: &HashMap<usize, Model>) {
         "changelog holds exactly the live events"
     );
     assert!(changelog.windows(2).all(|w| w[0].offset < w[1].offset));
+    let followed: Vec<_> = follower
+        .changelog(Offset(1))
+        .unwrap()
+        .map(|r| r.unwrap().offset)
+        .collect();
+    let offsets: Vec<_> = changelog.iter().map(|e| e.offset).collect();
+    assert_eq!(followed, offsets, "the follower's changelog");
 }
 
 fn run(ops: Vec<Op>) {
@@ -140,6 +153,8 @@ fn run(ops: Vec<Op>) {
     let path = dir.path().join("p.redb");
     let mut reopens = 0;
     let mut j = open(&path, CACHE_BYTES[0]);
+    // Kept across the writer's reopens too.
+    let follower = JournalReader::open_read_only(&path).unwrap();
     let mut models: HashMap<usize, Model> = HashMap::new();
     let mut counter = 0u64;
     for op in ops {
@@ -208,7 +223,7 @@ fn run(ops: Vec<Op>) {
                 j = open(&path, CACHE_BYTES[reopens % CACHE_BYTES.len()]);
             }
         }
-        check(&j, &models);
+        check(&j, &follower, &models);
     }
 }
 
