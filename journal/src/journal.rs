@@ -392,11 +392,9 @@ impl Journal {
         events: Vec<NewEvent>,
     ) -> Result<impl FnOnce(oneshot::Sender<Result<AppendAck>>) -> Request> {
         self.check_events(&events)?;
-        let entity_key = keys::entity_key(pid, self.key_groups());
+        let entity_key = keys::entity_key_inline(pid, self.key_groups());
         let events = encode_append(pid, expected_seq, events);
-        let pid = pid.clone();
         Ok(move |reply| Request::Append {
-            pid,
             entity_key,
             expected_seq,
             events,

@@ -5,6 +5,7 @@ use redb::TableDefinition;
 
 use crate::error::{JournalError, Result};
 use crate::ids::{EntityId, EntityType, KeyGroup, PersistenceId, Seq};
+use crate::tail::EntityKey;
 
 /// `name → sealed rmp value`: the journal header and the writer state.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("stateline.meta");
@@ -36,19 +37,26 @@ pub(crate) const META_STATE: &str = "state";
 /// `key group (u32 BE) ‖ type ‖ NUL ‖ id`: entities of one key group are contiguous, so a
 /// key-group range is one range scan.
 pub(crate) fn entity_key(pid: &PersistenceId, key_groups: u32) -> Vec<u8> {
-    let kg = KeyGroup::of(
-        pid.entity_type().as_str(),
-        pid.entity_id().as_str(),
-        key_groups,
-    );
-    let t = pid.entity_type().as_str().as_bytes();
-    let i = pid.entity_id().as_str().as_bytes();
-    let mut k = Vec::with_capacity(4 + t.len() + 1 + i.len());
-    k.extend_from_slice(&kg.0.to_be_bytes());
-    k.extend_from_slice(t);
-    k.push(0);
-    k.extend_from_slice(i);
+    let (kg, t, i) = entity_key_parts(pid, key_groups);
+    [&kg[..], t, &[0], i].concat()
+}
+
+/// [`entity_key`] held inline (no allocation for keys up to 40 bytes): what an append carries
+/// to the writer.
+pub(crate) fn entity_key_inline(pid: &PersistenceId, key_groups: u32) -> EntityKey {
+    let (kg, t, i) = entity_key_parts(pid, key_groups);
+    let mut k = EntityKey::new();
+    for part in [&kg[..], t, &[0], i] {
+        k.extend_from_slice(part);
+    }
     k
+}
+
+/// Key group (big-endian), type and id of `pid`'s entity key.
+fn entity_key_parts(pid: &PersistenceId, key_groups: u32) -> ([u8; 4], &[u8], &[u8]) {
+    let (t, i) = (pid.entity_type().as_str(), pid.entity_id().as_str());
+    let kg = KeyGroup::of(t, i, key_groups);
+    (kg.0.to_be_bytes(), t.as_bytes(), i.as_bytes())
 }
 
 /// Inverse of [`entity_key`].

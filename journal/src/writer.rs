@@ -35,14 +35,21 @@ pub(crate) use pack::load_generations;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// The encoded events of one append: most appends hold one, which then needs no allocation
+/// of its own (nor a free on the writer thread).
+pub(crate) type AppendEvents = smallvec::SmallVec<[codec::UnsealedEvent; 1]>;
+
+/// The tail refs of one append's events.
+type TailRefs = smallvec::SmallVec<[TailRef; 1]>;
+
 /// A request to the writer thread.
 pub(crate) enum Request {
     Append {
-        pid: PersistenceId,
-        /// `pid`'s entity key.
-        entity_key: Vec<u8>,
+        /// The persistence id's entity key (the id itself is parsed back from it for a
+        /// conflict, the one reply that names it).
+        entity_key: EntityKey,
         expected_seq: Seq,
-        events: Vec<codec::UnsealedEvent>,
+        events: AppendEvents,
         reply: Reply<AppendAck>,
     },
     SaveSnapshot {
@@ -88,7 +95,7 @@ pub(crate) fn encode_append(
     pid: &PersistenceId,
     expected_seq: Seq,
     events: Vec<NewEvent>,
-) -> Vec<codec::UnsealedEvent> {
+) -> AppendEvents {
     events
         .into_iter()
         .enumerate()
@@ -186,7 +193,7 @@ struct Effects {
     /// Timestamp of the events this transaction appends (µs since the epoch, UTC; a clock
     /// before 1970 counts as the epoch).
     now_micros: i64,
-    tail: Vec<(Vec<u8>, Vec<TailRef>)>,
+    tail: Vec<(EntityKey, TailRefs)>,
     /// Stored bytes of the events appended, for the shared event cache.
     appended_bytes: Vec<(u64, Vec<u8>)>,
     /// A segment whose last entity was packed.
@@ -400,14 +407,12 @@ impl Writer {
             for req in batch {
                 match req {
                     Request::Append {
-                        pid,
                         entity_key,
                         expected_seq,
                         events,
                         reply,
                     } => {
                         let r = self.append(
-                            pid,
                             entity_key,
                             expected_seq,
                             events,
@@ -530,10 +535,9 @@ impl Writer {
     #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
-        pid: PersistenceId,
-        ek: Vec<u8>,
+        ek: EntityKey,
         expected_seq: Seq,
-        events: Vec<codec::UnsealedEvent>,
+        events: AppendEvents,
         segment: Option<u64>,
         entities: &Table<&[u8], &[u8]>,
         inserts: &mut Vec<(u64, Vec<u8>)>,
@@ -544,13 +548,13 @@ impl Writer {
             RawEntryMut::Occupied(o) => o.into_mut(),
             RawEntryMut::Vacant(v) => {
                 let h = load_row(&ek, entities)?.highest_seq;
-                v.insert(EntityKey::from_slice(&ek), h).1
+                v.insert(ek.clone(), h).1
             }
         };
         let current = *highest;
         if expected_seq.0 != current + 1 {
             return Ok(Err(JournalError::Conflict {
-                pid,
+                pid: keys::parse_entity_key(&ek)?.1,
                 expected: expected_seq,
                 actual: Seq(current),
             }));
@@ -559,7 +563,7 @@ impl Writer {
             segment.ok_or_else(|| JournalError::Io("internal: no open segment".into()))?;
         let first_offset = self.state.next_offset;
         let n = events.len() as u64;
-        let mut refs = Vec::with_capacity(events.len());
+        let mut refs = TailRefs::with_capacity(events.len());
         // The events were encoded with seqs `expected_seq..`, which is `current + 1..`.
         for (i, e) in events.into_iter().enumerate() {
             let offset = first_offset + i as u64;

@@ -478,8 +478,11 @@ async fn a_seq_conflict_writes_nothing() {
         let err = f.j.append(&a, Seq(wrong), evs(3, "c")).await.unwrap_err();
         match err {
             JournalError::Conflict {
-                expected, actual, ..
+                pid,
+                expected,
+                actual,
             } => {
+                assert_eq!(pid, a, "the conflict names the persistence id");
                 assert_eq!(expected, Seq(wrong));
                 assert_eq!(actual, Seq(2));
             }
