@@ -71,8 +71,9 @@ pub(crate) fn catch_up(shared: &Shared, rtx: &ReadTransaction, key_groups: u32) 
     }
     let known = *shared.committed.borrow();
     if end > known {
-        // Into a list first: a scan that fails half way (damage, I/O) leaves the tail as it
-        // was, so the next read scans the same events again instead of tripping over them.
+        // Into a list first: a scan that fails half way (damage, I/O) adds nothing (the drop
+        // above stands: those segments are packed), so the next read scans the same events
+        // again instead of tripping over half of them.
         let mut found: Vec<(EntityKey, TailRef)> = Vec::new();
         let mut highest = FastMap::default();
         scan_segments(
