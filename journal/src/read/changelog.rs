@@ -27,7 +27,10 @@ impl JournalReader {
     /// [`JournalError::Corrupted`], after which the iterator ends.
     pub fn changelog(&self, from: Offset) -> Result<ChangelogIter> {
         guard(&self.meta.path, || {
-            let rtx = self.read_txn()?;
+            // The changelog reads the log of its own transaction, never the tail index: a
+            // read-only handle need not catch its tail up (a follower would decode each event
+            // twice).
+            let rtx = self.db.begin_read()?;
             let meta = rtx.open_table(keys::META)?;
             let state = read_state(&meta)?;
             let gens = rtx.open_table(keys::GENERATIONS)?;
