@@ -19,7 +19,10 @@
 //! [persist,replay] (replay needs persist), `STATELINE_BENCH_DIR` [system temp dir],
 //! `STATELINE_BENCH_BASELINE_CURSOR` [0] (1: the persist baseline appends through a redb cursor
 //! instead of `Table::insert`), `STATELINE_BENCH_BASELINE_SINGLE_WRITER` [0] (1: the baseline
-//! opens redb in `ConcurrencyMode::SingleWriter`, as the journal does), `STATELINE_BENCH_SEAL`
+//! opens redb in `ConcurrencyMode::SingleWriter`, as the journal does),
+//! `STATELINE_BENCH_BASELINE_ENVELOPE` [0] (1: the persist baseline stores each payload padded
+//! by the bytes the journal stores around it, envelope and checksum, instead of the payload
+//! alone), `STATELINE_BENCH_SEAL`
 //! [0] (1: after the timed persist, a segment's worth of events of an extra entity seals the
 //! last segment, so replay reads only packed chunks), `STATELINE_BENCH_MERGE` [journal default]
 //! (1/0: merge packed generations or not), `STATELINE_BENCH_PACK_CACHE_BYTES` [journal
@@ -106,6 +109,8 @@ struct Config {
     replay: bool,
     baseline_cursor: bool,
     baseline_single_writer: bool,
+    /// Bytes the persist baseline adds to each payload (0: the payload alone).
+    baseline_pad: usize,
     seal_before_replay: bool,
     merge: Option<bool>,
     pack_cache_bytes: Option<usize>,
@@ -133,6 +138,11 @@ impl Config {
             replay,
             baseline_cursor: env_or("STATELINE_BENCH_BASELINE_CURSOR", 0u8) != 0,
             baseline_single_writer: env_or("STATELINE_BENCH_BASELINE_SINGLE_WRITER", 0u8) != 0,
+            baseline_pad: if env_or("STATELINE_BENCH_BASELINE_ENVELOPE", 0u8) != 0 {
+                envelope_bytes()
+            } else {
+                0
+            },
             seal_before_replay: env_or("STATELINE_BENCH_SEAL", 0u8) != 0,
             merge: env_opt::<u8>("STATELINE_BENCH_MERGE").map(|v| v != 0),
             pack_cache_bytes: env_opt("STATELINE_BENCH_PACK_CACHE_BYTES"),
@@ -142,6 +152,25 @@ impl Config {
             cache_bytes: env_or("STATELINE_BENCH_CACHE_BYTES", 256usize << 20),
         }
     }
+}
+
+/// What the journal stores with a typical payload beyond the payload itself (persistence id,
+/// seq, offset, event id, timestamp, manifest, checksum, framing), measured on a scratch journal.
+fn envelope_bytes() -> usize {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::builder()
+        .open(dir.path().join("envelope.redb"))
+        .expect("open scratch journal");
+    let pid = PersistenceId::parse(ENTITY_TYPE, &entity_id(0)).expect("valid pid");
+    let bytes = payload(0, 100, memo_len());
+    let ev = NewEvent::new(Manifest::new("Deposited", 1), bytes.clone());
+    journal
+        .append_blocking(&pid, Seq(1), vec![ev])
+        .expect("scratch append");
+    let stored = journal.entities(None).expect("scratch entities")[0].bytes;
+    usize::try_from(stored)
+        .expect("small")
+        .saturating_sub(bytes.len())
 }
 
 /// Fixed-width entity ids, so index order is key order in both journal and baseline.
@@ -449,8 +478,10 @@ fn baseline_persist(
         .expect("spawn baseline writer");
     let proc0 = process_cpu_secs();
     let written0 = written_bytes();
-    let (elapsed, hist, _) = rt.block_on(run_appenders(cfg, move |_i, _seq, bytes| {
+    let pad = cfg.baseline_pad;
+    let (elapsed, hist, _) = rt.block_on(run_appenders(cfg, move |_i, _seq, mut bytes| {
         let tx = tx.clone();
+        bytes.resize(bytes.len() + pad, 0xA5);
         async move {
             let (reply, rx) = oneshot::channel();
             tx.send(BaseReq {
@@ -465,13 +496,18 @@ fn baseline_persist(
     let (stats, writer_cpu) = writer.join().expect("baseline writer panicked");
     let process_cpu = process_cpu_secs().zip(proc0).map(|(b, a)| b - a);
     eprintln!(
-        "  baseline ({label}{}{}): {:.2} s, {:.0} events/s, ack p50 {:.2} ms p99 {:.2} ms \
+        "  baseline ({label}{}{}{}): {:.2} s, {:.0} events/s, ack p50 {:.2} ms p99 {:.2} ms \
          p99.9 {:.2} ms; {stats}; {}; {}; file {:.0} MiB",
         if cfg.baseline_cursor { ", cursor" } else { "" },
         if cfg.baseline_single_writer {
             ", SingleWriter"
         } else {
             ""
+        },
+        if pad > 0 {
+            format!(", payloads + {pad} B")
+        } else {
+            String::new()
         },
         elapsed.as_secs_f64(),
         per_sec(cfg.events, elapsed),
