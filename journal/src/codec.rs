@@ -287,12 +287,14 @@ struct RawEnvelope<'a> {
     offset: u64,
     event_id: &'a [u8],
     timestamp_micros: i64,
-    manifest: &'a str,
+    /// Not yet checked as UTF-8 either.
+    manifest: &'a [u8],
     version: u32,
     payload: &'a [u8],
 }
 
-/// The event envelope's fields, borrowed from `body` and read by [`Headers`] instead of serde (replay's hot path, about a third of the cost per event). `None` unless
+/// The event envelope's fields, borrowed from `body` and read by [`Headers`] instead of serde
+/// (replay's hot path, about a third of the cost per event). `None` unless
 /// `body` is exactly a 9-element array of the types this version writes; the serde decoder
 /// then decides, so odd but valid encodings decode as before and bad bytes give the same
 /// typed errors.
@@ -301,18 +303,40 @@ fn parse_raw_envelope(body: &[u8]) -> Option<RawEnvelope<'_>> {
     if r.array_len()? != 9 {
         return None;
     }
+    let entity_type = r.str_()?;
+    let entity_id = r.str_()?;
+    parse_envelope_rest(r, entity_type, entity_id)
+}
+
+/// The envelope's fields after the persistence id.
+fn parse_envelope_rest<'a>(
+    mut r: Headers<'a>,
+    entity_type: &'a [u8],
+    entity_id: &'a [u8],
+) -> Option<RawEnvelope<'a>> {
     let env = RawEnvelope {
-        entity_type: r.str_()?,
-        entity_id: r.str_()?,
+        entity_type,
+        entity_id,
         seq: r.int()?,
         offset: r.int()?,
         event_id: r.bin()?,
         timestamp_micros: r.int()?,
-        manifest: std::str::from_utf8(r.str_()?).ok()?,
+        manifest: r.str_()?,
         version: r.int()?,
         payload: r.bin()?,
     };
     r.0.is_empty().then_some(env)
+}
+
+/// How this version's envelopes of `pid`'s events begin (the array header and the persistence
+/// id): a reader that finds these bytes there knows whose event it holds without parsing them.
+pub(crate) fn envelope_head(pid: &PersistenceId) -> Vec<u8> {
+    let mut buf = rmp::encode::ByteBuf::new();
+    // Writing to a ByteBuf cannot fail: its error type is uninhabited.
+    let Ok(_) = rmp::encode::write_array_len(&mut buf, 9);
+    let Ok(()) = rmp::encode::write_str(&mut buf, pid.entity_type().as_str());
+    let Ok(()) = rmp::encode::write_str(&mut buf, pid.entity_id().as_str());
+    buf.into_vec()
 }
 
 /// MessagePack values read in place from the front of a slice, for the envelope's fast path:
@@ -407,7 +431,7 @@ fn parse_event_envelope(body: &[u8]) -> Option<EventEnvelope<'_>> {
         offset: raw.offset,
         event_id: raw.event_id,
         timestamp_micros: raw.timestamp_micros,
-        manifest: raw.manifest,
+        manifest: std::str::from_utf8(raw.manifest).ok()?,
         version: raw.version,
         payload: raw.payload,
     })
@@ -421,7 +445,9 @@ pub(crate) struct EventFields<'a> {
     pub offset: u64,
     pub event_id: Uuid,
     pub timestamp: DateTime<Utc>,
-    pub manifest: &'a str,
+    /// The manifest's type name, `None` when it is the reader's current one (not checked as
+    /// UTF-8 again).
+    pub manifest: Option<&'a str>,
     pub version: u32,
     pub payload: &'a [u8],
 }
@@ -429,27 +455,41 @@ pub(crate) struct EventFields<'a> {
 /// Decodes a stored event read for `known` in place, checking its checksum unless the bytes
 /// are `trusted` (made by this process's writer, or checked when read from disk). `Ok(None)`
 /// when the bytes hold another persistence id or are valid in a shape this version does not
-/// write: [`decode_event_as`] then tells which (and gives the same errors). `dates` converts
-/// the timestamp.
+/// write: [`decode_event_as`] then tells which (and gives the same errors). `head` is
+/// [`envelope_head`] of `known`: bytes that begin with it are `known`'s without reading the
+/// id. `dates` converts the timestamp; `manifest` is the type name the reader holds now.
 pub(crate) fn event_fields<'a>(
     bytes: &'a [u8],
     known: &PersistenceId,
+    head: &[u8],
     trusted: bool,
     dates: &mut Dates,
+    manifest: &str,
 ) -> Result<Option<EventFields<'a>>, CodecError> {
     let body = if trusted && bytes.len() >= CRC_LEN {
         &bytes[CRC_LEN..]
     } else {
         unseal(bytes)?
     };
-    let Some(env) = parse_raw_envelope(body) else {
+    let env = match body.strip_prefix(head) {
+        Some(rest) => parse_envelope_rest(Headers(rest), &[], &[]),
+        // Another entity's, or its id encoded otherwise: read and compare it.
+        None => parse_raw_envelope(body).filter(|env| {
+            env.entity_type == known.entity_type().as_str().as_bytes()
+                && env.entity_id == known.entity_id().as_str().as_bytes()
+        }),
+    };
+    let Some(env) = env else {
         return Ok(None);
     };
-    if env.entity_type != known.entity_type().as_str().as_bytes()
-        || env.entity_id != known.entity_id().as_str().as_bytes()
-    {
-        return Ok(None);
-    }
+    let name = if env.manifest == manifest.as_bytes() {
+        None
+    } else {
+        match std::str::from_utf8(env.manifest) {
+            Ok(m) => Some(m),
+            Err(_) => return Ok(None),
+        }
+    };
     if env.seq == 0 || env.offset == 0 {
         return Err(CodecError::Invalid("seq and offset start at 1".into()));
     }
@@ -460,7 +500,7 @@ pub(crate) fn event_fields<'a>(
         offset: env.offset,
         event_id,
         timestamp: dates.at(env.timestamp_micros)?,
-        manifest: env.manifest,
+        manifest: name,
         version: env.version,
         payload: env.payload,
     }))

@@ -181,6 +181,17 @@ fn visiting_in_place_yields_what_the_iterator_yields_and_stops_at_an_error() {
             })
             .unwrap();
         assert_eq!(visited, owned, "{from}..={to} max {max}");
+        for e in &owned {
+            // What was appended: a manifest's name and version each change along the way.
+            let i = (e.seq.0 - 1) as u32;
+            assert_eq!(
+                e.manifest,
+                Manifest::new(format!("T{}", i / 7), i % 2),
+                "{}",
+                e.seq
+            );
+            assert_eq!(e.payload, vec![i as u8; 3]);
+        }
     }
     // Mixed: a few items iterated, the rest visited.
     let mut it = f.j.events(&a, Seq(1), Seq(u64::MAX), u64::MAX).unwrap();

@@ -66,6 +66,7 @@ impl JournalReader {
             truncated: false,
             done: false,
             check: Checker {
+                head: codec::envelope_head(pid),
                 pid: pid.clone(),
                 from,
                 to: to.0,
@@ -118,6 +119,8 @@ const TAIL_BATCH_BYTES: usize = 256 * 1024;
 /// What every event of a stream is checked against, and the manifest consecutive events share.
 struct Checker {
     pid: PersistenceId,
+    /// How `pid`'s envelopes begin ([`codec::envelope_head`]).
+    head: Vec<u8>,
     from: u64,
     to: u64,
     expect: Option<u64>,
@@ -161,8 +164,15 @@ impl Checker {
         what: &dyn Fn() -> String,
         sink: &mut dyn FnMut(EventRef<'_>) -> bool,
     ) -> Result<bool> {
-        let fields = codec::event_fields(bytes, &self.pid, cached, &mut self.dates)
-            .map_err(|e| self.corrupted(at, format!("{}: {e}", what())))?;
+        let fields = codec::event_fields(
+            bytes,
+            &self.pid,
+            &self.head,
+            cached,
+            &mut self.dates,
+            &self.manifest.type_name,
+        )
+        .map_err(|e| self.corrupted(at, format!("{}: {e}", what())))?;
         let Some(f) = fields else {
             // Another persistence id, or a shape only serde reads: the owned decoder decides.
             let rec = codec::decode_event_as(bytes, Some(&self.pid))
@@ -181,8 +191,10 @@ impl Checker {
         if !self.in_order(f.seq)? {
             return Ok(true);
         }
-        if self.manifest.version != f.version || self.manifest.type_name != f.manifest {
-            self.manifest = Manifest::new(f.manifest, f.version);
+        match f.manifest {
+            Some(name) => self.manifest = Manifest::new(name, f.version),
+            None if self.manifest.version != f.version => self.manifest.version = f.version,
+            None => {}
         }
         Ok(sink(EventRef {
             persistence_id: &self.pid,
