@@ -34,7 +34,7 @@
 //! Persist runs in rounds, each a fresh journal between two baseline runs (B J B J B J B); a
 //! round's ratio is the journal's rate over the mean of the baseline rates around it, and the
 //! RESULT line reports the median round (its rates and ratio) with ack latencies over all
-//! rounds. Replay reads the last round's journal.
+//! rounds. Replay reads the last round's journal and reports the median pass of each side.
 //! Everything runs with `MIMALLOC_ALLOW_THP=0` unless the variable is set (see
 //! `benches/support/mod.rs`).
 
@@ -852,17 +852,23 @@ fn scenario_replay(cfg: &Config, dir: &Path, p: &Persisted) {
         journal_runs.push(time(&|| replay_journal(p, &ids)));
         baseline_runs.push(time(&|| replay_baseline(&db, &ids, &p.highest)));
     }
-    let median = |runs: &mut Vec<Duration>| {
-        let each: Vec<f64> = runs.iter().map(|d| per_sec(n, *d)).collect();
-        runs.sort();
-        (runs[runs.len() / 2], each)
+    let each: Vec<f64> = journal_runs.iter().map(|d| per_sec(n, *d)).collect();
+    let beach: Vec<f64> = baseline_runs.iter().map(|d| per_sec(n, *d)).collect();
+    let median_of = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
     };
-    let (d, each) = median(&mut journal_runs);
-    let (bd, beach) = median(&mut baseline_runs);
-    let eps = per_sec(n, d);
+    let (eps, base_eps) = (median_of(&each), median_of(&beach));
     eprintln!("  journal: {n} events, {eps:.0} events/s (passes: {each:.0?})");
-    let base_eps = per_sec(n, bd);
     eprintln!("  baseline: {n} events, {base_eps:.0} events/s (passes: {beach:.0?})");
+    // Each journal pass against the baseline pass right after it, for reading the drift of
+    // the machine's speed between passes (the RESULT line keeps the medians of each side).
+    let pairs: Vec<f64> = each.iter().zip(&beach).map(|(j, b)| j / b).collect();
+    eprintln!(
+        "  pass ratios: {pairs:.3?} (median {:.3})",
+        median_of(&pairs)
+    );
     let ratio = eps / base_eps;
     eprintln!("  target: ratio {ratio:.3} >= 0.7 {}", met(ratio >= 0.7));
     println!(
