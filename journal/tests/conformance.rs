@@ -341,29 +341,14 @@ fn a_missing_log_row_is_damage_not_a_shorter_history() {
     }
     let Fixture { _dir, path, j } = f;
     drop(j);
-    {
-        let db = redb::Database::create(&path).unwrap();
-        let w = db.begin_write().unwrap();
-        {
-            let name = redb::TableHandle::name(
-                &w.list_tables()
-                    .unwrap()
-                    .find(|t| redb::TableHandle::name(t).starts_with("stateline.log."))
-                    .unwrap(),
-            )
-            .to_string();
-            let mut t = w
-                .open_table(redb::TableDefinition::<u64, &[u8]>::new(&name))
-                .unwrap();
-            let keys: Vec<u64> = redb::ReadableTable::range::<u64>(&t, ..)
-                .unwrap()
-                .map(|r| r.unwrap().0.value())
-                .collect();
-            assert!(keys.len() >= 6, "{keys:?}");
-            t.remove(keys[keys.len() / 2]).unwrap();
-        }
-        w.commit().unwrap();
-    }
+    with_first_log_table(&path, |t| {
+        let keys: Vec<u64> = redb::ReadableTable::range::<u64>(t, ..)
+            .unwrap()
+            .map(|r| r.unwrap().0.value())
+            .collect();
+        assert!(keys.len() >= 6, "{keys:?}");
+        t.remove(keys[keys.len() / 2]).unwrap();
+    });
     let err = Journal::open(&path).unwrap_err();
     assert!(matches!(err, JournalError::Corrupted { .. }), "{err}");
     let err = JournalReader::open_read_only(&path).unwrap_err();
@@ -1281,14 +1266,17 @@ fn a_read_only_reader_follows_later_commits() {
     assert_eq!(r.committed_offset(), Offset(66));
 }
 
-/// Overwrites the value of the last log row (of the first segment) with `f(old)`; returns the
-/// old value. The journal must be closed; read-only handles may stay open.
-fn rewrite_last_log_row(path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+/// Runs `f` on the first log segment's table in a write transaction of its own, committed
+/// after. The journal must be closed; read-only handles may stay open.
+fn with_first_log_table<T>(
+    path: &Path,
+    f: impl FnOnce(&mut redb::Table<'_, u64, &'static [u8]>) -> T,
+) -> T {
     let mut b = redb::Builder::new();
     b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
     let db = b.open(path).unwrap();
     let w = db.begin_write().unwrap();
-    let old = {
+    let out = {
         let name = redb::TableHandle::name(
             &w.list_tables()
                 .unwrap()
@@ -1299,17 +1287,25 @@ fn rewrite_last_log_row(path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         let mut t = w
             .open_table(redb::TableDefinition::<u64, &[u8]>::new(&name))
             .unwrap();
+        f(&mut t)
+    };
+    w.commit().unwrap();
+    out
+}
+
+/// Overwrites the value of the last log row of the first segment with `f(old)`; returns the
+/// old value.
+fn rewrite_last_log_row(path: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    with_first_log_table(path, |t| {
         let (key, old) = {
-            let (k, v) = redb::ReadableTable::last(&t).unwrap().unwrap();
+            let (k, v) = redb::ReadableTable::last(&*t).unwrap().unwrap();
             (k.value(), v.value().to_vec())
         };
         let mut new = old.clone();
         f(&mut new);
         t.insert(key, new.as_slice()).unwrap();
         old
-    };
-    w.commit().unwrap();
-    old
+    })
 }
 
 /// A catch-up that fails on damaged log bytes reports `Corrupted` and changes nothing: once the
