@@ -208,9 +208,7 @@ pub(crate) fn encode_event_unsealed(
     );
     // Writing to a ByteBuf cannot fail: its error type is uninhabited.
     let Ok(()) = buf.write_bytes(&[0; CRC_LEN]);
-    let Ok(_) = w::write_array_len(&mut buf, 9);
-    let Ok(()) = w::write_str(&mut buf, t);
-    let Ok(()) = w::write_str(&mut buf, i);
+    write_envelope_head(&mut buf, pid);
     let Ok(_) = w::write_uint(&mut buf, seq);
     let offset_at = buf.as_slice().len() + 1;
     let Ok(()) = w::write_u64(&mut buf, 0);
@@ -332,11 +330,17 @@ fn parse_envelope_rest<'a>(
 /// id): a reader that finds these bytes there knows whose event it holds without parsing them.
 pub(crate) fn envelope_head(pid: &PersistenceId) -> Vec<u8> {
     let mut buf = rmp::encode::ByteBuf::new();
-    // Writing to a ByteBuf cannot fail: its error type is uninhabited.
-    let Ok(_) = rmp::encode::write_array_len(&mut buf, 9);
-    let Ok(()) = rmp::encode::write_str(&mut buf, pid.entity_type().as_str());
-    let Ok(()) = rmp::encode::write_str(&mut buf, pid.entity_id().as_str());
+    write_envelope_head(&mut buf, pid);
     buf.into_vec()
+}
+
+/// Writes the envelope's array header and persistence id (what [`envelope_head`] returns).
+fn write_envelope_head(buf: &mut rmp::encode::ByteBuf, pid: &PersistenceId) {
+    use rmp::encode as w;
+    // Writing to a ByteBuf cannot fail: its error type is uninhabited.
+    let Ok(_) = w::write_array_len(buf, 9);
+    let Ok(()) = w::write_str(buf, pid.entity_type().as_str());
+    let Ok(()) = w::write_str(buf, pid.entity_id().as_str());
 }
 
 /// MessagePack values read in place from the front of a slice, for the envelope's fast path:

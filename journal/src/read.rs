@@ -284,8 +284,7 @@ impl JournalReader {
     fn entity_view(&self, ek: &[u8]) -> Result<(ReadTransaction, EntityRow, Vec<TailRef>)> {
         let mut attempt = 1;
         loop {
-            let (rtx, row, mut tail, end) = self.entity_view_with(ek, |s, ek, _| s.tail_of(ek))?;
-            tail.retain(|r| r.offset <= end);
+            let (rtx, row, tail, _) = self.entity_view_with(ek, Shared::tail_of)?;
             let held = tail
                 .last()
                 .map(|r| r.seq)

@@ -304,14 +304,13 @@ impl Shared {
         refs.iter().rev().find(|r| r.offset <= end).map(|r| r.seq)
     }
 
-    /// The unpacked events of one entity (their refs; readers copy the cached bytes of a few
-    /// at a time with [`Self::copy_cached`]).
-    pub(crate) fn tail_of(&self, entity_key: &[u8]) -> Vec<TailRef> {
+    /// The unpacked events of one entity with offset at most `end` (their refs; readers copy
+    /// the cached bytes of a few at a time with [`Self::copy_cached`]).
+    pub(crate) fn tail_of(&self, entity_key: &[u8], end: u64) -> Vec<TailRef> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        tail.entries
-            .get(entity_key)
-            .map(|e| e.refs.clone())
-            .unwrap_or_default()
+        tail.entries.get(entity_key).map_or_else(Vec::new, |e| {
+            e.refs.iter().filter(|r| r.offset <= end).copied().collect()
+        })
     }
 
     /// Copies the cached stored bytes of `refs` (events of the entity `entity_key`) to the end

@@ -8,12 +8,12 @@ use std::ops::Bound;
 use redb::{ReadableTable, Table};
 use tracing::debug;
 
-use super::{decode_row, encode_row, Effects, Writer};
+use super::{encode_row, load_row, Effects, Writer};
 use crate::codec;
 use crate::error::{JournalError, Result};
 use crate::keys;
 use crate::log;
-use crate::meta::{ChunkRef, EntityRow, GenerationRow, MergeState};
+use crate::meta::{ChunkRef, GenerationRow, MergeState};
 use crate::tail::TailRef;
 
 impl Writer {
@@ -52,10 +52,7 @@ impl Writer {
                 let Some((ek, refs)) = plan.pop_first() else {
                     break;
                 };
-                let mut row = match entities.get(ek.as_slice())? {
-                    Some(v) => decode_row(&ek, v.value())?,
-                    None => EntityRow::default(),
-                };
+                let mut row = load_row(&ek, entities)?;
                 let cached = tail.entries.get(ek.as_slice());
                 buf.clear();
                 let mut current: Option<ChunkRef> = None;
@@ -247,10 +244,7 @@ impl Writer {
             let Some(ek) = plan.pop_first() else {
                 break;
             };
-            let mut row = match entities.get(ek.as_slice())? {
-                Some(v) => decode_row(&ek, v.value())?,
-                None => EntityRow::default(),
-            };
+            let mut row = load_row(&ek, entities)?;
             let (mine, rest): (Vec<ChunkRef>, Vec<ChunkRef>) = row
                 .chunks
                 .iter()
