@@ -41,9 +41,21 @@ struct SnapshotEnvelope<'a> {
 
 const CRC_LEN: usize = 4;
 
+/// The CRC-32 (IEEE) of the concatenation of `parts`. `crc32fast::Hasher::new` detects the
+/// CPU's features on every call, which costs as much as checksumming a small event; a clone of
+/// one made once does not.
+fn crc32(parts: &[&[u8]]) -> u32 {
+    static PROTOTYPE: std::sync::OnceLock<crc32fast::Hasher> = std::sync::OnceLock::new();
+    let mut h = PROTOTYPE.get_or_init(crc32fast::Hasher::new).clone();
+    for part in parts {
+        h.update(part);
+    }
+    h.finalize()
+}
+
 fn seal(body: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(CRC_LEN + body.len());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&crc32(&[&body]).to_le_bytes());
     out.extend_from_slice(&body);
     out
 }
@@ -63,10 +75,7 @@ fn unseal_keyed<'a>(key: &[u8], bytes: &'a [u8]) -> Result<&'a [u8], CodecError>
     }
     let (crc, body) = bytes.split_at(CRC_LEN);
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let mut h = crc32fast::Hasher::new();
-    h.update(key);
-    h.update(body);
-    let computed = h.finalize();
+    let computed = crc32(&[key, body]);
     if stored != computed {
         return Err(CodecError::Checksum { stored, computed });
     }
@@ -182,7 +191,7 @@ impl UnsealedEvent {
                 now
             }
         };
-        let crc = crc32fast::hash(&self.bytes[CRC_LEN..]).to_le_bytes();
+        let crc = crc32(&[&self.bytes[CRC_LEN..]]).to_le_bytes();
         self.bytes[..CRC_LEN].copy_from_slice(&crc);
         (self.bytes, timestamp)
     }
@@ -364,17 +373,35 @@ impl<'a> Headers<'a> {
         Some(self.take(1)?[0])
     }
 
-    /// A big-endian unsigned integer of `n` ≤ 8 bytes.
-    fn be(&mut self, n: usize) -> Option<u64> {
-        Some(
-            self.take(n)?
-                .iter()
-                .fold(0u64, |v, b| (v << 8) | u64::from(*b)),
-        )
+    /// The next `N` bytes.
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.take(N)?.try_into().ok()
     }
 
-    fn len(&mut self, n: usize) -> Option<usize> {
-        usize::try_from(self.be(n)?).ok()
+    fn u8_(&mut self) -> Option<u8> {
+        self.marker()
+    }
+
+    fn u16_(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32_(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64_(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.array()?))
+    }
+
+    /// A length of `width` (1, 2 or 4) bytes.
+    fn len(&mut self, width: u8) -> Option<usize> {
+        match width {
+            1 => Some(usize::from(self.u8_()?)),
+            2 => Some(usize::from(self.u16_()?)),
+            4 => usize::try_from(self.u32_()?).ok(),
+            _ => None,
+        }
     }
 
     fn array_len(&mut self) -> Option<usize> {
@@ -407,21 +434,22 @@ impl<'a> Headers<'a> {
         self.take(n)
     }
 
-    fn int<T: TryFrom<i128>>(&mut self) -> Option<T> {
-        let v: i128 = match self.marker()? {
-            m @ 0x00..=0x7f => i128::from(m),
-            m @ 0xe0..=0xff => i128::from(m as i8),
-            0xcc => i128::from(self.be(1)?),
-            0xcd => i128::from(self.be(2)?),
-            0xce => i128::from(self.be(4)?),
-            0xcf => i128::from(self.be(8)?),
-            0xd0 => i128::from(self.be(1)? as u8 as i8),
-            0xd1 => i128::from(self.be(2)? as u16 as i16),
-            0xd2 => i128::from(self.be(4)? as u32 as i32),
-            0xd3 => i128::from(self.be(8)? as i64),
-            _ => return None,
-        };
-        T::try_from(v).ok()
+    /// An integer of any width and sign, converted to `T` (`None` when out of its range).
+    fn int<T: TryFrom<u64> + TryFrom<i64>>(&mut self) -> Option<T> {
+        let m = self.marker()?;
+        match m {
+            0x00..=0x7f => T::try_from(u64::from(m)).ok(),
+            0xe0..=0xff => T::try_from(i64::from(m as i8)).ok(),
+            0xcc => T::try_from(u64::from(self.u8_()?)).ok(),
+            0xcd => T::try_from(u64::from(self.u16_()?)).ok(),
+            0xce => T::try_from(u64::from(self.u32_()?)).ok(),
+            0xcf => T::try_from(self.u64_()?).ok(),
+            0xd0 => T::try_from(i64::from(self.u8_()? as i8)).ok(),
+            0xd1 => T::try_from(i64::from(self.u16_()? as i16)).ok(),
+            0xd2 => T::try_from(i64::from(self.u32_()? as i32)).ok(),
+            0xd3 => T::try_from(self.u64_()? as i64).ok(),
+            _ => None,
+        }
     }
 }
 
@@ -547,11 +575,8 @@ pub(crate) fn encode_meta<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError
 /// for another entity's row.
 pub(crate) fn encode_keyed<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, CodecError> {
     let body = encode(value)?;
-    let mut h = crc32fast::Hasher::new();
-    h.update(key);
-    h.update(&body);
     let mut out = Vec::with_capacity(CRC_LEN + body.len());
-    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&crc32(&[key, &body]).to_le_bytes());
     out.extend_from_slice(&body);
     Ok(out)
 }

@@ -324,14 +324,23 @@ impl Shared {
         buf: &mut Vec<u8>,
         spans: &mut Vec<Option<std::ops::Range<usize>>>,
     ) {
+        // One allocation for the whole run (a fresh stream's buffer starts empty).
+        buf.reserve(refs.iter().map(|r| r.bytes as usize).sum());
+        spans.reserve(refs.len());
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
         let entry = tail.entries.get(entity_key);
+        // The refs as the tail holds them now (the read's copies may predate a pack): both
+        // ascend by seq, so after the first is found each next one is usually the next ref.
+        let mut at = 0;
         for r in refs {
-            // The ref as the tail holds it now: the read's copy may predate a pack.
             let bytes = entry.and_then(|e| {
-                let now = e.refs.binary_search_by_key(&r.seq, |x| x.seq).ok()?;
-                e.cached(&e.refs[now])
-                    .filter(|_| e.refs[now].offset == r.offset)
+                let now = match e.refs.get(at) {
+                    Some(x) if x.seq == r.seq => at,
+                    _ => e.refs.binary_search_by_key(&r.seq, |x| x.seq).ok()?,
+                };
+                at = now + 1;
+                let held = &e.refs[now];
+                e.cached(held).filter(|_| held.offset == r.offset)
             });
             spans.push(bytes.map(|b| {
                 let start = buf.len();

@@ -267,6 +267,7 @@ impl EventIter {
         batch.bytes.clear();
         batch.spans.clear();
         let mut size = 0;
+        batch.refs.reserve(self.tail.len().min(TAIL_BATCH_EVENTS));
         while batch.refs.len() < TAIL_BATCH_EVENTS && size < TAIL_BATCH_BYTES {
             let Some(r) = self.tail.pop_front() else {
                 break;
