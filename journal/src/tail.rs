@@ -324,8 +324,14 @@ impl Shared {
         buf: &mut Vec<u8>,
         spans: &mut Vec<Option<std::ops::Range<usize>>>,
     ) {
-        // One allocation for the whole run (a fresh stream's buffer starts empty).
-        buf.reserve(refs.iter().map(|r| r.bytes as usize).sum());
+        // One allocation for the events cached when the view was taken (a fresh stream's
+        // buffer starts empty).
+        buf.reserve(
+            refs.iter()
+                .filter(|r| r.cached != NOT_CACHED)
+                .map(|r| r.bytes as usize)
+                .sum(),
+        );
         spans.reserve(refs.len());
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
         let entry = tail.entries.get(entity_key);
