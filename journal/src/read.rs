@@ -493,8 +493,7 @@ impl JournalReader {
                         })
                         .filter_map(|(k, v)| {
                             // Only what this transaction sees (see `txn_and_end`).
-                            let seen: Vec<TailRef> =
-                                v.refs.iter().filter(|r| r.offset <= end).copied().collect();
+                            let seen = v.refs_until(end);
                             (!seen.is_empty()).then(|| (k.to_vec(), seen))
                         })
                         .collect()

@@ -47,6 +47,16 @@ pub(crate) struct EntityTail {
 }
 
 impl EntityTail {
+    /// The refs of events with offset at most `end` (what a read transaction that sees up to
+    /// `end` may use).
+    pub(crate) fn refs_until(&self, end: u64) -> Vec<TailRef> {
+        self.refs
+            .iter()
+            .filter(|r| r.offset <= end)
+            .copied()
+            .collect()
+    }
+
     /// The cached stored bytes of `r` (one of this entity's refs).
     pub(crate) fn cached(&self, r: &TailRef) -> Option<&[u8]> {
         if r.cached == NOT_CACHED {
@@ -150,13 +160,7 @@ impl Tail {
         entity_key: &[u8],
         events: impl IntoIterator<Item = (TailRef, &'b [u8])>,
     ) {
-        let entry = match self.entries.raw_entry_mut().from_key(entity_key) {
-            RawEntryMut::Occupied(o) => o.into_mut(),
-            RawEntryMut::Vacant(v) => {
-                v.insert(EntityKey::from_slice(entity_key), EntityTail::default())
-                    .1
-            }
-        };
+        let entry = entry_mut(&mut self.entries, entity_key);
         for (mut r, bytes) in events {
             r.cached = cache_into(entry, r.segment, bytes, &mut self.budget).unwrap_or(NOT_CACHED);
             entry.refs.push(r);
@@ -166,13 +170,7 @@ impl Tail {
     /// Adds one event (after the entity's last) whose bytes are not cached: what a reader
     /// without the writer learns when it catches up.
     pub(crate) fn push_uncached(&mut self, entity_key: &[u8], r: TailRef) {
-        let entry = match self.entries.raw_entry_mut().from_key(entity_key) {
-            RawEntryMut::Occupied(o) => o.into_mut(),
-            RawEntryMut::Vacant(v) => {
-                v.insert(EntityKey::from_slice(entity_key), EntityTail::default())
-                    .1
-            }
-        };
+        let entry = entry_mut(&mut self.entries, entity_key);
         entry.refs.push(TailRef {
             cached: NOT_CACHED,
             ..r
@@ -226,6 +224,20 @@ impl Tail {
     /// Bytes the event cache holds (buffer capacities, spare buffers included).
     pub(crate) fn cache_bytes(&self) -> usize {
         self.budget.used
+    }
+}
+
+/// The entity's tail, made empty if it has none (one lookup either way).
+fn entry_mut<'t>(
+    entries: &'t mut FastMap<EntityKey, EntityTail>,
+    entity_key: &[u8],
+) -> &'t mut EntityTail {
+    match entries.raw_entry_mut().from_key(entity_key) {
+        RawEntryMut::Occupied(o) => o.into_mut(),
+        RawEntryMut::Vacant(v) => {
+            v.insert(EntityKey::from_slice(entity_key), EntityTail::default())
+                .1
+        }
     }
 }
 
@@ -308,9 +320,9 @@ impl Shared {
     /// the cached bytes of a few at a time with [`Self::copy_cached`]).
     pub(crate) fn tail_of(&self, entity_key: &[u8], end: u64) -> Vec<TailRef> {
         let tail = self.tail.read().unwrap_or_else(|p| p.into_inner());
-        tail.entries.get(entity_key).map_or_else(Vec::new, |e| {
-            e.refs.iter().filter(|r| r.offset <= end).copied().collect()
-        })
+        tail.entries
+            .get(entity_key)
+            .map_or_else(Vec::new, |e| e.refs_until(end))
     }
 
     /// Copies the cached stored bytes of `refs` (events of the entity `entity_key`) to the end
