@@ -134,6 +134,56 @@ fn import_refuses_a_journal_with_data_and_bad_lines() {
     );
 }
 
+/// Seqs beyond the journal's largest seq (`Seq::MAX` = 2^63 − 1) in an export are bad input
+/// naming the line (exit 1), not an overflow: an event seq and an entity's deleted prefix.
+#[test]
+fn import_refuses_seqs_beyond_the_largest_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = |seq: u64| {
+        format!(
+            r#"{{"kind":"event","entity_type":"note","entity_id":"n1","seq":{seq},"event_id":"0190f7c3-0000-7000-8000-000000000001","timestamp":"2025-01-31T12:00:00Z","manifest":{{"type_name":"note","version":1}},"payload":1}}"#
+        )
+    };
+    let entity = |deleted_to: u64| {
+        format!(
+            r#"{{"kind":"entity","entity_type":"note","entity_id":"n1","highest_seq":{deleted_to},"deleted_to":{deleted_to}}}"#
+        )
+    };
+    let max = i64::MAX as u64;
+    for (i, (input, what)) in [
+        (
+            format!("{}\n{}\n", entity(0), event(u64::MAX)),
+            "seq 18446744073709551615",
+        ),
+        (
+            format!("{}\n{}\n", entity(0), event(max + 1)),
+            "seq 9223372036854775808",
+        ),
+        (format!("{}\n{}\n", entity(0), event(0)), "seq 0"),
+        (
+            format!("{}\n", entity(u64::MAX)),
+            "deleted_to 18446744073709551615",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let db = dir.path().join(format!("bad{i}.redb"));
+        let r = stateline_with_stdin(["import", db.to_str().unwrap()], input.as_bytes()).fails(1);
+        assert!(r.stderr.contains(what), "{what}: {}", r.stderr);
+        assert!(r.stderr.contains("<stdin>:"), "{}", r.stderr);
+    }
+    // The largest seq itself imports and reads back.
+    let db = dir.path().join("top.redb");
+    let input = format!("{}\n{}\n", entity(max - 1), event(max));
+    stateline_with_stdin(["import", db.to_str().unwrap()], input.as_bytes()).ok();
+    let evs = stateline(["events", db.to_str().unwrap(), "note", "n1", "--json"])
+        .ok()
+        .json_lines();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["seq"], max);
+}
+
 #[test]
 fn hand_written_json_payloads_are_encoded() {
     let dir = tempfile::tempdir().unwrap();

@@ -260,9 +260,7 @@ pub(crate) fn decode_event_as(
         Some(env) => env,
         None => decode(body)?,
     };
-    if env.seq == 0 || env.offset == 0 {
-        return Err(CodecError::Invalid("seq and offset start at 1".into()));
-    }
+    check_seq_and_offset(env.seq, env.offset)?;
     let event_id = Uuid::from_slice(env.event_id)
         .map_err(|_| CodecError::Invalid("event id is not 16 bytes".into()))?;
     let persistence_id = match known {
@@ -522,9 +520,7 @@ pub(crate) fn event_fields<'a>(
             Err(_) => return Ok(None),
         }
     };
-    if env.seq == 0 || env.offset == 0 {
-        return Err(CodecError::Invalid("seq and offset start at 1".into()));
-    }
+    check_seq_and_offset(env.seq, env.offset)?;
     let event_id = Uuid::from_slice(env.event_id)
         .map_err(|_| CodecError::Invalid("event id is not 16 bytes".into()))?;
     Ok(Some(EventFields {
@@ -552,10 +548,31 @@ pub(crate) fn encode_snapshot(rec: &SnapshotRecord) -> Result<Vec<u8>, CodecErro
     Ok(seal(encode(&env)?))
 }
 
+/// A stored event's seq is in `1..=Seq::MAX` and its offset starts at 1.
+fn check_seq_and_offset(seq: u64, offset: u64) -> Result<(), CodecError> {
+    if seq == 0 || offset == 0 {
+        return Err(CodecError::Invalid("seq and offset start at 1".into()));
+    }
+    if seq > Seq::MAX.0 {
+        return Err(CodecError::Invalid(format!(
+            "seq {seq} is beyond the largest seq {}",
+            Seq::MAX
+        )));
+    }
+    Ok(())
+}
+
 /// Decodes one stored snapshot.
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord, CodecError> {
     let body = unseal(bytes)?;
     let env: SnapshotEnvelope<'_> = decode(body)?;
+    if env.seq > Seq::MAX.0 {
+        return Err(CodecError::Invalid(format!(
+            "snapshot seq {} is beyond the largest seq {}",
+            env.seq,
+            Seq::MAX
+        )));
+    }
     Ok(SnapshotRecord {
         persistence_id: pid_of(env.entity_type, env.entity_id)?,
         seq: Seq(env.seq),
@@ -750,6 +767,37 @@ mod tests {
         }
     }
 
+    /// A stored event or snapshot whose seq is beyond `Seq::MAX` (only a damaged or forged
+    /// file holds one) is a typed decode error on every decode path, so that no reader
+    /// computes a next seq that overflows; `Seq::MAX` itself decodes.
+    #[test]
+    fn seqs_beyond_seq_max_do_not_decode() {
+        for (seq, ok) in [
+            (Seq::MAX.0, true),
+            (Seq::MAX.0 + 1, false),
+            (u64::MAX, false),
+        ] {
+            let mut rec = sample();
+            rec.seq = Seq(seq);
+            let bytes = encode_event(&rec).expect("encodes");
+            assert_eq!(decode_event(&bytes).is_ok(), ok, "seq {seq}");
+            let pid = &rec.persistence_id;
+            let head = envelope_head(pid);
+            let fields = event_fields(&bytes, pid, &head, false, &mut Dates::default(), "");
+            assert_eq!(fields.is_ok(), ok, "seq {seq}: {fields:?}");
+            assert!(fields.map_or(true, |f| f.is_some()), "seq {seq}");
+            let snap = SnapshotRecord {
+                persistence_id: rec.persistence_id.clone(),
+                seq: Seq(seq),
+                timestamp: rec.timestamp,
+                manifest: rec.manifest.clone(),
+                payload: vec![1],
+            };
+            let bytes = encode_snapshot(&snap).expect("encodes");
+            assert_eq!(decode_snapshot(&bytes).is_ok(), ok, "snapshot seq {seq}");
+        }
+    }
+
     /// The hand-written envelope encoder writes what serde writes for the same envelope
     /// (offsets at or above 2^32 take the 9-byte form in both), and seals it the same way.
     #[test]
@@ -829,7 +877,7 @@ mod tests {
         #[test]
         fn the_fast_envelope_parser_agrees_with_serde_on_written_records(
             id in "[a-z0-9]{1,300}",
-            seq in 1u64..,
+            seq in 1u64..=Seq::MAX.0,
             offset in 1u64..,
             micros in -62_000_000_000_000_000i64..200_000_000_000_000_000,
             version in any::<u32>(),

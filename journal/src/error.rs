@@ -65,6 +65,14 @@ pub enum Rejected {
         /// The highest persisted seq of the persistence id.
         highest: Seq,
     },
+    /// A seq is above [`Seq::MAX`]: an append whose last event would pass it, or an import
+    /// floor above it.
+    #[error("seq {seq} is beyond the largest seq {}", Seq::MAX)]
+    SeqOutOfRange {
+        /// The seq that does not fit: an import floor, or the seq an append's last event would
+        /// have (at most `u64::MAX`).
+        seq: Seq,
+    },
     /// A manifest (type name of an event or snapshot) is empty or too long.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),

@@ -158,6 +158,14 @@ impl fmt::Display for EntityId {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct Seq(pub u64);
 
+impl Seq {
+    /// The largest seq an event may have: 2^63 − 1 (a signed 64-bit count, as in Akka and
+    /// most event stores), so that the next seq and a count of seqs never overflow, here or in
+    /// the layers above. Appends that would go past it and import floors above it are refused
+    /// with [`crate::Rejected::SeqOutOfRange`]; a stored seq above it is corruption.
+    pub const MAX: Seq = Seq(i64::MAX as u64);
+}
+
 /// A position in the global, append-ordered changelog. The first event has offset 1.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct Offset(pub u64);

@@ -356,8 +356,8 @@ impl Journal {
     ///
     /// # Errors
     /// [`JournalError::Conflict`] if the journal's next seq is not `expected_seq` (G5);
-    /// [`JournalError::Rejected`] for an empty batch, a too-large event or a bad manifest
-    /// (nothing written); [`JournalError::Io`] if the commit failed (outcome unknown; the journal
+    /// [`JournalError::Rejected`] for an empty batch, a too-large event, a bad manifest or seqs
+    /// past [`Seq::MAX`] (nothing written); [`JournalError::Io`] if the commit failed (outcome unknown; the journal
     /// is poisoned), [`JournalError::Poisoned`] or [`JournalError::Closed`] afterwards.
     pub async fn append(
         &self,
@@ -392,6 +392,10 @@ impl Journal {
         events: Vec<NewEvent>,
     ) -> Result<impl FnOnce(oneshot::Sender<Result<AppendAck>>) -> Request> {
         self.check_events(&events)?;
+        let last = expected_seq.0.saturating_add(events.len() as u64 - 1);
+        if last > Seq::MAX.0 {
+            return Err(Rejected::SeqOutOfRange { seq: Seq(last) }.into());
+        }
         let entity_key = keys::entity_key_inline(pid, self.key_groups());
         let events = encode_append(pid, expected_seq, events);
         Ok(move |reply| Request::Append {
@@ -591,9 +595,13 @@ impl Journal {
     /// `deleted_to` events had been deleted (importing an export taken after retention).
     ///
     /// # Errors
-    /// [`JournalError::Conflict`] if the persistence id already has events; I/O errors as
+    /// [`JournalError::Conflict`] if the persistence id already has events;
+    /// [`Rejected::SeqOutOfRange`] if `deleted_to` is above [`Seq::MAX`]; I/O errors as
     /// [`Self::append`].
     pub fn import_floor_blocking(&self, pid: &PersistenceId, deleted_to: Seq) -> Result<()> {
+        if deleted_to > Seq::MAX {
+            return Err(Rejected::SeqOutOfRange { seq: deleted_to }.into());
+        }
         let pid = pid.clone();
         self.call_blocking(|reply| Request::ImportFloor {
             pid,

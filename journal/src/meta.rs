@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::CodecError;
+use crate::ids::Seq;
+
 /// On-disk format version this build writes. Older versions keep opening (G9); newer ones are
 /// refused with [`crate::JournalError::UnsupportedFormat`]. Version 2 groups the events of a
 /// commit into log rows (see `FORMAT.md`); a version-1 journal opened for writing is marked
@@ -98,6 +101,22 @@ pub(crate) struct EntityRow {
     pub last_write_micros: i64,
 }
 
+impl EntityRow {
+    /// Checks that every seq in the row is at most [`Seq::MAX`] (what this build writes), so
+    /// that no reader or writer computing the next seq from a damaged row overflows.
+    pub(crate) fn check_seqs(&self) -> Result<(), CodecError> {
+        let seqs = [self.highest_seq, self.deleted_to, self.snapshot_seq];
+        let chunk_seqs = self.chunks.iter().flat_map(|c| [c.first_seq, c.last_seq]);
+        match seqs.into_iter().chain(chunk_seqs).find(|&s| s > Seq::MAX.0) {
+            Some(s) => Err(CodecError::Invalid(format!(
+                "entity row holds seq {s}, beyond the largest seq {}",
+                Seq::MAX
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A packed generation: the offsets its chunks hold.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct GenerationRow {
@@ -109,4 +128,55 @@ pub(crate) struct GenerationRow {
     /// a reader can tell that it found all of them.
     #[serde(default)]
     pub events: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+    use crate::writer::decode_row;
+
+    /// An entity row holding a seq beyond `Seq::MAX` (damaged or forged) is corruption, not a
+    /// row the writer counts on from (its next seq would overflow); every field is checked.
+    #[test]
+    fn entity_rows_with_seqs_beyond_seq_max_are_corrupted() {
+        let key = b"\0\0\0\x01account\0a".as_slice();
+        let chunk = ChunkRef {
+            generation: 1,
+            first_seq: 1,
+            last_seq: 2,
+            events: 2,
+            bytes: 10,
+        };
+        let good = EntityRow {
+            highest_seq: Seq::MAX.0,
+            deleted_to: 3,
+            chunks: vec![chunk],
+            snapshot_seq: 3,
+            snapshots: 1,
+            last_write_micros: 0,
+        };
+        let bad = Seq::MAX.0 + 1;
+        let mut rows = vec![(good.clone(), true)];
+        for field in 0..5 {
+            let mut row = good.clone();
+            match field {
+                0 => row.highest_seq = bad,
+                1 => row.deleted_to = bad,
+                2 => row.snapshot_seq = bad,
+                3 => row.chunks[0].first_seq = bad,
+                _ => row.chunks[0].last_seq = u64::MAX,
+            }
+            rows.push((row, false));
+        }
+        for (row, ok) in rows {
+            let bytes = codec::encode_keyed(key, &row).expect("encodes");
+            let decoded = decode_row(key, &bytes);
+            match (ok, decoded) {
+                (true, Ok(r)) => assert_eq!(r, row),
+                (false, Err(crate::JournalError::Corrupted { .. })) => {}
+                (_, other) => panic!("{row:?}: {other:?}"),
+            }
+        }
+    }
 }

@@ -95,7 +95,9 @@ impl JournalReader {
         for item in entities.range::<&[u8]>(..)? {
             let (k, v) = item?;
             let key = k.value().to_vec();
-            match codec::decode_keyed::<EntityRow>(&key, v.value()) {
+            match codec::decode_keyed::<EntityRow>(&key, v.value())
+                .and_then(|row| row.check_seqs().map(|()| row))
+            {
                 Ok(row) => {
                     rows.insert(key, row);
                 }

@@ -182,9 +182,11 @@ fn load_row(ek: &[u8], entities: &Table<&[u8], &[u8]>) -> Result<EntityRow> {
 }
 
 pub(crate) fn decode_row(ek: &[u8], bytes: &[u8]) -> Result<EntityRow> {
-    codec::decode_keyed(ek, bytes).map_err(|e| {
-        JournalError::corrupted(format!("entities/{}", String::from_utf8_lossy(ek)), e)
-    })
+    codec::decode_keyed::<EntityRow>(ek, bytes)
+        .and_then(|row| row.check_seqs().map(|()| row))
+        .map_err(|e| {
+            JournalError::corrupted(format!("entities/{}", String::from_utf8_lossy(ek)), e)
+        })
 }
 
 /// What a committed transaction changes in memory.
@@ -559,10 +561,19 @@ impl Writer {
                 actual: Seq(current),
             }));
         }
+        let n = events.len() as u64;
+        // `Journal::append` refuses this before it reaches the writer; checked here too
+        // because an acknowledged seq past `Seq::MAX` could never be read back.
+        // No overflow: `current` ≤ `Seq::MAX` (rows and records above it do not decode).
+        if current + n > Seq::MAX.0 {
+            return Ok(Err(Rejected::SeqOutOfRange {
+                seq: Seq(current + n),
+            }
+            .into()));
+        }
         let segment =
             segment.ok_or_else(|| JournalError::Io("internal: no open segment".into()))?;
         let first_offset = self.state.next_offset;
-        let n = events.len() as u64;
         let mut refs = TailRefs::with_capacity(events.len());
         // The events were encoded with seqs `expected_seq..`, which is `current + 1..`.
         for (i, e) in events.into_iter().enumerate() {
@@ -674,6 +685,11 @@ impl Writer {
         deleted_to: Seq,
         entities: &mut Table<&[u8], &[u8]>,
     ) -> Result<Result<()>> {
+        if deleted_to > Seq::MAX {
+            // Refused by `Journal::import_floor_blocking` already; the writer's seqs stay in
+            // range whatever reaches it.
+            return Ok(Err(Rejected::SeqOutOfRange { seq: deleted_to }.into()));
+        }
         let ek = keys::entity_key(pid, self.key_groups);
         let (mut row, highest) = self.row_and_highest(&ek, entities)?;
         if highest != 0 {

@@ -536,6 +536,72 @@ async fn empty_appends_and_bad_manifests_are_rejected() {
     assert_eq!(f.j.highest_seq(&a).unwrap(), Seq(0));
 }
 
+fn out_of_range<T: std::fmt::Debug>(r: Result<T>) -> Seq {
+    match r {
+        Err(JournalError::Rejected(Rejected::SeqOutOfRange { seq })) => seq,
+        other => panic!("expected SeqOutOfRange, got {other:?}"),
+    }
+}
+
+/// Seqs end at `Seq::MAX`: an event there is stored and read back (also packed and after a
+/// reopen); an append that would pass it, a batch crossing it and an import floor above it are
+/// typed refusals that write nothing and leave the journal writable (they once panicked the
+/// writer thread, which poisoned the journal, or overflowed a reader's next-seq arithmetic).
+#[test]
+fn seqs_end_at_seq_max_with_typed_refusals() {
+    let f = fixture_with(small_segments());
+    let (top, full, other) = (pid("top"), pid("full"), pid("other"));
+
+    f.j.import_floor_blocking(&top, Seq(Seq::MAX.0 - 1))
+        .unwrap();
+    let ack =
+        f.j.append_blocking(&top, Seq::MAX, vec![ev("last")])
+            .unwrap();
+    assert_eq!((ack.first_seq, ack.last_seq), (Seq::MAX, Seq::MAX));
+    assert_eq!(payloads(&f.j, &top), vec!["last"]);
+    let next = Seq(Seq::MAX.0 + 1);
+    assert_eq!(
+        out_of_range(f.j.append_blocking(&top, next, vec![ev("x")])),
+        next
+    );
+    let crossing = f.j.append_blocking(&top, Seq::MAX, evs(2, "c"));
+    assert_eq!(out_of_range(crossing), next);
+    let far = f.j.append_blocking(&top, Seq(u64::MAX), evs(3, "f"));
+    assert_eq!(out_of_range(far), Seq(u64::MAX));
+
+    f.j.import_floor_blocking(&full, Seq::MAX).unwrap();
+    assert!(f.j.all_events(&full).unwrap().is_empty());
+    assert_eq!(f.j.highest_seq(&full).unwrap(), Seq::MAX);
+    assert_eq!(
+        out_of_range(f.j.append_blocking(&full, next, vec![ev("x")])),
+        next
+    );
+    let beyond = pid("beyond");
+    assert_eq!(
+        out_of_range(f.j.import_floor_blocking(&beyond, Seq(u64::MAX))),
+        Seq(u64::MAX)
+    );
+    assert_eq!(f.j.highest_seq(&beyond).unwrap(), Seq(0));
+
+    // Nothing was poisoned: other entities append, and packing moves the last event into a
+    // chunk that reads back the same, also after a reopen.
+    for s in 1..=40 {
+        f.j.append_blocking(&other, Seq(s), vec![ev("o")]).unwrap();
+    }
+    f.j.flush_blocking(true).unwrap();
+    assert_eq!(seqs(&f.j, &top, 1, u64::MAX, u64::MAX), vec![Seq::MAX.0]);
+    assert_eq!(seqs(&f.j, &top, Seq::MAX.0, u64::MAX, 1), vec![Seq::MAX.0]);
+    let path = f.path.clone();
+    drop(f.j);
+    let j = small_segments().open(&path).unwrap();
+    assert_eq!(payloads(&j, &top), vec!["last"]);
+    assert_eq!(j.highest_seq(&full).unwrap(), Seq::MAX);
+    assert_eq!(seqs(&j, &other, 1, u64::MAX, u64::MAX).len(), 40);
+    let report = j.verify(&mut |_, _| {}).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.events, 41);
+}
+
 #[tokio::test]
 async fn invalid_ids_are_refused_before_reaching_the_journal() {
     assert!(matches!(

@@ -172,12 +172,25 @@ impl Reader<'_> {
                 self.flush_batch()?;
                 let pid = pid_of(&e.entity_type, &e.entity_id)?;
                 self.summary.persistence_ids += 1;
+                if e.deleted_to > Seq::MAX.0 {
+                    return Err(self.bad(
+                        n,
+                        format!(
+                            "deleted_to {} is beyond the largest seq {}",
+                            e.deleted_to,
+                            Seq::MAX
+                        ),
+                    ));
+                }
                 if e.deleted_to > 0 {
                     self.send(&pid.clone(), Job::Floor(n, pid, Seq(e.deleted_to)))?;
                 }
             }
             ExportLine::Event(ev) => {
                 let pid = pid_of(&ev.entity_type, &ev.entity_id)?;
+                if ev.seq == 0 || ev.seq > Seq::MAX.0 {
+                    return Err(self.bad(n, format!("seq {} is not in 1..={}", ev.seq, Seq::MAX)));
+                }
                 let payload = match &ev.payload_base64 {
                     Some(b) => {
                         base64_decode(b).map_err(|e| self.bad(n, format!("payload_base64: {e}")))?
