@@ -410,12 +410,7 @@ fn tiny_big_cache() -> JournalBuilder {
 }
 
 fn durable_tiny() -> JournalBuilder {
-    Journal::builder()
-        .key_groups(8)
-        .segment_events(12)
-        .pack_step_events(2)
-        .max_chunk_bytes(900)
-        .pack_cache_bytes(3_000)
+    tiny().durability(Durability::Immediate)
 }
 
 fn long_tails() -> JournalBuilder {
@@ -615,6 +610,11 @@ fn odd_ranges_are_not_errors() {
     assert_eq!(j.all_events(&p).unwrap().len(), 5);
 }
 
+fn append_one(j: &Journal, p: &PersistenceId, seq: Seq, payload: Vec<u8>) {
+    j.append_blocking(p, seq, vec![NewEvent::new(Manifest::new("E", 1), payload)])
+        .unwrap();
+}
+
 /// A view taken while its events are cached, read after their segments were packed, their
 /// cache buffers given back and reused by later segments' events (of this entity and others):
 /// exactly the view, with the right bytes, from the view's transaction.
@@ -632,29 +632,14 @@ fn a_view_read_after_its_cache_buffers_were_reused() {
         let other = pid(&format!("o{k}"));
         let h = j.highest_seq(&p).unwrap().0;
         for s in h + 1..=h + 30 {
-            j.append_blocking(
-                &p,
-                Seq(s),
-                vec![NewEvent::new(Manifest::new("E", 1), payload(k, s))],
-            )
-            .unwrap();
+            append_one(&j, &p, Seq(s), payload(k, s));
         }
         let views: Vec<_> = (0..4).map(|_| j.recovery_view(&p).unwrap()).collect();
         // Pack everything the views hold, and fill the reused buffers with other bytes.
         for s in h + 31..=h + 60 {
-            j.append_blocking(
-                &p,
-                Seq(s),
-                vec![NewEvent::new(Manifest::new("E", 1), payload(k, s))],
-            )
-            .unwrap();
+            append_one(&j, &p, Seq(s), payload(k, s));
             let ho = j.highest_seq(&other).unwrap().0;
-            j.append_blocking(
-                &other,
-                Seq(ho + 1),
-                vec![NewEvent::new(Manifest::new("E", 1), payload(k + 1, s))],
-            )
-            .unwrap();
+            append_one(&j, &other, Seq(ho + 1), payload(k + 1, s));
         }
         j.flush_blocking(true).unwrap();
         for (i, v) in views.into_iter().enumerate() {
