@@ -173,6 +173,14 @@ fn import_refuses_seqs_beyond_the_largest_seq() {
         assert!(r.stderr.contains(what), "{what}: {}", r.stderr);
         assert!(r.stderr.contains("<stdin>:"), "{}", r.stderr);
     }
+    // A header asking for more key groups than a journal takes is bad input too.
+    for k in [0u64, 65_537, u64::from(u32::MAX)] {
+        let db = dir.path().join(format!("kg{k}.redb"));
+        let header = format!(r#"{{"kind":"header","export_version":1,"key_groups":{k}}}"#);
+        let r = stateline_with_stdin(["import", db.to_str().unwrap()], header.as_bytes()).fails(1);
+        assert!(r.stderr.contains("key_groups"), "{k}: {}", r.stderr);
+        assert!(!db.exists(), "a refused header creates nothing");
+    }
     // The largest seq itself imports and reads back.
     let db = dir.path().join("top.redb");
     let input = format!("{}\n{}\n", entity(max - 1), event(max));
@@ -182,6 +190,41 @@ fn import_refuses_seqs_beyond_the_largest_seq() {
         .json_lines();
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0]["seq"], max);
+}
+
+/// An untyped `diff` lists the events between two points; when some of them were deleted it
+/// refuses (as `replay` does) instead of listing the rest as if they were the whole difference.
+#[test]
+fn untyped_diff_refuses_points_across_a_deleted_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("d.redb");
+    let event = |seq: u64| {
+        format!(
+            r#"{{"kind":"event","entity_type":"ledger","entity_id":"main","seq":{seq},"event_id":"0190f7c3-0000-7000-8000-00000000000{seq}","timestamp":"2025-01-31T12:00:00Z","manifest":{{"type_name":"entry","version":1}},"payload":{seq}}}"#
+        )
+    };
+    let input = format!(
+        "{}\n{}\n{}\n",
+        r#"{"kind":"entity","entity_type":"ledger","entity_id":"main","highest_seq":5,"deleted_to":3}"#,
+        event(4),
+        event(5)
+    );
+    let d = db.to_str().unwrap();
+    stateline_with_stdin(["import", d], input.as_bytes()).ok();
+    for (a, b) in [("1", "3"), ("0", "5"), ("5", "2")] {
+        let r = stateline(["diff", d, "ledger", "main", a, b]).fails(1);
+        assert!(r.stderr.contains("were deleted"), "{a} {b}: {}", r.stderr);
+    }
+    let r = stateline(["diff", d, "ledger", "main", "3", "5", "--json"]).ok();
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let seqs: Vec<_> = out["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].clone())
+        .collect();
+    assert_eq!(seqs, vec![4, 5]);
+    stateline(["diff", d, "ledger", "main", "2", "2"]).ok();
 }
 
 #[test]

@@ -140,7 +140,7 @@ impl<S: EventSourced> EntityCore<S> {
     pub(crate) fn snapshot_due(&self, policy: &SnapshotPolicy) -> bool {
         policy
             .every_events
-            .is_some_and(|n| self.seq >= self.snapshot_seq + n)
+            .is_some_and(|n| self.seq >= self.snapshot_seq.saturating_add(n))
     }
 
     pub(crate) fn events_since_snapshot(&self) -> u64 {

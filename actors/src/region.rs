@@ -28,7 +28,7 @@ pub struct RegionConfig {
     /// refused with [`CommandError::Overloaded`], handing the command back. Default 100,000.
     pub buffer_capacity: usize,
     /// How long a rescale waits for the old owners to drain one wave of moving key groups.
-    /// Default 30 s. On timeout the rescale stops: the waves already moved stay moved, the
+    /// Default 30 s (longer than 30 years counts as 30 years). On timeout the rescale stops: the waves already moved stay moved, the
     /// timed-out wave and the rest stay with their old owners (buffered commands go to them in
     /// arrival order), every key group keeps exactly one owner, and
     /// [`RegionError::HandoffTimeout`] is returned; calling `rescale` again continues.
@@ -69,6 +69,16 @@ pub enum RegionError {
         key_groups: Range<u32>,
         /// How long the rescale waited.
         waited: Duration,
+    },
+    /// The journal has more key groups than a region handles
+    /// ([`stateline_journal::MAX_KEY_GROUPS`]); only a journal made by an older build or
+    /// by hand can.
+    #[error("the journal has {key_groups} key groups; a region handles at most {max}")]
+    TooManyKeyGroups {
+        /// The journal's key-group count.
+        key_groups: u32,
+        /// [`stateline_journal::MAX_KEY_GROUPS`].
+        max: u32,
     },
     /// The entity type name is invalid.
     #[error("invalid entity type: {0}")]
@@ -215,8 +225,15 @@ impl<S: EventSourced> ShardRegion<S> {
     /// Starts a region with `config.shards` shard actors, each on its own arbiter.
     ///
     /// # Errors
-    /// [`RegionError::InvalidShardCount`], [`RegionError::InvalidType`].
+    /// [`RegionError::InvalidShardCount`], [`RegionError::InvalidType`],
+    /// [`RegionError::TooManyKeyGroups`].
     pub fn start(journal: Journal, config: RegionConfig) -> Result<Self, RegionError> {
+        if journal.key_groups() > stateline_journal::MAX_KEY_GROUPS {
+            return Err(RegionError::TooManyKeyGroups {
+                key_groups: journal.key_groups(),
+                max: stateline_journal::MAX_KEY_GROUPS,
+            });
+        }
         if config.shards == 0 || config.shards > journal.key_groups() as usize {
             return Err(RegionError::InvalidShardCount);
         }
@@ -510,7 +527,7 @@ impl<S: EventSourced> ShardRegion<S> {
                     }
                 }
             }
-            let deadline = tokio::time::Instant::now() + self.inner.config.handoff_timeout;
+            let deadline = deadline_after(self.inner.config.handoff_timeout);
             for (range, rx) in waits {
                 let outcome = match rx {
                     Some(rx) => tokio::time::timeout_at(deadline, rx)
@@ -726,6 +743,14 @@ impl<S: EventSourced> ShardRegion<S> {
             retire(slot.arbiter);
         }
     }
+}
+
+/// `now + timeout` as a deadline, or one 30 years away when that does not fit in an instant
+/// (`Duration::MAX` as a handoff timeout means "wait as long as it takes").
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout.min(FAR)).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -21,6 +21,15 @@ pub enum Durability {
 
 /// Default number of key groups of a new journal.
 pub const DEFAULT_KEY_GROUPS: u32 = 1024;
+
+/// Largest key-group count a new journal gets from [`JournalBuilder::key_groups`] and a shard
+/// region accepts: 65,536 (Flink caps its max parallelism at 32,768; a region keeps a table
+/// entry per key group and copies it on every rescale).
+pub const MAX_KEY_GROUPS: u32 = 1 << 16;
+
+/// Largest [`JournalBuilder::queue_capacity`]: 2^24 waiting requests (the queue's bound
+/// must stay below what its semaphore can count; larger values are clamped to this).
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 24;
 /// Default largest event payload, in bytes (1 MiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 /// Default largest snapshot payload, in bytes (16 MiB).
@@ -85,9 +94,11 @@ impl JournalBuilder {
     /// Number of key groups. Default: unset, which creates a new journal with
     /// [`DEFAULT_KEY_GROUPS`] (1024) and opens an existing one with the count it stores. When set,
     /// opening a journal created with another count fails with
-    /// [`crate::JournalError::ConfigMismatch`] (never a silent remap). Values below 1 become 1.
+    /// [`crate::JournalError::ConfigMismatch`] (never a silent remap). Values below 1 become 1
+    /// and values above [`MAX_KEY_GROUPS`] become it (a shard region holds a table entry per
+    /// key group).
     pub fn key_groups(mut self, n: u32) -> Self {
-        self.key_groups = Some(n.max(1));
+        self.key_groups = Some(n.clamp(1, MAX_KEY_GROUPS));
         self
     }
 
@@ -164,9 +175,9 @@ impl JournalBuilder {
     }
 
     /// Requests that may wait for the writer; appenders wait (asynchronously) beyond that.
-    /// Default 65,536.
+    /// Default 65,536. Values below 1 become 1; values above [`MAX_QUEUE_CAPACITY`] become it.
     pub fn queue_capacity(mut self, n: usize) -> Self {
-        self.queue_capacity = n.max(1);
+        self.queue_capacity = n.clamp(1, MAX_QUEUE_CAPACITY);
         self
     }
 

@@ -42,7 +42,7 @@ mod writer;
 
 pub use config::{
     Durability, JournalBuilder, DEFAULT_KEY_GROUPS, DEFAULT_MAX_EVENT_BYTES,
-    DEFAULT_MAX_SNAPSHOT_BYTES,
+    DEFAULT_MAX_SNAPSHOT_BYTES, MAX_KEY_GROUPS, MAX_QUEUE_CAPACITY,
 };
 pub use error::{CodecError, InvalidId, JournalError, Rejected, Result};
 pub use fault::FaultyStorage;

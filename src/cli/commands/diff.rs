@@ -53,7 +53,18 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, a: &DiffArgs) -> CliResult {
         out.typed = true;
         out.changes = Some(diff(&va, &vb));
     } else {
-        out.events = Some(events_between(&r, &pid, sa.min(sb), sa.max(sb))?);
+        let (lo, hi) = (sa.min(sb), sa.max(sb));
+        if lo < hi && lo < s.deleted_to.0 {
+            // Some of the events between the points are gone: listing the rest would pass
+            // for the whole difference.
+            return Err(CliError::usage(format!(
+                "{}: cannot list the events of {pid} between seq {lo} and seq {hi}: events up \
+                 to seq {} were deleted",
+                a.db.display(),
+                s.deleted_to
+            )));
+        }
+        out.events = Some(events_between(&r, &pid, lo, hi)?);
     }
     if ctx.json {
         return ctx.out.json(&out);

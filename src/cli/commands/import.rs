@@ -9,7 +9,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 
 use serde::Serialize;
-use stateline_journal::{Journal, NewEvent, PersistenceId, Seq, SnapshotRecord};
+use stateline_journal::{Journal, NewEvent, PersistenceId, Seq, SnapshotRecord, MAX_KEY_GROUPS};
 
 use crate::cli::args::ImportArgs;
 use crate::cli::error::{CliError, CliResult};
@@ -275,7 +275,14 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, a: &ImportArgs) -> CliResult {
     };
     // A first line that is not an export line is refused before anything is created.
     let key_groups = match serde_json::from_str::<ExportLine>(&first) {
-        Ok(ExportLine::Header(h)) => h.key_groups,
+        Ok(ExportLine::Header(h)) => match h.key_groups {
+            Some(k) if k == 0 || k > MAX_KEY_GROUPS => {
+                return Err(CliError::usage(format!(
+                    "{name}:1: key_groups {k} is not in 1..={MAX_KEY_GROUPS}"
+                )))
+            }
+            k => k,
+        },
         Ok(_) => None,
         Err(e) => {
             return Err(CliError::usage(format!(
