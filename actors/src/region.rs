@@ -28,9 +28,10 @@ pub struct RegionConfig {
     /// refused with [`CommandError::Overloaded`], handing the command back. Default 100,000.
     pub buffer_capacity: usize,
     /// How long a rescale waits for the old owners to drain one wave of moving key groups.
-    /// Default 30 s (longer than 30 years counts as 30 years). On timeout the rescale stops: the waves already moved stay moved, the
-    /// timed-out wave and the rest stay with their old owners (buffered commands go to them in
-    /// arrival order), every key group keeps exactly one owner, and
+    /// Default 30 s (anything longer than 30 years counts as 30 years). On timeout the rescale
+    /// stops: the waves already moved stay moved, the timed-out wave and the rest stay with
+    /// their old owners (buffered commands go to them in arrival order), every key group keeps
+    /// exactly one owner, and
     /// [`RegionError::HandoffTimeout`] is returned; calling `rescale` again continues.
     pub handoff_timeout: Duration,
     /// Key groups moved per handoff wave. Default 16. A command for a moving key group waits

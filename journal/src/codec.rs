@@ -553,6 +553,11 @@ fn check_seq_and_offset(seq: u64, offset: u64) -> Result<(), CodecError> {
     if seq == 0 || offset == 0 {
         return Err(CodecError::Invalid("seq and offset start at 1".into()));
     }
+    check_seq_at_most_max(seq)
+}
+
+/// A stored seq is at most [`Seq::MAX`] (what this build writes).
+pub(crate) fn check_seq_at_most_max(seq: u64) -> Result<(), CodecError> {
     if seq > Seq::MAX.0 {
         return Err(CodecError::Invalid(format!(
             "seq {seq} is beyond the largest seq {}",
@@ -566,13 +571,7 @@ fn check_seq_and_offset(seq: u64, offset: u64) -> Result<(), CodecError> {
 pub(crate) fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord, CodecError> {
     let body = unseal(bytes)?;
     let env: SnapshotEnvelope<'_> = decode(body)?;
-    if env.seq > Seq::MAX.0 {
-        return Err(CodecError::Invalid(format!(
-            "snapshot seq {} is beyond the largest seq {}",
-            env.seq,
-            Seq::MAX
-        )));
-    }
+    check_seq_at_most_max(env.seq)?;
     Ok(SnapshotRecord {
         persistence_id: pid_of(env.entity_type, env.entity_id)?,
         seq: Seq(env.seq),

@@ -30,6 +30,7 @@ pub const MAX_KEY_GROUPS: u32 = 1 << 16;
 /// Largest [`JournalBuilder::queue_capacity`]: 2^24 waiting requests (the queue's bound
 /// must stay below what its semaphore can count; larger values are clamped to this).
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 24;
+
 /// Default largest event payload, in bytes (1 MiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 /// Default largest snapshot payload, in bytes (16 MiB).

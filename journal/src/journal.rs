@@ -357,8 +357,9 @@ impl Journal {
     /// # Errors
     /// [`JournalError::Conflict`] if the journal's next seq is not `expected_seq` (G5);
     /// [`JournalError::Rejected`] for an empty batch, a too-large event, a bad manifest or seqs
-    /// past [`Seq::MAX`] (nothing written); [`JournalError::Io`] if the commit failed (outcome unknown; the journal
-    /// is poisoned), [`JournalError::Poisoned`] or [`JournalError::Closed`] afterwards.
+    /// past [`Seq::MAX`] (nothing written); [`JournalError::Io`] if the commit failed (outcome
+    /// unknown; the journal is poisoned), [`JournalError::Poisoned`] or [`JournalError::Closed`]
+    /// afterwards.
     pub async fn append(
         &self,
         pid: &PersistenceId,

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::CodecError;
-use crate::ids::Seq;
 
 /// On-disk format version this build writes. Older versions keep opening (G9); newer ones are
 /// refused with [`crate::JournalError::UnsupportedFormat`]. Version 2 groups the events of a
@@ -102,18 +101,15 @@ pub(crate) struct EntityRow {
 }
 
 impl EntityRow {
-    /// Checks that every seq in the row is at most [`Seq::MAX`] (what this build writes), so
-    /// that no reader or writer computing the next seq from a damaged row overflows.
+    /// Checks that every seq in the row is at most [`crate::Seq::MAX`] (what this build
+    /// writes), so that no reader or writer computing the next seq from a damaged row
+    /// overflows.
     pub(crate) fn check_seqs(&self) -> Result<(), CodecError> {
         let seqs = [self.highest_seq, self.deleted_to, self.snapshot_seq];
         let chunk_seqs = self.chunks.iter().flat_map(|c| [c.first_seq, c.last_seq]);
-        match seqs.into_iter().chain(chunk_seqs).find(|&s| s > Seq::MAX.0) {
-            Some(s) => Err(CodecError::Invalid(format!(
-                "entity row holds seq {s}, beyond the largest seq {}",
-                Seq::MAX
-            ))),
-            None => Ok(()),
-        }
+        seqs.into_iter()
+            .chain(chunk_seqs)
+            .try_for_each(crate::codec::check_seq_at_most_max)
     }
 }
 
@@ -134,6 +130,7 @@ pub(crate) struct GenerationRow {
 mod tests {
     use super::*;
     use crate::codec;
+    use crate::ids::Seq;
     use crate::writer::decode_row;
 
     /// An entity row holding a seq beyond `Seq::MAX` (damaged or forged) is corruption, not a
