@@ -766,8 +766,8 @@ mod tests {
         }
     }
 
-    /// A stored event or snapshot whose seq is beyond `Seq::MAX` (only a damaged or forged
-    /// file holds one) is a typed decode error on every decode path, so that no reader
+    /// A stored event or snapshot whose seq is beyond `Seq::MAX` (a damaged file, or an
+    /// older build's import of a hand-made floor) is a typed decode error on every decode path, so that no reader
     /// computes a next seq that overflows; `Seq::MAX` itself decodes.
     #[test]
     fn seqs_beyond_seq_max_do_not_decode() {

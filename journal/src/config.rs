@@ -95,11 +95,12 @@ impl JournalBuilder {
     /// Number of key groups. Default: unset, which creates a new journal with
     /// [`DEFAULT_KEY_GROUPS`] (1024) and opens an existing one with the count it stores. When set,
     /// opening a journal created with another count fails with
-    /// [`crate::JournalError::ConfigMismatch`] (never a silent remap). Values below 1 become 1
-    /// and values above [`MAX_KEY_GROUPS`] become it (a shard region holds a table entry per
-    /// key group).
+    /// [`crate::JournalError::ConfigMismatch`] (never a silent remap). Values below 1 become 1.
+    /// A new journal gets at most [`MAX_KEY_GROUPS`] (a larger value creates it with that
+    /// many); an existing journal is opened with the count it stores, also a larger one an
+    /// older build created (a shard region refuses such a journal).
     pub fn key_groups(mut self, n: u32) -> Self {
-        self.key_groups = Some(n.clamp(1, MAX_KEY_GROUPS));
+        self.key_groups = Some(n.max(1));
         self
     }
 

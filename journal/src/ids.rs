@@ -162,7 +162,8 @@ impl Seq {
     /// The largest seq an event may have: 2^63 − 1 (a signed 64-bit count, as in Akka and
     /// most event stores), so that the next seq and a count of seqs never overflow, here or in
     /// the layers above. Appends that would go past it and import floors above it are refused
-    /// with [`crate::Rejected::SeqOutOfRange`]; a stored seq above it is corruption.
+    /// with [`crate::Rejected::SeqOutOfRange`]; a stored seq above it reads as corruption
+    /// (`journal/FORMAT.md` says which older files can hold one).
     pub const MAX: Seq = Seq(i64::MAX as u64);
 }
 

@@ -717,7 +717,10 @@ fn init_or_check(
         format_version: FORMAT_VERSION,
         journal_id: *uuid::Uuid::new_v4().as_bytes(),
         created_at_micros: Utc::now().timestamp_micros(),
-        key_groups: cfg.key_groups.unwrap_or(crate::config::DEFAULT_KEY_GROUPS),
+        key_groups: cfg
+            .key_groups
+            .unwrap_or(crate::config::DEFAULT_KEY_GROUPS)
+            .min(crate::config::MAX_KEY_GROUPS),
         hash: KEY_GROUP_HASH.to_string(),
     };
     let state = State {
@@ -811,11 +814,15 @@ fn check_header(h: &Header, cfg: &JournalBuilder) -> Result<()> {
             requested: format!("hash {KEY_GROUP_HASH:?}"),
         });
     }
+    // A count above the cap asks for what creation gives it: the cap.
+    let creates = |k: u32| k.min(crate::config::MAX_KEY_GROUPS);
     match cfg.key_groups {
-        Some(k) if k != h.key_groups => Err(JournalError::ConfigMismatch {
-            stored: format!("{} key groups", h.key_groups),
-            requested: format!("{k} key groups"),
-        }),
+        Some(k) if k != h.key_groups && creates(k) != h.key_groups => {
+            Err(JournalError::ConfigMismatch {
+                stored: format!("{} key groups", h.key_groups),
+                requested: format!("{k} key groups"),
+            })
+        }
         _ => Ok(()),
     }?;
     Ok(())

@@ -112,7 +112,10 @@ pub(crate) fn snapshot_key_seq(key: &[u8]) -> Result<Seq> {
     let s = &key[key.len() - 8..];
     let mut b = [0u8; 8];
     b.copy_from_slice(s);
-    Ok(Seq(u64::from_be_bytes(b)))
+    let seq = u64::from_be_bytes(b);
+    crate::codec::check_seq_at_most_max(seq)
+        .map_err(|e| JournalError::corrupted("snapshot key", e))?;
+    Ok(Seq(seq))
 }
 
 #[cfg(test)]
@@ -138,6 +141,16 @@ mod tests {
         assert_eq!(
             snapshot_key_seq(&snapshot_key(&ek, Seq(77))).expect("ok"),
             Seq(77)
+        );
+        // A key past the largest seq (a damaged key) is corruption, not a seq to store.
+        assert_eq!(
+            snapshot_key_seq(&snapshot_key(&ek, Seq::MAX)).expect("ok"),
+            Seq::MAX
+        );
+        let beyond = snapshot_key_seq(&snapshot_key(&ek, Seq(Seq::MAX.0 + 1)));
+        assert!(
+            matches!(beyond, Err(JournalError::Corrupted { .. })),
+            "{beyond:?}"
         );
     }
 }

@@ -100,7 +100,8 @@ below the point, decoded to JSON, and the events after it.",
         long_about = "What changed in an entity's state between two seqs.
 
 For entity types registered with stateline::cli::Cli::register, a JSON diff of the two typed \
-states. For other types, the events between the two points.",
+states. For other types, the events between the two points (refused, exit 1, when some of \
+them were deleted by retention).",
         after_help = "Examples:
   stateline diff bank.redb account acc-00042 10 20
   stateline diff bank.redb account acc-00042 0 15 --json"
