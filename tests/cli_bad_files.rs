@@ -103,6 +103,32 @@ fn a_file_that_is_not_a_journal_exits_1_naming_it() {
     assert!(d.stderr.contains("directory"), "{}", d.stderr);
 }
 
+/// A socket (like a device or FIFO) has length 0 but is not an empty file: every command,
+/// `import` included, exits 1 naming it and leaves it in place (an older build's `import`
+/// replaced such a path with a new journal, `/dev/null` included when run as root).
+#[cfg(unix)]
+#[test]
+fn a_special_file_is_not_a_journal_and_stays_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("journal.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let db = socket.to_str().unwrap();
+    let export = stateline(["export", bank().path.to_str().unwrap()])
+        .ok()
+        .stdout;
+    let mut runs: Vec<Run> = every_command(db).iter().map(|a| stateline(a)).collect();
+    runs.push(stateline_with_stdin(["import", db], export.as_bytes()));
+    for r in runs {
+        let r = r.fails(1);
+        assert!(r.stderr.contains(db), "{}", r.stderr);
+        assert!(r.stderr.contains("not a regular file"), "{}", r.stderr);
+    }
+    let t = std::fs::symlink_metadata(&socket).unwrap().file_type();
+    assert!(t.is_socket(), "the socket was replaced: {t:?}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
 fn write_newer_header(path: &Path) {
     const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("stateline.meta");
     let db = redb::Database::create(path).unwrap();

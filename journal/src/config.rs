@@ -209,6 +209,10 @@ impl JournalBuilder {
     /// Opens (or creates) the journal at `path` and starts its writer thread. Blocking: call it
     /// outside async code or through `spawn_blocking`.
     ///
+    /// A missing file or an empty regular file becomes a new journal; through symbolic links,
+    /// the journal is created where they lead. A directory, device, FIFO or socket is
+    /// [`crate::JournalError::NotAJournal`] and is left as it is.
+    ///
     /// # Errors
     /// [`crate::JournalError::NotAJournal`], [`crate::JournalError::UnsupportedFormat`],
     /// [`crate::JournalError::ConfigMismatch`], [`crate::JournalError::Locked`],

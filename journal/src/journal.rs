@@ -131,6 +131,11 @@ pub(crate) fn probe_file(path: &Path) -> Result<FileKind> {
     if meta.is_dir() {
         return Err(not("is a directory"));
     }
+    // A device, FIFO or socket reports length 0; it must never be taken for an empty file
+    // (creating a journal would replace it, `/dev/null` included).
+    if !meta.is_file() {
+        return Err(not("not a regular file (a device, FIFO or socket)"));
+    }
     if meta.len() == 0 {
         return Ok(FileKind::Empty);
     }
@@ -633,8 +638,13 @@ impl Journal {
 /// Creates a new journal file so that a crash at any moment leaves either no file (or the
 /// empty file that was there) or a complete journal: it is built under a temporary name in the
 /// same directory, synced, and then linked into place (a concurrent creator wins cleanly).
+///
+/// An empty file reached through a symbolic link is replaced where it is, so the link keeps
+/// pointing at the journal; only a regular file is ever replaced (`probe_file` refuses the rest).
 fn create_atomically(path: &Path, b: &redb::Builder, cfg: &JournalBuilder) -> Result<()> {
     let io = |e: std::io::Error| JournalError::Io(format!("{}: {e}", path.display()));
+    let resolved = follow_links(path).map_err(io)?;
+    let path = resolved.as_path();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -655,8 +665,14 @@ fn create_atomically(path: &Path, b: &redb::Builder, cfg: &JournalBuilder) -> Re
             .and_then(|f| f.sync_all())
             .map_err(io)?;
         match fs::metadata(path) {
-            // An empty file was there: replace it.
-            Ok(m) if m.len() == 0 => fs::rename(&tmp, path).map_err(io)?,
+            // An empty regular file was there: replace it.
+            Ok(m) if m.is_file() && m.len() == 0 => fs::rename(&tmp, path).map_err(io)?,
+            Ok(m) if !m.is_file() => {
+                return Err(JournalError::NotAJournal {
+                    path: path.to_path_buf(),
+                    detail: "not a regular file (a device, FIFO or socket)".into(),
+                })
+            }
             // Another creator won the race: use its journal.
             Ok(_) => {}
             Err(_) => match fs::hard_link(&tmp, path) {
@@ -672,6 +688,25 @@ fn create_atomically(path: &Path, b: &redb::Builder, cfg: &JournalBuilder) -> Re
     })();
     let _ = fs::remove_file(&tmp);
     result
+}
+
+/// Where `path` leads through symbolic links (the last one may point at a missing file).
+fn follow_links(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let mut at = path.to_path_buf();
+    // As the kernel's own limit on links followed in one lookup.
+    for _ in 0..40 {
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&at)?;
+                at = match at.parent() {
+                    Some(dir) => dir.join(target),
+                    None => target,
+                };
+            }
+            _ => return Ok(at),
+        }
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
 }
 
 /// Creates the header of a new journal or checks the one found (G9, key groups, hash).

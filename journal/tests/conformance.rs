@@ -1490,3 +1490,84 @@ fn foreign_files_are_not_journals() {
     let err = Journal::builder().create(false).open(&missing).unwrap_err();
     assert!(matches!(err, JournalError::NotAJournal { .. }), "{err}");
 }
+
+/// A device, FIFO or socket has length 0 but is not an empty file: opening one (writable,
+/// read-only, to check or to compact) is `NotAJournal` and leaves it as it was. Before this was checked, a
+/// writable open replaced it with a new journal; run as root on `/dev/null`, that replaced the
+/// machine's `/dev/null`.
+#[cfg(unix)]
+#[test]
+fn special_files_are_refused_and_left_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("journal.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let fifo = dir.path().join("journal.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    let kinds: [(&std::path::Path, fn(&std::fs::FileType) -> bool); 2] =
+        [(&socket, |t| t.is_socket()), (&fifo, |t| t.is_fifo())];
+    for (path, still) in kinds {
+        for err in [
+            Journal::open(path).unwrap_err(),
+            JournalReader::open_read_only(path).unwrap_err(),
+            check_file_integrity(path).unwrap_err(),
+            compact_file(path).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, JournalError::NotAJournal { detail, .. } if detail.contains("regular file")),
+                "{}: {err}",
+                path.display()
+            );
+        }
+        let t = std::fs::symlink_metadata(path).unwrap().file_type();
+        assert!(still(&t), "{} was replaced: {t:?}", path.display());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+}
+
+/// An empty file reached through a symbolic link becomes the journal where the file is, and so
+/// does a missing one: the link stays a link, and the journal reopens through it and by its own
+/// path.
+#[cfg(unix)]
+#[test]
+fn a_journal_is_created_behind_a_symlink_to_an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let file = volume.join("journal.redb");
+    std::fs::write(&file, b"").unwrap();
+    let link = dir.path().join("journal.redb");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    {
+        let j = Journal::open(&link).unwrap();
+        j.append_blocking(&pid("a"), Seq(1), vec![ev("x")]).unwrap();
+    }
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::metadata(&file).unwrap().len() > 0);
+    let r = JournalReader::open_read_only(&file).unwrap();
+    assert_eq!(payloads(&r, &pid("a")), ["x"]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    assert_eq!(std::fs::read_dir(&volume).unwrap().count(), 1);
+
+    // A link to a file not there yet (a relative one): the journal is created where it points.
+    let later = dir.path().join("later.redb");
+    std::os::unix::fs::symlink("volume/later.redb", &later).unwrap();
+    drop(Journal::open(&later).unwrap());
+    assert!(std::fs::symlink_metadata(&later)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    drop(JournalReader::open_read_only(volume.join("later.redb")).unwrap());
+    assert_eq!(std::fs::read_dir(&volume).unwrap().count(), 2);
+}
