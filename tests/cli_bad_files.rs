@@ -117,7 +117,7 @@ fn a_special_file_is_not_a_journal_and_stays_in_place() {
     let export = stateline(["export", bank().path.to_str().unwrap()])
         .ok()
         .stdout;
-    let mut runs: Vec<Run> = every_command(db).iter().map(|a| stateline(a)).collect();
+    let mut runs: Vec<Run> = every_command(db).iter().map(stateline).collect();
     runs.push(stateline_with_stdin(["import", db], export.as_bytes()));
     for r in runs {
         let r = r.fails(1);

@@ -1508,9 +1508,9 @@ fn special_files_are_refused_and_left_in_place() {
         .status()
         .unwrap();
     assert!(made.success(), "mkfifo");
-    let kinds: [(&std::path::Path, fn(&std::fs::FileType) -> bool); 2] =
-        [(&socket, |t| t.is_socket()), (&fifo, |t| t.is_fifo())];
-    for (path, still) in kinds {
+    let is_socket: fn(&std::fs::FileType) -> bool = |t| t.is_socket();
+    let is_fifo: fn(&std::fs::FileType) -> bool = |t| t.is_fifo();
+    for (path, still) in [(&socket, is_socket), (&fifo, is_fifo)] {
         for err in [
             Journal::open(path).unwrap_err(),
             JournalReader::open_read_only(path).unwrap_err(),
