@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use stateline_journal::{EntitySummary, JournalReader, PersistenceId, Seq};
+use stateline_journal::{EntitySummary, EventRecord, JournalReader, PersistenceId, Seq};
 
 use crate::cli::args::ReplayArgs;
 use crate::cli::error::{CliError, CliResult};
@@ -124,33 +124,11 @@ pub(crate) fn typed_state(
         None => return Err(unreachable_point(r, s, seq)),
     };
     let from = snapshot_seq.unwrap_or(0);
-    let mut expect = from + 1;
-    if seq > from {
-        let iter = r
-            .events(pid, Seq(from + 1), Seq(seq), u64::MAX)
-            .map_err(|e| CliError::journal(path, e))?;
-        for rec in iter {
-            let rec = rec.map_err(|e| CliError::journal(path, e))?;
-            if rec.seq.0 != expect {
-                return Err(CliError::corrupted(format!(
-                    "{}: {pid}: expected seq {expect}, found seq {}",
-                    path.display(),
-                    rec.seq
-                )));
-            }
-            state.apply(&rec).map_err(|e| {
-                CliError::corrupted(format!("{}: {pid} seq {}: {e}", path.display(), rec.seq))
-            })?;
-            expect += 1;
-        }
-    }
-    if expect != seq + 1 && seq > from {
-        return Err(CliError::corrupted(format!(
-            "{}: {pid}: events end at seq {}, expected them up to seq {seq}",
-            path.display(),
-            expect - 1
-        )));
-    }
+    each_event_between(r, pid, from, seq, |rec| {
+        state.apply(&rec).map_err(|e| {
+            CliError::corrupted(format!("{}: {pid} seq {}: {e}", path.display(), rec.seq))
+        })
+    })?;
     Ok(TypedReplay {
         state,
         snapshot_seq,
@@ -193,16 +171,71 @@ pub(crate) fn events_between(
     to: u64,
 ) -> CliResult<Vec<EventJson>> {
     let mut events = Vec::new();
-    if to > from {
-        let iter = r
-            .events(pid, Seq(from + 1), Seq(to), u64::MAX)
-            .map_err(|e| CliError::journal(r.path(), e))?;
-        for rec in iter {
-            let rec = rec.map_err(|e| CliError::journal(r.path(), e))?;
-            events.push(EventJson::of(&rec, false));
-        }
-    }
+    each_event_between(r, pid, from, to, |rec| {
+        events.push(EventJson::of(&rec, false));
+        Ok(())
+    })?;
     Ok(events)
+}
+
+/// Calls `each` with every event of `pid` with `from < seq <= to`, in order, and fails unless
+/// that is all of them. The caller checked the range against a summary read before; events
+/// deleted since (retention in another process) are an error to retry, never a shorter
+/// history passed off as the whole one.
+fn each_event_between(
+    r: &JournalReader,
+    pid: &PersistenceId,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(EventRecord) -> CliResult<()>,
+) -> CliResult<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let path = r.path();
+    let mut expect = from + 1;
+    let iter = r
+        .events(pid, Seq(expect), Seq(to), u64::MAX)
+        .map_err(|e| CliError::journal(path, e))?;
+    for rec in iter {
+        let rec = rec.map_err(|e| CliError::journal(path, e))?;
+        if rec.seq.0 != expect {
+            return Err(missing_events(r, pid, expect, to, Some(rec.seq.0)));
+        }
+        each(rec)?;
+        expect += 1;
+    }
+    if expect != to + 1 {
+        return Err(missing_events(r, pid, expect, to, None));
+    }
+    Ok(())
+}
+
+/// The error for events `expect..=to` missing from a read (`found`: the seq read instead):
+/// deleted since the command looked, or lost (corruption).
+fn missing_events(
+    r: &JournalReader,
+    pid: &PersistenceId,
+    expect: u64,
+    to: u64,
+    found: Option<u64>,
+) -> CliError {
+    let path = r.path().display();
+    match summary(r, pid) {
+        Ok(now) if now.deleted_to.0 >= expect => CliError::usage(format!(
+            "{path}: events of {pid} up to seq {} were deleted while this command read them \
+             (retention in another process?); run it again",
+            now.deleted_to
+        )),
+        Err(e) => e,
+        Ok(_) => CliError::corrupted(match found {
+            Some(seq) => format!("{path}: {pid}: expected seq {expect}, found seq {seq}"),
+            None => format!(
+                "{path}: {pid}: events end at seq {}, expected them up to seq {to}",
+                expect - 1
+            ),
+        }),
+    }
 }
 
 #[derive(Serialize)]
@@ -317,4 +350,42 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, a: &ReplayArgs) -> CliResult {
 /// Pretty JSON text (infallible for `Value`).
 pub(crate) fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use stateline_journal::{Journal, Manifest, NewEvent};
+
+    use super::*;
+
+    /// A summary read before retention ran in another process must not pass the events left
+    /// for the whole history (untyped replay and diff list them): the read fails, saying why.
+    #[test]
+    fn events_deleted_after_the_summary_fail_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path().join("j.redb")).unwrap();
+        let pid = PersistenceId::parse("account", "a").unwrap();
+        let payload = rmp_serde::to_vec(&1u32).unwrap();
+        let events = (0..10)
+            .map(|_| NewEvent::new(Manifest::new("Added", 1), payload.clone()))
+            .collect();
+        j.append_blocking(&pid, Seq(1), events).unwrap();
+        let before = summary(&j, &pid).unwrap();
+        assert_eq!(untyped(&j, &before, 10).unwrap().events.len(), 10);
+        assert_eq!(events_between(&j, &pid, 2, 7).unwrap().len(), 5);
+
+        j.delete_events_to_blocking(&pid, Seq(4)).unwrap();
+        for err in [
+            untyped(&j, &before, 10).err().unwrap(),
+            events_between(&j, &pid, 2, 7).err().unwrap(),
+        ] {
+            assert_eq!(err.code, crate::cli::error::EXIT_ERROR, "{err:?}");
+            assert!(
+                err.message.contains("up to seq 4 were deleted while"),
+                "{err:?}"
+            );
+        }
+        // The events after the deleted prefix still read.
+        assert_eq!(events_between(&j, &pid, 4, 10).unwrap().len(), 6);
+    }
 }
