@@ -649,12 +649,10 @@ fn create_atomically(path: &Path, b: &redb::Builder, cfg: &JournalBuilder) -> Re
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "journal".into());
+    // A name of its own, not derived from the journal's: a journal name near the file system's
+    // 255-byte limit must still be creatable.
     let tmp = dir.join(format!(
-        ".{name}.creating-{}",
+        ".stateline-creating-{}",
         uuid::Uuid::new_v4().simple()
     ));
     let result = (|| {
@@ -693,8 +691,8 @@ fn create_atomically(path: &Path, b: &redb::Builder, cfg: &JournalBuilder) -> Re
 /// Where `path` leads through symbolic links (the last one may point at a missing file).
 fn follow_links(path: &Path) -> std::io::Result<std::path::PathBuf> {
     let mut at = path.to_path_buf();
-    // As the kernel's own limit on links followed in one lookup.
-    for _ in 0..40 {
+    // As the kernel's own limit on links followed in one lookup (40, the last one included).
+    for _ in 0..=40 {
         match fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
                 let target = fs::read_link(&at)?;

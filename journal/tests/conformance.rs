@@ -1533,6 +1533,21 @@ fn special_files_are_refused_and_left_in_place() {
     assert_eq!(leftovers.len(), 2, "{leftovers:?}");
 }
 
+/// A journal name may use the file system's whole 255 bytes: creating it does not build a
+/// longer temporary name from it.
+#[test]
+fn a_journal_name_of_255_bytes_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{}.redb", "L".repeat(250)));
+    {
+        let j = Journal::open(&path).unwrap();
+        j.append_blocking(&pid("a"), Seq(1), vec![ev("x")]).unwrap();
+    }
+    let r = JournalReader::open_read_only(&path).unwrap();
+    assert_eq!(payloads(&r, &pid("a")), ["x"]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
 /// An empty file reached through a symbolic link becomes the journal where the file is, and so
 /// does a missing one: the link stays a link, and the journal reopens through it and by its own
 /// path.
