@@ -118,6 +118,9 @@ pub(crate) enum FileKind {
     Redb,
 }
 
+/// Why a device, FIFO or socket at a journal's path is not a journal.
+const NOT_REGULAR: &str = "not a regular file (a device, FIFO or socket)";
+
 pub(crate) fn probe_file(path: &Path) -> Result<FileKind> {
     let not = |detail: &str| JournalError::NotAJournal {
         path: path.to_path_buf(),
@@ -134,7 +137,7 @@ pub(crate) fn probe_file(path: &Path) -> Result<FileKind> {
     // A device, FIFO or socket reports length 0; it must never be taken for an empty file
     // (creating a journal would replace it, `/dev/null` included).
     if !meta.is_file() {
-        return Err(not("not a regular file (a device, FIFO or socket)"));
+        return Err(not(NOT_REGULAR));
     }
     if meta.len() == 0 {
         return Ok(FileKind::Empty);
@@ -668,7 +671,7 @@ fn create_atomically(path: &Path, b: &redb::Builder, cfg: &JournalBuilder) -> Re
             Ok(m) if !m.is_file() => {
                 return Err(JournalError::NotAJournal {
                     path: path.to_path_buf(),
-                    detail: "not a regular file (a device, FIFO or socket)".into(),
+                    detail: NOT_REGULAR.into(),
                 })
             }
             // Another creator won the race: use its journal.
