@@ -243,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
                 let account = (r % u64::from(accounts)) as u32;
                 let amount = ((r >> 32) % 100 + 1) as i64;
                 let op_id = Uuid::now_v7();
-                let (cmd, delta) = if (r >> 16) % 3 == 0 {
+                let (cmd, delta) = if (r >> 16).is_multiple_of(3) {
                     (Command::Withdraw { op_id, amount }, -amount)
                 } else {
                     (Command::Deposit { op_id, amount }, amount)

@@ -115,7 +115,7 @@ async fn send_racing(shard: &ShardRef<Account>) -> [i64; 4] {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        if seed % 5 == 0 {
+        if seed.is_multiple_of(5) {
             // Let the entities go idle long enough to hibernate (or be mid-hibernation).
             for rx in pending.drain(..) {
                 rx.await.unwrap().unwrap().unwrap();

@@ -305,7 +305,7 @@ async fn rescales_racing_hibernation_lose_nothing() {
                 pending.push(region.enqueue(&format!("e{e}"), cmd).unwrap());
                 next[e] += 1;
                 sums[e] += amount;
-                if rng(&mut seed) % 8 == 0 {
+                if rng(&mut seed).is_multiple_of(8) {
                     for rx in pending.drain(..) {
                         let r = reply(rx, "tagged deposit").await;
                         assert!(matches!(r, Some(Ok(Ok(_)))), "{r:?}");

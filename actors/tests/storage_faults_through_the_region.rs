@@ -91,7 +91,7 @@ async fn run_seed(seed: u64, fault: Fault) {
     let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let accounts = 3 + (next(&mut rng) % 10) as usize;
     let budget = next(&mut rng) % 400;
-    let rescale = next(&mut rng) % 2 == 0;
+    let rescale = next(&mut rng).is_multiple_of(2);
     let (storage, journal) = match fault {
         Fault::Error => {
             let s = FaultyStorage::new();
@@ -114,7 +114,7 @@ async fn run_seed(seed: u64, fault: Fault) {
         shards: 2,
         handoff_timeout: Duration::from_secs(10),
         shard: ShardConfig {
-            hibernate_after: Duration::from_millis(if seed % 3 == 0 { 1 } else { 2_000 }),
+            hibernate_after: Duration::from_millis(if seed.is_multiple_of(3) { 1 } else { 2_000 }),
             // A third of the seeds churn through a tight bound on running actors.
             max_running_entities: if seed % 3 == 1 { 8 } else { 10_000 },
             sweep_interval: Duration::from_millis(2),

@@ -96,7 +96,7 @@ impl PowerLossStorage {
             let mut z = rng;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            if matches!(op, Op::SetLen(_)) || (z ^ (z >> 31)) % 2 == 0 {
+            if matches!(op, Op::SetLen(_)) || (z ^ (z >> 31)).is_multiple_of(2) {
                 apply(&mut bytes, op);
             }
         }

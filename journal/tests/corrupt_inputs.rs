@@ -154,7 +154,7 @@ fn build_original(path: &Path) -> Vec<u8> {
         next[i] = ack.last_seq.0 + 1;
         appended += n;
         // Snapshots along the way for every third id, some superseded by later ones.
-        if i % 3 == 0 && rng.below(4) == 0 {
+        if i.is_multiple_of(3) && rng.below(4) == 0 {
             let len = 50 + rng.below(300);
             j.save_snapshot_blocking(&pid(i), ack.last_seq, Manifest::new("S", 1), rng.bytes(len))
                 .unwrap();

@@ -84,7 +84,10 @@ fn a_fault_after_any_write_leaves_a_prefix_of_committed_appends() {
         let events = j.all_events(&pid).unwrap();
         let seqs: Vec<u64> = events.iter().map(|e| e.seq.0).collect();
         let n = seqs.len() as u64;
-        assert!(n % 2 == 0, "k={k}: a two-event append was torn: {seqs:?}");
+        assert!(
+            n.is_multiple_of(2),
+            "k={k}: a two-event append was torn: {seqs:?}"
+        );
         assert!(
             n / 2 == acked || n / 2 == acked + 1,
             "k={k}: acked {acked}, found {seqs:?}"

@@ -29,7 +29,7 @@ fn builder(seed: u64) -> JournalBuilder {
         .segment_events(32)
         .pack_step_events(8)
         .max_chunk_bytes(300)
-        .merge_generations(seed % 2 == 0)
+        .merge_generations(seed.is_multiple_of(2))
 }
 
 /// `(appender, n)` in every payload: which append it was.
