@@ -210,8 +210,13 @@ impl JournalBuilder {
     /// outside async code or through `spawn_blocking`.
     ///
     /// A missing file or an empty regular file becomes a new journal; through symbolic links,
-    /// the journal is created where they lead. A directory, device, FIFO or socket is
-    /// [`crate::JournalError::NotAJournal`] and is left as it is.
+    /// the journal is created where they lead. An empty file is written in place, so it keeps
+    /// its mode, owner and hard links. A crash during creation leaves no file, the empty file,
+    /// or a file whose creation was interrupted, which the next writable open creates again
+    /// (and a read-only open refuses); two processes creating the same journal at once get one
+    /// journal between them, the other one [`crate::JournalError::Locked`] or that journal. A
+    /// directory, device, FIFO or socket is [`crate::JournalError::NotAJournal`] and is left
+    /// as it is.
     ///
     /// # Errors
     /// [`crate::JournalError::NotAJournal`], [`crate::JournalError::UnsupportedFormat`],

@@ -2,8 +2,6 @@
 //! goes through the group-commit writer. Reads live on [`JournalReader`], which `Journal`
 //! dereferences to.
 
-use std::fs;
-use std::io::Read;
 use std::ops::Deref;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -18,6 +16,7 @@ use tracing::{info, info_span};
 use crate::codec;
 use crate::config::{Durability, JournalBuilder};
 use crate::error::{JournalError, Rejected, Result};
+use crate::file::FileKind;
 use crate::ids::{PersistenceId, Seq, KEY_GROUP_HASH};
 use crate::keys;
 use crate::meta::{Header, State, FORMAT_VERSION};
@@ -109,51 +108,6 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
-
-/// What is at `path`: nothing, an empty file, or something that must be a redb file.
-pub(crate) enum FileKind {
-    Missing,
-    Empty,
-    Redb,
-}
-
-/// Why a device, FIFO or socket at a journal's path is not a journal.
-const NOT_REGULAR: &str = "not a regular file (a device, FIFO or socket)";
-
-pub(crate) fn probe_file(path: &Path) -> Result<FileKind> {
-    let not = |detail: &str| JournalError::NotAJournal {
-        path: path.to_path_buf(),
-        detail: detail.to_string(),
-    };
-    let meta = match fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileKind::Missing),
-        Err(e) => return Err(JournalError::Io(format!("{}: {e}", path.display()))),
-    };
-    if meta.is_dir() {
-        return Err(not("is a directory"));
-    }
-    // A device, FIFO or socket reports length 0; it must never be taken for an empty file
-    // (creating a journal would replace it, `/dev/null` included).
-    if !meta.is_file() {
-        return Err(not(NOT_REGULAR));
-    }
-    if meta.len() == 0 {
-        return Ok(FileKind::Empty);
-    }
-    let mut magic = [0u8; 9];
-    let mut f =
-        fs::File::open(path).map_err(|e| JournalError::Io(format!("{}: {e}", path.display())))?;
-    let n = f
-        .read(&mut magic)
-        .map_err(|e| JournalError::Io(format!("{}: {e}", path.display())))?;
-    if n < magic.len() || magic != REDB_MAGIC {
-        return Err(not("not a redb file"));
-    }
-    Ok(FileKind::Redb)
-}
-
 /// Maps an error of opening the redb file, naming the path.
 pub(crate) fn open_error(path: &Path, e: redb::DatabaseError) -> JournalError {
     match e {
@@ -210,16 +164,20 @@ impl Journal {
         let span = info_span!("journal.open", path = %path.display());
         let _g = span.enter();
         let started = std::time::Instant::now();
-        let kind = probe_file(path)?;
-        if !cfg.create && !matches!(kind, FileKind::Redb) {
-            return Err(JournalError::NotAJournal {
-                path: path.to_path_buf(),
-                detail: match kind {
-                    FileKind::Missing => "no such file".into(),
-                    _ => "empty file".into(),
-                },
-            });
+        if !cfg.create {
+            FileKind::require_redb(path)?;
         }
+        // Until a journal is there: another creator may link or write one meanwhile, or remove
+        // the file; three looks are plenty for any real race.
+        let mut kind = FileKind::probe(path)?;
+        for _ in 0..3 {
+            if kind == FileKind::Redb {
+                break;
+            }
+            crate::file::create(path, kind, &cfg)?;
+            kind = FileKind::probe(path)?;
+        }
+        FileKind::require_redb(path)?;
         let mut b = redb::Builder::new();
         b.set_cache_size(cfg.cache_bytes);
         b.set_check_integrity_on_open(cfg.verify_on_open);
@@ -227,9 +185,6 @@ impl Journal {
             Durability::Immediate => redb::ConcurrencyMode::SingleWriter,
             Durability::None => redb::ConcurrencyMode::ExclusiveWriter,
         });
-        if !matches!(kind, FileKind::Redb) {
-            create_atomically(path, &b, &cfg)?;
-        }
         let db = guard(path, || b.open(path).map_err(|e| open_error(path, e)))?;
         Self::start(db, cfg, path, started)
     }
@@ -638,80 +593,8 @@ impl Journal {
     }
 }
 
-/// Creates a new journal file so that a crash at any moment leaves either no file (or the
-/// empty file that was there) or a complete journal: it is built under a temporary name in the
-/// same directory, synced, and then linked into place (a concurrent creator wins cleanly).
-///
-/// An empty file reached through a symbolic link is replaced where it is, so the link keeps
-/// pointing at the journal; only a regular file is ever replaced (`probe_file` refuses the rest).
-fn create_atomically(path: &Path, b: &redb::Builder, cfg: &JournalBuilder) -> Result<()> {
-    let io = |e: std::io::Error| JournalError::Io(format!("{}: {e}", path.display()));
-    let resolved = follow_links(path).map_err(io)?;
-    let path = resolved.as_path();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    // A name of its own, not derived from the journal's: a journal name near the file system's
-    // 255-byte limit must still be creatable.
-    let tmp = dir.join(format!(
-        ".stateline-creating-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let result = (|| {
-        let db = guard(&tmp, || b.create(&tmp).map_err(|e| open_error(&tmp, e)))?;
-        guard(&tmp, || init_or_check(&db, &tmp, cfg))?;
-        drop(db);
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        match fs::metadata(path) {
-            // An empty regular file was there: replace it.
-            Ok(m) if m.is_file() && m.len() == 0 => fs::rename(&tmp, path).map_err(io)?,
-            Ok(m) if !m.is_file() => {
-                return Err(JournalError::NotAJournal {
-                    path: path.to_path_buf(),
-                    detail: NOT_REGULAR.into(),
-                })
-            }
-            // Another creator won the race: use its journal.
-            Ok(_) => {}
-            Err(_) => match fs::hard_link(&tmp, path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io(e)),
-            },
-        }
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    let _ = fs::remove_file(&tmp);
-    result
-}
-
-/// Where `path` leads through symbolic links (the last one may point at a missing file).
-fn follow_links(path: &Path) -> std::io::Result<std::path::PathBuf> {
-    let mut at = path.to_path_buf();
-    // As the kernel's own limit on links followed in one lookup (40, the last one included).
-    for _ in 0..=40 {
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = fs::read_link(&at)?;
-                at = match at.parent() {
-                    Some(dir) => dir.join(target),
-                    None => target,
-                };
-            }
-            _ => return Ok(at),
-        }
-    }
-    Err(std::io::Error::other("too many levels of symbolic links"))
-}
-
 /// Creates the header of a new journal or checks the one found (G9, key groups, hash).
-fn init_or_check(
+pub(crate) fn init_or_check(
     db: &redb::Database,
     path: &Path,
     cfg: &JournalBuilder,

@@ -23,6 +23,7 @@ mod codec;
 mod config;
 mod error;
 mod fault;
+mod file;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

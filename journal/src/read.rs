@@ -14,8 +14,9 @@ use tokio::sync::watch;
 
 use crate::codec;
 use crate::error::{JournalError, Result};
+use crate::file::FileKind;
 use crate::ids::{KeyGroup, Offset, PersistenceId, Seq};
-use crate::journal::{guard, open_error, probe_file, read_header, FileKind};
+use crate::journal::{guard, open_error, read_header};
 use crate::keys;
 use crate::meta::{EntityRow, Header, State};
 use crate::record::{EventRecord, SnapshotRecord};
@@ -132,21 +133,7 @@ impl JournalReader {
     /// the recovery that only a writable open performs).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<JournalReader> {
         let path = path.as_ref();
-        match probe_file(path)? {
-            FileKind::Redb => {}
-            FileKind::Missing => {
-                return Err(JournalError::NotAJournal {
-                    path: path.to_path_buf(),
-                    detail: "no such file".into(),
-                })
-            }
-            FileKind::Empty => {
-                return Err(JournalError::NotAJournal {
-                    path: path.to_path_buf(),
-                    detail: "empty file".into(),
-                })
-            }
-        }
+        FileKind::require_redb(path)?;
         guard(path, || {
             let mut b = redb::Builder::new();
             b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);

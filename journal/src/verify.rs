@@ -9,8 +9,9 @@ use redb::ReadableDatabase;
 
 use crate::codec;
 use crate::error::{JournalError, Result};
+use crate::file::FileKind;
 use crate::ids::Seq;
-use crate::journal::{guard, open_error, probe_file, FileKind};
+use crate::journal::{guard, open_error};
 use crate::keys;
 use crate::meta::{EntityRow, GenerationRow};
 use crate::read::{read_state, JournalReader};
@@ -247,12 +248,7 @@ impl JournalReader {
 /// [`JournalError::Io`].
 pub fn check_file_integrity(path: impl AsRef<Path>) -> Result<bool> {
     let path = path.as_ref();
-    if !matches!(probe_file(path)?, FileKind::Redb) {
-        return Err(JournalError::NotAJournal {
-            path: path.to_path_buf(),
-            detail: "no such file or empty".into(),
-        });
-    }
+    FileKind::require_redb(path)?;
     guard(path, || {
         let mut db = redb::Builder::new()
             .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
@@ -278,12 +274,7 @@ pub struct CompactReport {
 /// [`check_file_integrity`].
 pub fn compact_file(path: impl AsRef<Path>) -> Result<CompactReport> {
     let path = path.as_ref();
-    if !matches!(probe_file(path)?, FileKind::Redb) {
-        return Err(JournalError::NotAJournal {
-            path: path.to_path_buf(),
-            detail: "no such file or empty".into(),
-        });
-    }
+    FileKind::require_redb(path)?;
     let size = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| m.len())
