@@ -6,7 +6,7 @@
 mod cli_support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -161,4 +161,89 @@ fn a_journal_opened_without_durability_is_exclusive() {
     assert!(r.stderr.contains("locked"), "{}", r.stderr);
     drop(j);
     stateline(["info", db]).ok();
+}
+
+/// Waits for `child` to exit, failing the test (and killing it) after 20 s.
+fn exit_of(child: &mut Child, what: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{what}: still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    std::process::Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// `changelog --follow` from the journal's last event: waits for that one line to be printed
+/// and returns the child with the read end of its stdout, to keep or to close.
+fn follow_last(db: &std::path::Path) -> (Child, ChildStdout) {
+    let from = highest_offset().0.to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stateline"))
+        .args(["changelog", db.to_str().unwrap(), "--follow", "--json"])
+        .args(["--from-offset", &from])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = reader.read_line(&mut line);
+        let _ = tx.send((read.map(|_| line), reader.into_inner()));
+    });
+    let (line, stdout) = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the first line within 20 s");
+    let first: Value = serde_json::from_str(&line.unwrap()).unwrap();
+    assert_eq!(first["offset"], highest_offset().0);
+    (child, stdout)
+}
+
+/// `stateline changelog db --follow | head -1` on a journal nobody writes to: once the reader
+/// of its output goes away, the follower exits quietly (0) without waiting for a commit that
+/// may never come. Before, it learnt of the closed pipe only at its next write, so it ran on.
+#[cfg(unix)]
+#[test]
+fn changelog_follow_exits_once_its_reader_goes_away_while_idle() {
+    let f = bank();
+    let (mut child, stdout) = follow_last(&f.path);
+    drop(stdout);
+    let out = exit_of(&mut child, "changelog --follow after its reader left");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+/// A followed journal that is removed, or replaced by another file, ends the follow with exit 1
+/// and a line saying so: the old handle would read a file nobody writes to any more.
+#[cfg(unix)]
+#[test]
+fn changelog_follow_fails_once_its_journal_is_removed_or_replaced() {
+    let f = bank();
+    let (mut child, _stdout) = follow_last(&f.path);
+    std::fs::remove_file(&f.path).unwrap();
+    let out = exit_of(&mut child, "changelog --follow of a removed journal");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("removed while it was followed"), "{stderr}");
+
+    let f = bank();
+    let (mut child, _stdout) = follow_last(&f.path);
+    let other = f.dir.path().join("other.redb");
+    std::fs::copy(&f.path, &other).unwrap();
+    std::fs::rename(&other, &f.path).unwrap();
+    let out = exit_of(&mut child, "changelog --follow of a replaced journal");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("replaced by another file"), "{stderr}");
 }

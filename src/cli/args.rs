@@ -265,6 +265,8 @@ pub(crate) struct ChangelogArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub from_offset: u64,
     /// Keep running and print events as they are committed (polls every 200 ms; Ctrl-C stops).
+    /// Ends with exit 0 once the reader of stdout goes away (`| head`), and with exit 1 if the
+    /// journal file is removed or replaced by another one.
     #[arg(long)]
     pub follow: bool,
 }

@@ -86,6 +86,9 @@ pub(crate) struct Ctx<'a> {
     pub registry: &'a Registry,
     /// Draw progress bars (stderr is a terminal).
     pub progress: bool,
+    /// `out` is the process's standard output, so a command that waits (`changelog --follow`)
+    /// can ask whether its reader went away ([`output::stdout_reader_gone`]).
+    pub process_stdout: bool,
 }
 
 impl Cli {
@@ -114,7 +117,7 @@ impl Cli {
         let mut out = stdout.lock();
         // Not locked for the whole run: progress bars draw on stderr from their own thread.
         let mut err = std::io::stderr();
-        self.run_with(std::env::args_os(), &mut out, &mut err)
+        self.run_on(std::env::args_os(), &mut out, &mut err, true)
     }
 
     /// Runs the command line `args` (the first item is the program name) writing to `stdout`
@@ -125,7 +128,23 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        let result = catch_unwind(AssertUnwindSafe(|| self.dispatch(args, stdout)));
+        self.run_on(args, stdout, stderr, false)
+    }
+
+    fn run_on<I, T>(
+        self,
+        args: I,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+        process_stdout: bool,
+    ) -> i32
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.dispatch(args, stdout, process_stdout)
+        }));
         let err = match result {
             Ok(Ok(())) => return EXIT_OK,
             Ok(Err(e)) => e,
@@ -145,7 +164,12 @@ impl Cli {
         err.code
     }
 
-    fn dispatch<I, T>(&self, args: I, stdout: &mut dyn Write) -> Result<(), CliError>
+    fn dispatch<I, T>(
+        &self,
+        args: I,
+        stdout: &mut dyn Write,
+        process_stdout: bool,
+    ) -> Result<(), CliError>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
@@ -159,6 +183,7 @@ impl Cli {
             out: Out::new(stdout),
             registry: &self.registry,
             progress: std::io::stderr().is_terminal(),
+            process_stdout,
         };
         let r = match &args.command {
             Command::Info(a) => commands::info::run(&mut ctx, a),

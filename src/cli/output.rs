@@ -56,6 +56,34 @@ impl<'a> Out<'a> {
     }
 }
 
+/// Whether the reader of the process's standard output has gone away (the other end of a pipe
+/// or socket closed, a terminal hung up), found without writing anything: a follower that has
+/// nothing to print would otherwise learn of it only at its next write.
+#[cfg(unix)]
+pub(crate) fn stdout_reader_gone() -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let fd = stdout.as_fd();
+    let mut fds = [PollFd::new(&fd, PollFlags::empty())];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    match poll(&mut fds, Some(&zero)) {
+        Ok(n) if n > 0 => fds[0]
+            .revents()
+            .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL),
+        _ => false,
+    }
+}
+
+/// Whether the reader of the process's standard output has gone away (not known here).
+#[cfg(not(unix))]
+pub(crate) fn stdout_reader_gone() -> bool {
+    false
+}
+
 /// `1536` → `1.5 KiB`.
 pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -1,12 +1,14 @@
 //! `stateline changelog`: every event in global offset order; with `--follow`, new commits of
 //! a running application as they land (polling a read-only handle).
 
+use std::path::Path;
 use std::time::Duration;
 
 use stateline_journal::{JournalReader, Offset};
 
 use crate::cli::args::ChangelogArgs;
 use crate::cli::error::{CliError, CliResult};
+use crate::cli::output;
 use crate::cli::payload::EventJson;
 use crate::cli::Ctx;
 
@@ -44,10 +46,59 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, a: &ChangelogArgs) -> CliResult {
         return Ok(());
     }
     // A read-only handle follows the writer's commits (redb shares the file in the writer's
-    // concurrency mode), so one handle serves the whole run.
+    // concurrency mode), so one handle serves the whole run, as long as the path still names
+    // the file it reads.
+    let file = FileIdentity::of(&a.db)?;
     loop {
         ctx.out.flush()?;
         std::thread::sleep(POLL);
+        if ctx.process_stdout && output::stdout_reader_gone() {
+            return Err(CliError::broken_pipe());
+        }
+        file.check(&a.db)?;
         next = drain(ctx, &r, next)?;
+    }
+}
+
+/// Which file a path names, to notice it being removed or replaced while it is followed (the
+/// handle would go on reading the old file, which no writer appends to any more).
+struct FileIdentity {
+    #[cfg(unix)]
+    dev_ino: (u64, u64),
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> CliResult<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| CliError::io(path.display(), &e))?;
+        #[cfg(unix)]
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            Self {
+                dev_ino: (meta.dev(), meta.ino()),
+            }
+        };
+        #[cfg(not(unix))]
+        let id = {
+            let _ = meta;
+            Self {}
+        };
+        Ok(id)
+    }
+
+    /// Fails (exit 1) once `path` no longer names the file followed.
+    fn check(&self, path: &Path) -> CliResult {
+        let p = path.display();
+        match Self::of(path) {
+            #[cfg(unix)]
+            Ok(now) if now.dev_ino != self.dev_ino => Err(CliError::usage(format!(
+                "{p}: the journal was replaced by another file while it was followed; run the \
+                 command again to follow the new one"
+            ))),
+            Ok(_) => Ok(()),
+            Err(_) if !path.exists() => Err(CliError::usage(format!(
+                "{p}: the journal was removed while it was followed"
+            ))),
+            Err(e) => Err(e),
+        }
     }
 }
