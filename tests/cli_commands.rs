@@ -400,6 +400,32 @@ fn verify_passes_on_a_good_journal() {
     assert_eq!(skipped["integrity"], "skipped (--skip-pages)");
 }
 
+/// A journal that was not closed cleanly (a copy taken while a writer had it open): verify's
+/// page check recovers it, as the application's next open would; with --skip-pages, verify
+/// exits 1 saying to run it without --skip-pages (before, it pointed back at `verify`).
+#[test]
+fn verify_recovers_a_journal_not_closed_cleanly_unless_told_to_skip_pages() {
+    let f = bank();
+    let unclean = f.dir.path().join("unclean.redb");
+    {
+        let j = stateline::Journal::open(&f.path).unwrap();
+        std::fs::copy(&f.path, &unclean).unwrap();
+        drop(j);
+    }
+    let u = unclean.to_str().unwrap();
+    let r = stateline(["verify", u, "--skip-pages"]).fails(1);
+    r.one_error_line();
+    assert!(
+        r.stderr.contains("not closed cleanly") && r.stderr.contains("without --skip-pages"),
+        "{}",
+        r.stderr
+    );
+    let v = stateline(["verify", u, "--json"]).ok().json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["integrity"], "ok");
+    assert_eq!(v["events"], stored_events());
+}
+
 #[test]
 fn export_writes_entities_events_and_snapshots() {
     let f = bank();

@@ -12,9 +12,11 @@ const ABOUT: &str = "Inspect, replay, verify and maintain stateline journals";
 
 const LONG_ABOUT: &str = "Inspect, replay, verify and maintain stateline journals.
 
-Read-only commands (info, ls, stats, events, changelog, replay, diff, verify, export) open the \
-journal without the writer's lock, so a running application can be inspected. Writing commands \
-(import, retain, compact) refuse a journal that another process has open.
+Read-only commands (info, ls, stats, events, changelog, replay, diff, export) open the journal \
+without the writer's lock, so a running application can be inspected. verify reads the same way, \
+then runs redb's page check, which opens the file for writing (unless another process has it \
+open, or with --skip-pages). Writing commands (import, retain, compact) refuse a journal that \
+another process has open.
 
 Exit codes: 0 success; 1 usage or I/O error (also: not a journal, locked); 2 corruption or a \
 failed verification; 3 a journal written by a newer format.";

@@ -80,7 +80,8 @@ impl CliError {
             }
             JournalError::Locked { .. } => Self::usage(format!(
                 "{p}: journal is locked by another process; stop the application that has it \
-                 open (read-only commands work meanwhile)"
+                 open (read-only commands work meanwhile, unless it opened the journal with \
+                 Durability::None, which locks readers out too)"
             )),
             JournalError::NeedsRecovery { .. } => Self::usage(format!(
                 "{p}: journal was not closed cleanly and needs the recovery that only a writable \

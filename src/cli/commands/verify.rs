@@ -4,8 +4,10 @@
 //! problem exits 2.
 //!
 //! redb's page check needs a writable open (it repairs what it can), so it runs last, only on a
-//! journal that passed everything else and that no other process has open, and never with
-//! `--skip-pages`; a journal that was not closed cleanly is recovered by it first.
+//! journal that passed everything else, that no other process has open and that may be written,
+//! and never with `--skip-pages`; a journal that was not closed cleanly is recovered by it
+//! first. It is the one part of `verify` that writes to the file (redb's header, on open and
+//! close).
 
 use serde::Serialize;
 use stateline_journal::{check_file_integrity, JournalError, JournalReader, Seq};
@@ -41,8 +43,25 @@ struct Report {
     problems: Vec<ProblemOut>,
 }
 
-/// The redb page check; needs exclusive access, so it is skipped while a writer runs.
+/// Why the page check cannot open `path` for writing, if the reason is one to skip it for (no
+/// write permission, a read-only file system); opening it so writes nothing.
+fn unwritable(path: &std::path::Path) -> Option<String> {
+    use std::io::ErrorKind::{PermissionDenied, ReadOnlyFilesystem};
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Err(e) if matches!(e.kind(), PermissionDenied | ReadOnlyFilesystem) => {
+            Some(format!("the file cannot be opened for writing ({e})"))
+        }
+        _ => None,
+    }
+}
+
+/// The redb page check; needs exclusive access, so it is skipped while a writer runs, and write
+/// access, so it is skipped without it. Any other I/O error (a full disk, a failing one) fails
+/// the command (exit 1): the check did not run, and saying "skipped" would hide why.
 fn integrity(path: &std::path::Path, problems: &mut Vec<ProblemOut>) -> CliResult<String> {
+    if let Some(why) = unwritable(path) {
+        return Ok(format!("skipped: {why}"));
+    }
     match check_file_integrity(path) {
         Ok(true) => Ok("ok".into()),
         Ok(false) => {
@@ -59,9 +78,19 @@ fn integrity(path: &std::path::Path, problems: &mut Vec<ProblemOut>) -> CliResul
             problems.push(ProblemOut { location, detail });
             Ok("failed".into())
         }
-        Err(JournalError::Io(e)) => Ok(format!("skipped: {e}")),
-        Err(e) => Err(CliError::journal(path, e)),
+        Err(e) => Err(page_check_failed(path, e)),
     }
+}
+
+/// The page check could not run: the journal error, saying which step failed.
+fn page_check_failed(path: &std::path::Path, e: JournalError) -> CliError {
+    let e = CliError::journal(path, e);
+    let p = format!("{}: ", path.display());
+    let rest = e.message.strip_prefix(&p).unwrap_or(&e.message);
+    CliError::new(
+        e.code,
+        format!("{p}redb's page check could not run: {rest}"),
+    )
 }
 
 /// Every event and snapshot payload decodes as MessagePack, and as its type when registered.
@@ -174,7 +203,27 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, a: &VerifyArgs) -> CliResult {
             // application would on its next open.
             progress.phase(0, "recovering and checking pages");
             report.integrity = integrity(path, &mut report.problems)?;
-            JournalReader::open_read_only(path)
+            match JournalReader::open_read_only(path) {
+                // The recovery did not happen (the page check was skipped): say why, rather
+                // than point back at this command.
+                Err(e) if needs_recovery(&e) => {
+                    return Err(CliError::usage(format!(
+                        "{}: journal was not closed cleanly and needs the recovery that only a \
+                         writable open performs, which verify's page check could not do ({})",
+                        path.display(),
+                        report.integrity
+                    )))
+                }
+                other => other,
+            }
+        }
+        Err(e) if needs_recovery(&e) => {
+            return Err(CliError::usage(format!(
+                "{}: journal was not closed cleanly and needs the recovery that only a writable \
+                 open performs: run `stateline verify` without --skip-pages, or open it with \
+                 the application",
+                path.display()
+            )))
         }
         other => other,
     };
