@@ -4,7 +4,7 @@
 //! one.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -46,7 +46,7 @@ impl FileKind {
     pub(crate) fn probe(path: &Path) -> Result<FileKind> {
         let meta = match fs::metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileKind::Missing),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(FileKind::Missing),
             Err(e) => return Err(io_at(path, e)),
         };
         if meta.is_dir() {
@@ -61,7 +61,27 @@ impl FileKind {
             return Ok(FileKind::Empty);
         }
         let mut f = fs::File::open(path).map_err(|e| io_at(path, e))?;
-        classify(path, &mut f)
+        let first_look = kind_of(read_head(path, &mut f)?);
+        if first_look == Some(FileKind::Redb) {
+            return Ok(FileKind::Redb);
+        }
+        // Not redb's (yet). A creator writes under the file's exclusive lock: look again under
+        // a shared one, so that a head half-written at this moment is not taken for a foreign
+        // file, and a creation in progress is not taken for an interrupted one.
+        let kind = match f.try_lock_shared() {
+            Ok(()) => {
+                f.seek(SeekFrom::Start(0)).map_err(|e| io_at(path, e))?;
+                kind_of(read_head(path, &mut f)?)
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
+            // No locks on this file system: the first look is all there is.
+            Err(fs::TryLockError::Error(_)) => first_look,
+        };
+        kind.ok_or_else(|| not_a_journal(path, "not a redb file"))
     }
 
     /// [`Self::probe`], requiring a journal (for opens that never create one).
@@ -81,23 +101,31 @@ impl FileKind {
     }
 }
 
-/// The kind of a non-empty regular file, from its first bytes.
-fn classify(path: &Path, f: &mut fs::File) -> Result<FileKind> {
+/// Up to the first 9 bytes of a file, and how many there are (fewer: the file is shorter).
+fn read_head(path: &Path, f: &mut fs::File) -> Result<([u8; 9], usize)> {
     let mut head = [0u8; 9];
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(io_at(path, e)),
         }
     }
-    match head {
-        _ if n < head.len() => Err(not_a_journal(path, "not a redb file")),
-        REDB_MAGIC => Ok(FileKind::Redb),
-        CREATING_MAGIC => Ok(FileKind::Interrupted),
-        _ => Err(not_a_journal(path, "not a redb file")),
+    Ok((head, n))
+}
+
+/// The kind of a non-empty regular file from its first bytes, `None` if it is not a journal.
+/// A file of fewer than 9 bytes that begin [`CREATING_MAGIC`] is an interrupted creation too
+/// (its first step cut short).
+fn kind_of((head, n): ([u8; 9], usize)) -> Option<FileKind> {
+    if n == REDB_MAGIC.len() && head == REDB_MAGIC {
+        Some(FileKind::Redb)
+    } else if n > 0 && head[..n] == CREATING_MAGIC[..n] {
+        Some(FileKind::Interrupted)
+    } else {
+        None
     }
 }
 
@@ -157,10 +185,7 @@ fn create_new(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     let path = follow_links(path).map_err(|e| io_at(path, e))?;
     let path = path.as_path();
     let io = |e| io_at(path, e);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = parent_dir(path);
     let bytes = new_journal_bytes(path, cfg)?;
     // A name of its own, not derived from the journal's: a journal name near the file system's
     // 255-byte limit must still be creatable.
@@ -180,13 +205,10 @@ fn create_new(path: &Path, cfg: &JournalBuilder) -> Result<()> {
         match fs::hard_link(&tmp, path) {
             Ok(()) => {}
             // Another creator won the race: its file is used (or refused) by the caller.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(e)),
         }
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        sync_dir(&dir)
     })();
     let _ = fs::remove_file(&tmp);
     result
@@ -198,7 +220,7 @@ fn create_in_place(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     let mut f = match fs::OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
         // Removed meanwhile: the caller looks again.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io(e)),
     };
     let meta = f.metadata().map_err(io)?;
@@ -210,8 +232,8 @@ fn create_in_place(path: &Path, cfg: &JournalBuilder) -> Result<()> {
         // Another creator is writing it, or a finished journal is open: the latter is opened
         // like any journal.
         Err(fs::TryLockError::WouldBlock) => {
-            return match classify(path, &mut f) {
-                Ok(FileKind::Redb) => Ok(()),
+            return match kind_of(read_head(path, &mut f)?) {
+                Some(FileKind::Redb) => Ok(()),
                 _ => Err(JournalError::Locked {
                     path: path.to_path_buf(),
                 }),
@@ -223,9 +245,10 @@ fn create_in_place(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     // something else.
     if f.metadata().map_err(io)?.len() > 0 {
         f.seek(SeekFrom::Start(0)).map_err(io)?;
-        match classify(path, &mut f)? {
-            FileKind::Redb => return Ok(()),
-            _ => f.set_len(0).map_err(io)?,
+        match kind_of(read_head(path, &mut f)?) {
+            Some(FileKind::Redb) => return Ok(()),
+            Some(_) => f.set_len(0).map_err(io)?,
+            None => return Err(not_a_journal(path, "not a redb file")),
         }
     }
     let mut write_at = |offset: u64, data: &[u8]| -> std::io::Result<()> {
@@ -237,8 +260,30 @@ fn create_in_place(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     write_at(0, &CREATING_MAGIC).map_err(io)?;
     write_at(magic as u64, &bytes[magic..]).map_err(io)?;
     write_at(0, &bytes[..magic]).map_err(io)?;
+    // The file may have been created just before (`touch`) without its directory entry
+    // being durable: acknowledged events must not vanish with it.
+    let at = follow_links(path).map_err(io)?;
+    sync_dir(&parent_dir(&at))?;
     // Closing the file releases the lock.
     Ok(())
+}
+
+/// The directory `path` is in.
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Makes the entries of directory `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    match fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(()),
+        // Some file systems cannot sync a directory: there is nothing more to do there.
+        Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Unsupported) => Ok(()),
+        Err(e) => Err(io_at(dir, e)),
+    }
 }
 
 /// Where `path` leads through symbolic links (the last one may point at a missing file).

@@ -150,12 +150,14 @@ fn an_interrupted_creation_is_refused_read_only_and_created_again() {
     let dir = tempfile::tempdir().unwrap();
     let fresh = fresh_journal_bytes(dir.path());
     assert!(fresh.len() > 4096, "{}", fresh.len());
-    let mut cuts = vec![9, 10, 512, 4096, fresh.len() / 2, fresh.len()];
+    // Cuts below 9: the creating magic itself cut short (its write was torn).
+    let mut cuts = vec![1, 5, 9, 10, 512, 4096, fresh.len() / 2, fresh.len()];
     cuts.dedup();
     for cut in cuts {
         let path = dir.path().join(format!("cut{cut}.redb"));
         let mut bytes = fresh[..cut].to_vec();
-        bytes[..9].copy_from_slice(&CREATING_MAGIC);
+        let marked = cut.min(9);
+        bytes[..marked].copy_from_slice(&CREATING_MAGIC[..marked]);
         std::fs::write(&path, &bytes).unwrap();
         for err in [
             JournalReader::open_read_only(&path).unwrap_err(),
@@ -198,4 +200,36 @@ fn a_file_that_only_resembles_an_interrupted_creation_is_left_alone() {
         "{err}"
     );
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+/// While a creation is under way (its creator holds the file's exclusive lock and has written
+/// the creating magic), every other open, read-only ones included, is `Locked`, not told the
+/// creation was interrupted, and the file is left to its creator.
+#[test]
+fn a_creation_under_way_is_locked_not_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.redb");
+    let mut bytes = CREATING_MAGIC.to_vec();
+    bytes.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&path, &bytes).unwrap();
+    let creator = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    creator.try_lock().unwrap();
+    for err in [
+        JournalReader::open_read_only(&path).unwrap_err(),
+        Journal::open(&path).unwrap_err(),
+        check_file_integrity(&path).unwrap_err(),
+    ] {
+        assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    drop(creator);
+    let err = JournalReader::open_read_only(&path).unwrap_err();
+    assert!(
+        matches!(&err, JournalError::NotAJournal { detail, .. } if detail.contains("interrupted")),
+        "{err}"
+    );
 }
