@@ -230,12 +230,22 @@ fn changelog_follow_exits_once_its_reader_goes_away_while_idle() {
 #[test]
 fn changelog_follow_fails_once_its_journal_is_removed_or_replaced() {
     let f = bank();
-    let (mut child, _stdout) = follow_last(&f.path);
+    let j = Journal::open(&f.path).unwrap();
+    let (mut child, stdout) = follow_last(&f.path);
+    // A commit just before the removal is still printed (from the old file) before the end.
+    append(&j, 2, EVENTS + 1);
     std::fs::remove_file(&f.path).unwrap();
     let out = exit_of(&mut child, "changelog --follow of a removed journal");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("removed while it was followed"), "{stderr}");
+    let rest: Vec<Value> = BufReader::new(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0]["seq"], EVENTS + 1);
+    drop(j);
 
     let f = bank();
     let (mut child, _stdout) = follow_last(&f.path);

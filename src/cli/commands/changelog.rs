@@ -35,27 +35,40 @@ fn drain(ctx: &mut Ctx<'_>, r: &JournalReader, from: Offset) -> CliResult<Offset
 
 /// Runs `changelog`.
 pub(crate) fn run(ctx: &mut Ctx<'_>, a: &ChangelogArgs) -> CliResult {
+    // Taken before the open, and checked after it, so that the file read is the file followed.
+    let file = if a.follow {
+        Some(FileIdentity::of(&a.db).map_err(|e| CliError::io(a.db.display(), &e))?)
+    } else {
+        None
+    };
     let r = open_read(&a.db)?;
+    if let Some(file) = &file {
+        file.check(&a.db)?;
+    }
     if !ctx.json {
         ctx.out.line(
             "    OFFSET     SEQ  TIMESTAMP                 PERSISTENCE ID  MANIFEST  PAYLOAD",
         )?;
     }
     let mut next = drain(ctx, &r, Offset(a.from_offset.max(1)))?;
-    if !a.follow {
+    let Some(file) = file else {
         return Ok(());
-    }
+    };
     // A read-only handle follows the writer's commits (redb shares the file in the writer's
     // concurrency mode), so one handle serves the whole run, as long as the path still names
     // the file it reads.
-    let file = FileIdentity::of(&a.db)?;
     loop {
         ctx.out.flush()?;
         std::thread::sleep(POLL);
         if ctx.process_stdout && output::stdout_reader_gone() {
             return Err(CliError::broken_pipe());
         }
-        file.check(&a.db)?;
+        if let Err(gone) = file.check(&a.db) {
+            // What was committed to the old file up to now is still printed.
+            drain(ctx, &r, next)?;
+            ctx.out.flush()?;
+            return Err(gone);
+        }
         next = drain(ctx, &r, next)?;
     }
 }
@@ -68,8 +81,8 @@ struct FileIdentity {
 }
 
 impl FileIdentity {
-    fn of(path: &Path) -> CliResult<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| CliError::io(path.display(), &e))?;
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
         #[cfg(unix)]
         let id = {
             use std::os::unix::fs::MetadataExt;
@@ -95,10 +108,10 @@ impl FileIdentity {
                  command again to follow the new one"
             ))),
             Ok(_) => Ok(()),
-            Err(_) if !path.exists() => Err(CliError::usage(format!(
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::usage(format!(
                 "{p}: the journal was removed while it was followed"
             ))),
-            Err(e) => Err(e),
+            Err(e) => Err(CliError::io(p, &e)),
         }
     }
 }

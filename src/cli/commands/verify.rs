@@ -204,6 +204,8 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, a: &VerifyArgs) -> CliResult {
             progress.phase(0, "recovering and checking pages");
             report.integrity = integrity(path, &mut report.problems)?;
             match JournalReader::open_read_only(path) {
+                // The page check found damage and did not recover the file: report it.
+                Err(e) if needs_recovery(&e) && !report.problems.is_empty() => Err(e),
                 // The recovery did not happen (the page check was skipped): say why, rather
                 // than point back at this command.
                 Err(e) if needs_recovery(&e) => {
@@ -258,6 +260,8 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, a: &VerifyArgs) -> CliResult {
             }
             payloads(&r, ctx.registry, &progress, &mut report);
         }
+        // A journal needing recovery whose page check found damage: the report says what.
+        Err(e) if needs_recovery(&e) && !report.problems.is_empty() => {}
         Err(e) => {
             let e = CliError::journal(path, e);
             if e.code != crate::cli::EXIT_CORRUPTED {
