@@ -27,7 +27,7 @@
 //! last segment, so replay reads only packed chunks), `STATELINE_BENCH_MERGE` [journal default]
 //! (1/0: merge packed generations or not), `STATELINE_BENCH_PACK_CACHE_BYTES` [journal
 //! default], `STATELINE_BENCH_MAX_CHUNK_BYTES` [journal default], `STATELINE_BENCH_CACHE_BYTES`
-//! [268435456, the journal's default] (redb page cache of the journal and of both baselines), `STATELINE_BENCH_ROUNDS` [3]
+//! [268435456, the journal's default] (redb page cache of the journal and of both baselines), `STATELINE_BENCH_ROUNDS` [5]
 //! (persist rounds, see below), `STATELINE_BENCH_REPLAY_PASSES` [5] (timed replay passes per
 //! side, journal and baseline alternating). With `RUST_LOG` set, the journal's tracing output goes to stderr.
 //!
@@ -147,7 +147,7 @@ impl Config {
             seal_before_replay: env_or("STATELINE_BENCH_SEAL", 0u8) != 0,
             merge: env_opt::<u8>("STATELINE_BENCH_MERGE").map(|v| v != 0),
             pack_cache_bytes: env_opt("STATELINE_BENCH_PACK_CACHE_BYTES"),
-            rounds: env_or("STATELINE_BENCH_ROUNDS", 3usize).max(1),
+            rounds: env_or("STATELINE_BENCH_ROUNDS", 5usize).max(1),
             replay_passes: env_or("STATELINE_BENCH_REPLAY_PASSES", 5usize).max(1),
             max_chunk_bytes: env_opt("STATELINE_BENCH_MAX_CHUNK_BYTES"),
             cache_bytes: env_or("STATELINE_BENCH_CACHE_BYTES", 256usize << 20),
