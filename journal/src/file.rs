@@ -94,7 +94,7 @@ impl FileKind {
             FileKind::Missing => "no such file",
             FileKind::Empty => "empty file",
             FileKind::Interrupted => {
-                "a journal whose creation was interrupted (a writable open creates it again)"
+                "a journal whose creation was interrupted; a writable open creates it again"
             }
         };
         Err(not_a_journal(path, detail))
