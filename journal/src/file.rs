@@ -305,6 +305,21 @@ fn follow_links(path: &Path) -> std::io::Result<PathBuf> {
     Err(std::io::Error::other("too many levels of symbolic links"))
 }
 
+/// Copies the bytes of `bytes` at `offset` into `out` (an in-memory backend's read).
+pub(crate) fn read_from(bytes: &[u8], offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    match bytes.get(start..start.saturating_add(out.len())) {
+        Some(src) => {
+            out.copy_from_slice(src);
+            Ok(())
+        }
+        None => Err(std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "read past the end of the storage",
+        )),
+    }
+}
+
 /// A redb storage backend in memory whose bytes can be taken afterwards.
 #[derive(Clone, Debug, Default)]
 struct MemoryFile {
@@ -323,18 +338,7 @@ impl redb::StorageBackend for MemoryFile {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
-        let bytes = self.bytes();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        match bytes.get(start..start.saturating_add(out.len())) {
-            Some(src) => {
-                out.copy_from_slice(src);
-                Ok(())
-            }
-            None => Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "read past the end of the file",
-            )),
-        }
+        read_from(&self.bytes(), offset, out)
     }
 
     fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {

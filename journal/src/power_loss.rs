@@ -133,19 +133,7 @@ impl StorageBackend for PowerLossStorage {
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        let disk = self.disk();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let end = start.saturating_add(out.len());
-        match disk.current.get(start..end) {
-            Some(src) => {
-                out.copy_from_slice(src);
-                Ok(())
-            }
-            None => Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "read past the end of the disk",
-            )),
-        }
+        crate::file::read_from(&self.disk().current, offset, out)
     }
 
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {

@@ -29,6 +29,17 @@ fn payloads(r: &JournalReader, p: &PersistenceId) -> Vec<String> {
         .collect()
 }
 
+/// Opens `path` and takes its exclusive lock, as a creator in progress holds it.
+fn lock_as_a_creator(path: &Path) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    f.try_lock().unwrap();
+    f
+}
+
 /// The bytes of a freshly created journal file.
 fn fresh_journal_bytes(dir: &Path) -> Vec<u8> {
     let path = dir.join("fresh.redb");
@@ -127,12 +138,7 @@ fn a_creation_in_progress_locks_out_other_creators() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     std::fs::write(&path, b"").unwrap();
-    let holder = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    holder.try_lock().unwrap();
+    let holder = lock_as_a_creator(&path);
     let err = Journal::open(&path).unwrap_err();
     assert!(matches!(err, JournalError::Locked { .. }), "{err}");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
@@ -212,12 +218,7 @@ fn a_creation_under_way_is_locked_not_interrupted() {
     let mut bytes = CREATING_MAGIC.to_vec();
     bytes.extend_from_slice(&[0u8; 4096]);
     std::fs::write(&path, &bytes).unwrap();
-    let creator = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    creator.try_lock().unwrap();
+    let creator = lock_as_a_creator(&path);
     for err in [
         JournalReader::open_read_only(&path).unwrap_err(),
         Journal::open(&path).unwrap_err(),
