@@ -189,10 +189,8 @@ fn create_new(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     let bytes = new_journal_bytes(path, cfg)?;
     // A name of its own, not derived from the journal's: a journal name near the file system's
     // 255-byte limit must still be creatable.
-    let tmp = dir.join(format!(
-        ".stateline-creating-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let tmp = dir.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+    remove_stale_temporaries(&dir);
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -212,6 +210,40 @@ fn create_new(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     })();
     let _ = fs::remove_file(&tmp);
     result
+}
+
+/// The name of a journal's temporary creation file, before a random suffix.
+const TEMP_PREFIX: &str = ".stateline-creating-";
+
+/// How old a temporary creation file must be to be taken for one a killed creator left (a
+/// creation takes milliseconds).
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the temporary creation files in `dir` that creators killed mid-creation left
+/// behind (best effort: what cannot be listed or removed stays).
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(suffix) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
+            continue;
+        };
+        if suffix.len() != 32 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_AFTER);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn create_in_place(path: &Path, cfg: &JournalBuilder) -> Result<()> {

@@ -234,3 +234,24 @@ fn a_creation_under_way_is_locked_not_interrupted() {
         "{err}"
     );
 }
+
+/// A temporary creation file that a creator killed mid-creation left (older than an hour) is
+/// removed by the next creation in its directory; a recent one (another creator's, at work) and
+/// files that only resemble one stay.
+#[test]
+fn a_stale_temporary_creation_file_is_removed_by_the_next_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, age_secs: u64| {
+        let p = dir.path().join(name);
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs))
+            .unwrap();
+        p
+    };
+    let stale = file(".stateline-creating-0123456789abcdef0123456789abcdef", 7200);
+    let recent = file(".stateline-creating-fedcba9876543210fedcba9876543210", 10);
+    let other = file(".stateline-creating-notours", 7200);
+    drop(Journal::open(dir.path().join("j.redb")).unwrap());
+    assert!(!stale.exists(), "the stale temporary file stayed");
+    assert!(recent.exists() && other.exists());
+}
