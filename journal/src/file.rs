@@ -116,18 +116,25 @@ fn read_head(path: &Path, f: &mut fs::File) -> Result<([u8; 9], usize)> {
     Ok((head, n))
 }
 
-/// The kind of a non-empty regular file from its first bytes, `None` if it is not a journal.
-/// A file of fewer than 9 bytes that begin [`CREATING_MAGIC`] is an interrupted creation too
-/// (its first step cut short).
+/// The kind of a regular file from its first bytes, `None` if it is not a journal. A file of
+/// 5 to 8 bytes that begin [`CREATING_MAGIC`] is an interrupted creation too (its first step
+/// cut short).
 fn kind_of((head, n): ([u8; 9], usize)) -> Option<FileKind> {
-    if n == REDB_MAGIC.len() && head == REDB_MAGIC {
+    if n == 0 {
+        // Emptied since it was looked at (a creator's first step undone, say).
+        Some(FileKind::Empty)
+    } else if n == REDB_MAGIC.len() && head == REDB_MAGIC {
         Some(FileKind::Redb)
-    } else if n > 0 && head[..n] == CREATING_MAGIC[..n] {
+    } else if n >= MIN_INTERRUPTED && head[..n] == CREATING_MAGIC[..n] {
         Some(FileKind::Interrupted)
     } else {
         None
     }
 }
+
+/// The shortest prefix of [`CREATING_MAGIC`] taken for an interrupted creation: through its
+/// 0x1A, so that a foreign file holding just `stln` is never written over.
+const MIN_INTERRUPTED: usize = 5;
 
 fn not_a_journal(path: &Path, detail: &str) -> JournalError {
     JournalError::NotAJournal {
@@ -212,6 +219,10 @@ fn create_new(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     result
 }
 
+/// How often a creator tries the file's lock (5 ms apart) before it reports `Locked`: a probe
+/// holds its shared lock for a read of 9 bytes.
+const LOCK_TRIES: u32 = 20;
+
 /// The name of a journal's temporary creation file, before a random suffix.
 const TEMP_PREFIX: &str = ".stateline-creating-";
 
@@ -259,19 +270,28 @@ fn create_in_place(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     if !meta.is_file() {
         return Err(not_a_journal(path, NOT_REGULAR));
     }
-    match f.try_lock() {
-        Ok(()) => {}
-        // Another creator is writing it, or a finished journal is open: the latter is opened
-        // like any journal.
-        Err(fs::TryLockError::WouldBlock) => {
-            return match kind_of(read_head(path, &mut f)?) {
-                Some(FileKind::Redb) => Ok(()),
-                _ => Err(JournalError::Locked {
-                    path: path.to_path_buf(),
-                }),
+    // Another creator is writing it, or a finished journal is open (it is then opened like
+    // any journal), or another open's probe holds a shared lock for a moment: that one is
+    // waited out, briefly.
+    let mut tries = 0;
+    loop {
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(fs::TryLockError::WouldBlock) => {
+                f.seek(SeekFrom::Start(0)).map_err(io)?;
+                if kind_of(read_head(path, &mut f)?) == Some(FileKind::Redb) {
+                    return Ok(());
+                }
+                tries += 1;
+                if tries == LOCK_TRIES {
+                    return Err(JournalError::Locked {
+                        path: path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
+            Err(fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        Err(fs::TryLockError::Error(e)) => return Err(io(e)),
     }
     // Under the lock, look again: another creator may have finished, or someone written
     // something else.
@@ -312,8 +332,16 @@ fn parent_dir(path: &Path) -> PathBuf {
 fn sync_dir(dir: &Path) -> Result<()> {
     match fs::File::open(dir).and_then(|d| d.sync_all()) {
         Ok(()) => Ok(()),
-        // Some file systems cannot sync a directory: there is nothing more to do there.
-        Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Unsupported) => Ok(()),
+        // Some file systems cannot sync a directory, and a directory without read permission
+        // cannot be opened to sync it: there is nothing more to do there.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidInput | ErrorKind::Unsupported | ErrorKind::PermissionDenied
+            ) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(io_at(dir, e)),
     }
 }

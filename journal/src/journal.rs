@@ -170,6 +170,7 @@ impl Journal {
         // Until a journal is there: another creator may link or write one meanwhile, or remove
         // the file; three looks are plenty for any real race.
         let mut kind = FileKind::probe(path)?;
+        let created = kind != FileKind::Redb;
         for _ in 0..3 {
             if kind == FileKind::Redb {
                 break;
@@ -185,7 +186,18 @@ impl Journal {
             Durability::Immediate => redb::ConcurrencyMode::SingleWriter,
             Durability::None => redb::ConcurrencyMode::ExclusiveWriter,
         });
-        let db = guard(path, || b.open(path).map_err(|e| open_error(path, e)))?;
+        // Just after a creation in place, another open's probe may hold the file's shared lock
+        // for a moment, which an exclusive open takes for another writer: try again briefly.
+        let mut tries = 0;
+        let db = loop {
+            match guard(path, || b.open(path).map_err(|e| open_error(path, e))) {
+                Err(JournalError::Locked { .. }) if created && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other?,
+            }
+        };
         Self::start(db, cfg, path, started)
     }
 

@@ -156,8 +156,8 @@ fn an_interrupted_creation_is_refused_read_only_and_created_again() {
     let dir = tempfile::tempdir().unwrap();
     let fresh = fresh_journal_bytes(dir.path());
     assert!(fresh.len() > 4096, "{}", fresh.len());
-    // Cuts below 9: the creating magic itself cut short (its write was torn).
-    let mut cuts = vec![1, 5, 9, 10, 512, 4096, fresh.len() / 2, fresh.len()];
+    // Cuts below 9: the creating magic itself cut short (its write was torn), through its 0x1A.
+    let mut cuts = vec![5, 8, 9, 10, 512, 4096, fresh.len() / 2, fresh.len()];
     cuts.dedup();
     for cut in cuts {
         let path = dir.path().join(format!("cut{cut}.redb"));
@@ -196,16 +196,19 @@ fn an_interrupted_creation_is_refused_read_only_and_created_again() {
 fn a_file_that_only_resembles_an_interrupted_creation_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
-    let mut bytes = CREATING_MAGIC.to_vec();
-    bytes[8] = 0x0A;
-    bytes.extend_from_slice(&[0u8; 100]);
-    std::fs::write(&path, &bytes).unwrap();
-    let err = Journal::open(&path).unwrap_err();
-    assert!(
-        matches!(&err, JournalError::NotAJournal { detail, .. } if detail.contains("not a redb file")),
-        "{err}"
-    );
-    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let mut almost = CREATING_MAGIC.to_vec();
+    almost[8] = 0x0A;
+    almost.extend_from_slice(&[0u8; 100]);
+    // A short text file that begins as the creating magic does (but stops before its 0x1A).
+    for bytes in [almost, b"stln".to_vec()] {
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Journal::open(&path).unwrap_err();
+        assert!(
+            matches!(&err, JournalError::NotAJournal { detail, .. } if detail.contains("not a redb file")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
 }
 
 /// While a creation is under way (its creator holds the file's exclusive lock and has written

@@ -13,7 +13,8 @@ const ABOUT: &str = "Inspect, replay, verify and maintain stateline journals";
 const LONG_ABOUT: &str = "Inspect, replay, verify and maintain stateline journals.
 
 Read-only commands (info, ls, stats, events, changelog, replay, diff, export) open the journal \
-without the writer's lock, so a running application can be inspected. verify reads the same way, \
+without the writer's lock, so a running application can be inspected (unless it opened the \
+journal with Durability::None, which locks readers out). verify reads the same way, \
 then runs redb's page check, which opens the file for writing (unless another process has it \
 open, or with --skip-pages). Writing commands (import, retain, compact) refuse a journal that \
 another process has open.
@@ -119,7 +120,8 @@ if anything is wrong, listing each problem with its location.
 
 The page check opens the file for writing (redb repairs what it can, and recovers a journal \
 that was not closed cleanly); it is skipped while another process has the journal open, when \
-other problems were found, and with --skip-pages.",
+the file cannot be opened for writing, when other problems were found, and with --skip-pages. \
+A journal that needs the recovery fails (exit 1) when the page check cannot run.",
         after_help = "Examples:
   stateline verify bank.redb
   stateline verify bank.redb --skip-pages --json"

@@ -78,7 +78,19 @@ fn integrity(path: &std::path::Path, problems: &mut Vec<ProblemOut>) -> CliResul
             problems.push(ProblemOut { location, detail });
             Ok("failed".into())
         }
-        Err(e) => Err(page_check_failed(path, e)),
+        Err(e) => {
+            let e = page_check_failed(path, e);
+            if e.code != crate::cli::EXIT_CORRUPTED {
+                return Err(e);
+            }
+            // A truncated file, say: a problem of the journal, reported with the others.
+            let p = format!("{}: ", path.display());
+            problems.push(ProblemOut {
+                location: path.display().to_string(),
+                detail: e.message.strip_prefix(&p).unwrap_or(&e.message).to_string(),
+            });
+            Ok("failed".into())
+        }
     }
 }
 
@@ -211,7 +223,7 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, a: &VerifyArgs) -> CliResult {
                 Err(e) if needs_recovery(&e) => {
                     return Err(CliError::usage(format!(
                         "{}: journal was not closed cleanly and needs the recovery that only a \
-                         writable open performs, which verify's page check could not do ({})",
+                         writable open performs, which verify's page check could not do: {}",
                         path.display(),
                         report.integrity
                     )))
