@@ -33,8 +33,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use stateline_journal::{
-    Durability, Journal, JournalBuilder, JournalReader, Manifest, NewEvent, Offset, PersistenceId,
-    Seq,
+    Durability, Journal, JournalBuilder, JournalError, JournalReader, Manifest, NewEvent, Offset,
+    PersistenceId, Seq,
 };
 
 /// Set (to the working directory) in the child's environment: makes the child test run.
@@ -550,30 +550,61 @@ fn crash_recovery_after_kill() {
     );
 }
 
-/// A kill while a new journal is being created (the child's open of a missing file) must leave
-/// a path that opens: no file, or a journal (empty, or with what was acknowledged). Kills at
-/// 0–3 ms after the child starts opening, in 75 µs steps.
+/// A kill while a new journal is being created must leave a path that opens: no file, the
+/// empty file, an interrupted creation, or a journal (empty, or with what was acknowledged).
+/// Half of the attempts create a missing file (temporary file, then a link), half write into
+/// an empty file that was there (in place, under its lock; the file must stay the same inode).
+/// Kills at 0–3 ms after the child starts opening, in 75 µs steps, for each way.
 #[test]
 fn crash_during_creation_leaves_an_openable_journal() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
     let mut refused = Vec::new();
-    let attempts = 40u64;
+    // What each kill left, per way of creating: counted to show the window is hit.
+    let mut left: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    let attempts = 80u64;
     for attempt in 0..attempts {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.redb");
+        let in_place = attempt % 2 == 1;
+        let inode = in_place.then(|| {
+            File::create(&path).unwrap();
+            inode_of(&path)
+        });
         let child = spawn_child(dir.path(), attempt + 1, 1);
         kill_after(
             child,
             dir.path(),
             "started",
-            Duration::from_micros(attempt * 75),
+            Duration::from_micros(attempt / 2 * 75),
         );
         let len = fs::metadata(&path).map(|m| m.len());
+        let state = match fs::read(&path) {
+            Err(_) => "no file",
+            Ok(b) if b.is_empty() => "empty file",
+            Ok(b) if b.starts_with(b"stln") => "interrupted creation",
+            Ok(_) => "journal",
+        };
+        let way = if in_place { "in place" } else { "missing file" };
+        *left.entry((way, state)).or_default() += 1;
+        // What a kill leaves is never anything a read-only open misreads.
+        match JournalReader::open_read_only(&path) {
+            Ok(_)
+            | Err(JournalError::NotAJournal { .. })
+            | Err(JournalError::NeedsRecovery { .. }) => {}
+            Err(e) => refused.push(format!("read-only open after a kill: {e}")),
+        }
         match builder().open(&path) {
             Ok(j) => {
                 drop(j);
+                if let Some(inode) = inode {
+                    assert_eq!(
+                        inode_of(&path),
+                        inode,
+                        "attempt {attempt}: the empty file was replaced"
+                    );
+                }
                 let acks = read_acks(&dir.path().join("acks.log"));
                 verify_with_deadline(&path, acks, attempt);
             }
@@ -582,12 +613,14 @@ fn crash_during_creation_leaves_an_openable_journal() {
                     .map(|b| b.into_iter().take(12).collect())
                     .unwrap_or_default();
                 refused.push(format!(
-                    "killed {}µs after start: file of {len:?} bytes starting {head:?}: {e}",
-                    attempt * 75
+                    "killed {}µs after start ({}): file of {len:?} bytes starting {head:?}: {e}",
+                    attempt / 2 * 75,
+                    way
                 ));
             }
         }
     }
+    println!("crash_during_creation: what the kills left: {left:?}");
     for r in &refused {
         println!("refused after a kill during creation: {r}");
     }
@@ -596,4 +629,18 @@ fn crash_during_creation_leaves_an_openable_journal() {
         "{} of {attempts} kills during creation left a file that does not open (see above)",
         refused.len()
     );
+}
+
+/// The file's inode number (0 where there is none to read).
+fn inode_of(path: &Path) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).map_or(0, |m| m.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        0
+    }
 }
