@@ -89,7 +89,12 @@ impl FileKind {
     /// # Errors
     /// As [`Self::probe`], and [`JournalError::NotAJournal`] for anything but a redb file.
     pub(crate) fn require_redb(path: &Path) -> Result<()> {
-        let detail = match Self::probe(path)? {
+        Self::probe(path)?.must_be_redb(path)
+    }
+
+    /// `Ok` for a redb file, [`JournalError::NotAJournal`] saying what `path` is otherwise.
+    pub(crate) fn must_be_redb(self, path: &Path) -> Result<()> {
+        let detail = match self {
             FileKind::Redb => return Ok(()),
             FileKind::Missing => "no such file",
             FileKind::Empty => "empty file",
@@ -219,9 +224,12 @@ fn create_new(path: &Path, cfg: &JournalBuilder) -> Result<()> {
     result
 }
 
-/// How often a creator tries the file's lock (5 ms apart) before it reports `Locked`: a probe
-/// holds its shared lock for a read of 9 bytes.
-const LOCK_TRIES: u32 = 20;
+/// How often a creator tries the file's lock ([`LOCK_PAUSE`] apart) before it reports
+/// `Locked`: a probe holds its shared lock for a read of 9 bytes.
+pub(crate) const LOCK_TRIES: u32 = 20;
+
+/// The pause between two tries of a lock a probe may hold for a moment.
+pub(crate) const LOCK_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The name of a journal's temporary creation file, before a random suffix.
 const TEMP_PREFIX: &str = ".stateline-creating-";
@@ -288,7 +296,7 @@ fn create_in_place(path: &Path, cfg: &JournalBuilder) -> Result<()> {
                         path: path.to_path_buf(),
                     });
                 }
-                std::thread::sleep(std::time::Duration::from_millis(5));
+                std::thread::sleep(LOCK_PAUSE);
             }
             Err(fs::TryLockError::Error(e)) => return Err(io(e)),
         }

@@ -164,21 +164,18 @@ impl Journal {
         let span = info_span!("journal.open", path = %path.display());
         let _g = span.enter();
         let started = std::time::Instant::now();
-        if !cfg.create {
-            FileKind::require_redb(path)?;
-        }
-        // Until a journal is there: another creator may link or write one meanwhile, or remove
-        // the file; three looks are plenty for any real race.
         let mut kind = FileKind::probe(path)?;
         let created = kind != FileKind::Redb;
+        // Until a journal is there: another creator may link or write one meanwhile, or remove
+        // the file; three looks are plenty for any real race.
         for _ in 0..3 {
-            if kind == FileKind::Redb {
+            if !cfg.create || kind == FileKind::Redb {
                 break;
             }
             crate::file::create(path, kind, &cfg)?;
             kind = FileKind::probe(path)?;
         }
-        FileKind::require_redb(path)?;
+        kind.must_be_redb(path)?;
         let mut b = redb::Builder::new();
         b.set_cache_size(cfg.cache_bytes);
         b.set_check_integrity_on_open(cfg.verify_on_open);
@@ -191,9 +188,9 @@ impl Journal {
         let mut tries = 0;
         let db = loop {
             match guard(path, || b.open(path).map_err(|e| open_error(path, e))) {
-                Err(JournalError::Locked { .. }) if created && tries < 20 => {
+                Err(JournalError::Locked { .. }) if created && tries < crate::file::LOCK_TRIES => {
                     tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    std::thread::sleep(crate::file::LOCK_PAUSE);
                 }
                 other => break other?,
             }
