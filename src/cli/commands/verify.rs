@@ -84,10 +84,9 @@ fn integrity(path: &std::path::Path, problems: &mut Vec<ProblemOut>) -> CliResul
                 return Err(e);
             }
             // A truncated file, say: a problem of the journal, reported with the others.
-            let p = format!("{}: ", path.display());
             problems.push(ProblemOut {
                 location: path.display().to_string(),
-                detail: e.message.strip_prefix(&p).unwrap_or(&e.message).to_string(),
+                detail: without_path(path, e.message),
             });
             Ok("failed".into())
         }
@@ -97,11 +96,13 @@ fn integrity(path: &std::path::Path, problems: &mut Vec<ProblemOut>) -> CliResul
 /// The page check could not run: the journal error, saying which step failed.
 fn page_check_failed(path: &std::path::Path, e: JournalError) -> CliError {
     let e = CliError::journal(path, e);
-    let p = format!("{}: ", path.display());
-    let rest = e.message.strip_prefix(&p).unwrap_or(&e.message);
+    let rest = without_path(path, e.message);
     CliError::new(
         e.code,
-        format!("{p}redb's page check could not run: {rest}"),
+        format!(
+            "{}: redb's page check could not run: {rest}",
+            path.display()
+        ),
     )
 }
 
