@@ -137,14 +137,20 @@ async fn hibernated_entities_are_passivated_when_idle_long_enough() {
         ..hibernating(5)
     };
     let shard: ShardRef<Account> = Shard::start(journal(), config).unwrap();
-    for id in ["a", "b", "c"] {
-        for _ in 0..20 {
+    // All queued before any is awaited, so no entity is idle (and may hibernate or wake)
+    // before its last command: on a slow machine one slow append between two sends counted
+    // as idle time.
+    let pending: Vec<_> = ["a", "b", "c"]
+        .into_iter()
+        .flat_map(|id| std::iter::repeat_n(id, 20))
+        .map(|id| {
             shard
-                .send(id, AccountCommand::Deposit { amount: 2 })
-                .await
+                .enqueue(id, AccountCommand::Deposit { amount: 2 })
                 .unwrap()
-                .unwrap();
-        }
+        })
+        .collect();
+    for rx in pending {
+        rx.await.unwrap().unwrap().unwrap();
     }
     // `hibernations` only grows: on a slow machine "a" may be passivated before "c" has
     // hibernated, so the number hibernated at once need never reach 3.
@@ -250,10 +256,15 @@ async fn passivating_a_hibernated_entity_snapshots_exactly_when_its_policy_asks(
     let shard: ShardRef<Tally> = Shard::start(journal.clone(), config).unwrap();
     // Below the on-stop threshold (16 events): passivation drops the kept state, no snapshot.
     // Above it: the entity is woken and passivated through its actor, which snapshots.
+    // Queued before awaited, so neither is idle (and passivated early) between its commands.
+    let mut pending = Vec::new();
     for (id, events) in [("few", 5u64), ("many", 20)] {
         for n in 1..=events {
-            shard.send(id, TallyCmd::Add(n)).await.unwrap();
+            pending.push(shard.enqueue(id, TallyCmd::Add(n)).unwrap());
         }
+    }
+    for rx in pending {
+        rx.await.unwrap().unwrap();
     }
     eventually("both passivated", async || {
         shard.stats().await.unwrap().passivations == 2

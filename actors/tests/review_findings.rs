@@ -189,7 +189,8 @@ async fn cancelled_rescale_does_not_strand_commands() {
                 .unwrap(),
         );
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // What is checked is that nothing strands, not speed: generous for a loaded machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut unanswered = 0;
     for rx in pending {
         if tokio::time::timeout_at(deadline, rx).await.is_err() {
