@@ -18,8 +18,11 @@
 //! `STATELINE_BENCH_PACK_STEP_EVENTS` [journal defaults], `STATELINE_BENCH_SCENARIOS`
 //! [persist,replay] (replay needs persist), `STATELINE_BENCH_DIR` [system temp dir],
 //! `STATELINE_BENCH_BASELINE_CURSOR` [0] (1: the persist baseline appends through a redb cursor
-//! instead of `Table::insert`), `STATELINE_BENCH_BASELINE_SINGLE_WRITER` [0] (1: the baseline
-//! opens redb in `ConcurrencyMode::SingleWriter`, as the journal does),
+//! instead of `Table::insert`), `STATELINE_BENCH_BASELINE_SINGLE_WRITER` [1] (the baseline
+//! opens redb in `ConcurrencyMode::SingleWriter`, the mode the journal runs in with durable
+//! commits so that other processes can read it live; 0: `ExclusiveWriter`, redb's default),
+//! `STATELINE_BENCH_EXCLUSIVE_REFERENCE` [1] (with a SingleWriter baseline, each persist slot
+//! also runs an `ExclusiveWriter` baseline, and the journal's ratio to it is reported too),
 //! `STATELINE_BENCH_BASELINE_ENVELOPE` [0] (1: the persist baseline stores each payload padded
 //! by the bytes the journal stores around it, envelope and checksum, instead of the payload
 //! alone), `STATELINE_BENCH_SEAL`
@@ -34,7 +37,9 @@
 //! Persist runs in rounds, each a fresh journal between two baseline runs (B J B J B J B); a
 //! round's ratio is the journal's rate over the mean of the baseline rates around it, and the
 //! RESULT line reports the median round (its rates and ratio) with ack latencies over all
-//! rounds. Replay reads the last round's journal in passes, each journal pass followed by a
+//! rounds. With the ExclusiveWriter reference, each B is a SingleWriter run followed by an
+//! ExclusiveWriter one, and the RESULT line ends with the median of the rounds' ratios to the
+//! latter (`exclusive_baseline_events_per_sec`, `exclusive_ratio`). Replay reads the last round's journal in passes, each journal pass followed by a
 //! baseline pass, and reports the median pair (its rates and ratio) in the same way.
 //! Everything runs with `MIMALLOC_ALLOW_THP=0` unless the variable is set (see
 //! `benches/support/mod.rs`).
@@ -110,6 +115,8 @@ struct Config {
     replay: bool,
     baseline_cursor: bool,
     baseline_single_writer: bool,
+    /// Also run an ExclusiveWriter baseline in every slot (only with a SingleWriter baseline).
+    exclusive_reference: bool,
     /// Bytes the persist baseline adds to each payload (0: the payload alone).
     baseline_pad: usize,
     seal_before_replay: bool,
@@ -138,7 +145,8 @@ impl Config {
             persist,
             replay,
             baseline_cursor: env_or("STATELINE_BENCH_BASELINE_CURSOR", 0u8) != 0,
-            baseline_single_writer: env_or("STATELINE_BENCH_BASELINE_SINGLE_WRITER", 0u8) != 0,
+            baseline_single_writer: env_or("STATELINE_BENCH_BASELINE_SINGLE_WRITER", 1u8) != 0,
+            exclusive_reference: env_or("STATELINE_BENCH_EXCLUSIVE_REFERENCE", 1u8) != 0,
             baseline_pad: if env_or("STATELINE_BENCH_BASELINE_ENVELOPE", 0u8) != 0 {
                 envelope_bytes()
             } else {
@@ -467,15 +475,17 @@ struct Persisted {
     highest: Vec<u64>,
 }
 
-/// One run of the raw-redb baseline; returns its elapsed time.
+/// One run of the raw-redb baseline, in `SingleWriter` mode or redb's default
+/// (`ExclusiveWriter`); returns its elapsed time.
 fn baseline_persist(
     rt: &tokio::runtime::Runtime,
     cfg: &Config,
     path: &Path,
     label: &str,
+    single_writer: bool,
 ) -> Duration {
     let mut b = redb_builder(cfg);
-    if cfg.baseline_single_writer {
+    if single_writer {
         b.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
     }
     let db = b.create(path).expect("baseline create");
@@ -509,10 +519,10 @@ fn baseline_persist(
         "  baseline ({label}{}{}{}): {:.2} s, {:.0} events/s, ack p50 {:.2} ms p99 {:.2} ms \
          p99.9 {:.2} ms; {stats}; {}; {}; file {:.0} MiB",
         if cfg.baseline_cursor { ", cursor" } else { "" },
-        if cfg.baseline_single_writer {
+        if single_writer {
             ", SingleWriter"
         } else {
-            ""
+            ", ExclusiveWriter"
         },
         if pad > 0 {
             format!(", payloads + {pad} B")
@@ -528,6 +538,8 @@ fn baseline_persist(
         written_note(written0, cfg.events),
         file_mib(path),
     );
+    // Not read again (the replay baseline writes its own file).
+    let _ = std::fs::remove_file(path);
     elapsed
 }
 
@@ -551,12 +563,28 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     // filesystem): B J B J B ... Each round's ratio is its journal rate over the mean of the
     // two baseline rates around it, and the reported ratio is the median round's, which damps
     // the disk and neighbour noise of this shared machine (one run's rate varies by ±20%).
-    let mut bases = vec![baseline_persist(
-        rt,
-        cfg,
-        &dir.join("baseline-log-0.redb"),
-        "round 0",
-    )];
+    // With the reference, each B is a baseline in the journal's mode and one in redb's default.
+    let reference = cfg.baseline_single_writer && cfg.exclusive_reference;
+    let slot = |r: usize| {
+        let base = baseline_persist(
+            rt,
+            cfg,
+            &dir.join(format!("baseline-log-{r}.redb")),
+            &format!("round {r}"),
+            cfg.baseline_single_writer,
+        );
+        let exclusive = reference.then(|| {
+            baseline_persist(
+                rt,
+                cfg,
+                &dir.join(format!("baseline-exclusive-log-{r}.redb")),
+                &format!("round {r}, reference"),
+                false,
+            )
+        });
+        (base, exclusive)
+    };
+    let mut bases = vec![slot(0)];
     let mut rounds: Vec<Round> = Vec::new();
     let mut hist = new_histogram();
     let mut last = None;
@@ -568,22 +596,25 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
         }
         let (persisted, round) = journal_round(rt, cfg, &path);
         hist.add(&round.hist).expect("histograms merge");
-        let base = baseline_persist(
-            rt,
-            cfg,
-            &dir.join(format!("baseline-log-{r}.redb")),
-            &format!("round {r}"),
-        );
-        bases.push(base);
-        let around = per_sec(2 * cfg.events, bases[r - 1] + bases[r]);
+        bases.push(slot(r));
+        let around = per_sec(2 * cfg.events, bases[r - 1].0 + bases[r].0);
+        let exclusive = bases[r - 1]
+            .1
+            .zip(bases[r].1)
+            .map(|(a, b)| per_sec(2 * cfg.events, a + b));
         eprintln!(
-            "  round {r}: journal {:.0} events/s, baseline around it {around:.0}, ratio {:.3}",
+            "  round {r}: journal {:.0} events/s, baseline around it {around:.0}, ratio {:.3}{}",
             round.eps,
-            round.eps / around
+            round.eps / around,
+            exclusive.map_or(String::new(), |x| format!(
+                "; ExclusiveWriter baseline around it {x:.0}, ratio {:.3}",
+                round.eps / x
+            )),
         );
         rounds.push(Round {
             ratio: round.eps / around,
             around,
+            exclusive,
             ..round
         });
         last = Some((persisted, path));
@@ -591,6 +622,13 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     let Some((persisted, _)) = last else {
         unreachable!("at least one round");
     };
+    // The median round against the ExclusiveWriter reference (its own median).
+    let mut against_exclusive: Vec<(f64, f64)> = rounds
+        .iter()
+        .filter_map(|r| r.exclusive.map(|x| (r.eps / x, x)))
+        .collect();
+    against_exclusive.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let exclusive_mid = against_exclusive.get(against_exclusive.len() / 2).copied();
     rounds.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
     let mid = &rounds[rounds.len() / 2];
     let (eps, base_eps, ratio) = (mid.eps, mid.around, mid.ratio);
@@ -605,18 +643,32 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
         rounds.len(),
         ms(hist.max()),
     );
+    if let Some((x_ratio, x_eps)) = exclusive_mid {
+        eprintln!(
+            "  against the ExclusiveWriter reference (median of its round ratios): baseline \
+             {x_eps:.0} events/s, ratio {x_ratio:.3}"
+        );
+    }
     eprintln!(
-        "  targets: ratio {ratio:.3} >= 0.75 {}; {eps:.0} > 150k events/s {}; p99.9 {p999:.1} ms \
-         <= 100 ms {}",
+        "  targets: ratio {ratio:.3} >= 0.75 {} (baseline in {} mode); {eps:.0} > 150k \
+         events/s {}; p99.9 {p999:.1} ms <= 100 ms {}",
         met(ratio >= 0.75),
+        if cfg.baseline_single_writer {
+            "the journal's SingleWriter"
+        } else {
+            "ExclusiveWriter"
+        },
         met(eps > 150_000.0),
         met(p999 <= 100.0),
     );
     println!(
         "RESULT persist events={} events_per_sec={eps:.0} ack_p50_ms={p50:.3} ack_p99_ms={p99:.3} \
-         ack_p999_ms={p999:.3} baseline_events_per_sec={base_eps:.0} ratio={ratio:.3} rounds={}",
+         ack_p999_ms={p999:.3} baseline_events_per_sec={base_eps:.0} ratio={ratio:.3} rounds={}{}",
         cfg.events,
-        rounds.len()
+        rounds.len(),
+        exclusive_mid.map_or(String::new(), |(r, x)| format!(
+            " exclusive_baseline_events_per_sec={x:.0} exclusive_ratio={r:.3}"
+        )),
     );
     persisted
 }
@@ -628,6 +680,8 @@ struct Round {
     /// Baseline rate around the run, and the ratio to it (filled in by the caller).
     around: f64,
     ratio: f64,
+    /// ExclusiveWriter reference rate around the run, when it ran.
+    exclusive: Option<f64>,
 }
 
 /// Appends the scenario's events to a fresh journal at `path` and lets packing finish.
@@ -730,6 +784,7 @@ fn journal_round(rt: &tokio::runtime::Runtime, cfg: &Config, path: &Path) -> (Pe
             hist,
             around: 0.0,
             ratio: 0.0,
+            exclusive: None,
         },
     )
 }
