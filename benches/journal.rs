@@ -34,13 +34,16 @@
 //! (persist rounds, see below), `STATELINE_BENCH_REPLAY_PASSES` [5] (timed replay passes per
 //! side, journal and baseline alternating). With `RUST_LOG` set, the journal's tracing output goes to stderr.
 //!
-//! Persist runs in rounds, each a fresh journal between two baseline runs (B J B J B J B); a
-//! round's ratio is the journal's rate over the mean of the baseline rates around it, and the
-//! RESULT line reports the median round (its rates and ratio) with ack latencies over all
-//! rounds. With the ExclusiveWriter reference, each B is a SingleWriter run followed by an
-//! ExclusiveWriter one, and the RESULT line ends with the median of the rounds' ratios to the
-//! latter (`exclusive_baseline_events_per_sec`, `exclusive_ratio`). Replay reads the last round's journal in passes, each journal pass followed by a
-//! baseline pass, and reports the median pair (its rates and ratio) in the same way.
+//! Persist runs in rounds, each a fresh journal between two baseline slots (B J B J ... B); a
+//! round's ratio is the journal's rate over the baseline rate around it (both slots' events
+//! over both slots' time), and the RESULT line reports the median round (its rates and ratio)
+//! with ack latencies over all rounds, and `baseline_mode` (`single_writer` or
+//! `exclusive_writer`). With the ExclusiveWriter reference, each slot runs both baselines
+//! (in turn first), and the line ends with the median round against the reference, chosen
+//! independently of the first: `exclusive_events_per_sec` (that round's journal rate),
+//! `exclusive_baseline_events_per_sec` and `exclusive_ratio` (absent without the reference).
+//! Replay reads the last round's journal in passes, each journal pass followed by a baseline
+//! pass, and reports the median pair (its rates and ratio) in the same way.
 //! Everything runs with `MIMALLOC_ALLOW_THP=0` unless the variable is set (see
 //! `benches/support/mod.rs`).
 
@@ -560,20 +563,23 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     eprintln!("  payload: {} bytes", payload(0, 1, memo_len()).len());
 
     // Rounds of one journal run each, between raw-redb baseline runs (fresh files on the same
-    // filesystem): B J B J B ... Each round's ratio is its journal rate over the mean of the
-    // two baseline rates around it, and the reported ratio is the median round's, which damps
+    // filesystem): B J B J B ... Each round's ratio is its journal rate over the baseline rate
+    // of the two slots around it, and the reported ratio is the median round's, which damps
     // the disk and neighbour noise of this shared machine (one run's rate varies by ±20%).
-    // With the reference, each B is a baseline in the journal's mode and one in redb's default.
+    // With the reference, each slot is a baseline in the journal's mode and one in redb's
+    // default.
     let reference = cfg.baseline_single_writer && cfg.exclusive_reference;
     let slot = |r: usize| {
-        let base = baseline_persist(
-            rt,
-            cfg,
-            &dir.join(format!("baseline-log-{r}.redb")),
-            &format!("round {r}"),
-            cfg.baseline_single_writer,
-        );
-        let exclusive = reference.then(|| {
+        let base = || {
+            baseline_persist(
+                rt,
+                cfg,
+                &dir.join(format!("baseline-log-{r}.redb")),
+                &format!("round {r}"),
+                cfg.baseline_single_writer,
+            )
+        };
+        let exclusive = || {
             baseline_persist(
                 rt,
                 cfg,
@@ -581,8 +587,19 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
                 &format!("round {r}, reference"),
                 false,
             )
-        });
-        (base, exclusive)
+        };
+        // Each mode runs first in every other slot, so both sit as near the journal runs.
+        match (reference, r.is_multiple_of(2)) {
+            (false, _) => (base(), None),
+            (true, true) => {
+                let b = base();
+                (b, Some(exclusive()))
+            }
+            (true, false) => {
+                let x = exclusive();
+                (base(), Some(x))
+            }
+        }
     };
     let mut bases = vec![slot(0)];
     let mut rounds: Vec<Round> = Vec::new();
@@ -623,9 +640,9 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
         unreachable!("at least one round");
     };
     // The median round against the ExclusiveWriter reference (its own median).
-    let mut against_exclusive: Vec<(f64, f64)> = rounds
+    let mut against_exclusive: Vec<(f64, f64, f64)> = rounds
         .iter()
-        .filter_map(|r| r.exclusive.map(|x| (r.eps / x, x)))
+        .filter_map(|r| r.exclusive.map(|x| (r.eps / x, x, r.eps)))
         .collect();
     against_exclusive.sort_by(|a, b| a.0.total_cmp(&b.0));
     let exclusive_mid = against_exclusive.get(against_exclusive.len() / 2).copied();
@@ -643,10 +660,10 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
         rounds.len(),
         ms(hist.max()),
     );
-    if let Some((x_ratio, x_eps)) = exclusive_mid {
+    if let Some((x_ratio, x_eps, j_eps)) = exclusive_mid {
         eprintln!(
-            "  against the ExclusiveWriter reference (median of its round ratios): baseline \
-             {x_eps:.0} events/s, ratio {x_ratio:.3}"
+            "  median round against the ExclusiveWriter reference: journal {j_eps:.0} events/s, \
+             baseline {x_eps:.0}, ratio {x_ratio:.3}"
         );
     }
     eprintln!(
@@ -663,11 +680,18 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     );
     println!(
         "RESULT persist events={} events_per_sec={eps:.0} ack_p50_ms={p50:.3} ack_p99_ms={p99:.3} \
-         ack_p999_ms={p999:.3} baseline_events_per_sec={base_eps:.0} ratio={ratio:.3} rounds={}{}",
+         ack_p999_ms={p999:.3} baseline_events_per_sec={base_eps:.0} ratio={ratio:.3} rounds={} \
+         baseline_mode={}{}",
         cfg.events,
         rounds.len(),
-        exclusive_mid.map_or(String::new(), |(r, x)| format!(
-            " exclusive_baseline_events_per_sec={x:.0} exclusive_ratio={r:.3}"
+        if cfg.baseline_single_writer {
+            "single_writer"
+        } else {
+            "exclusive_writer"
+        },
+        exclusive_mid.map_or(String::new(), |(r, x, j)| format!(
+            " exclusive_events_per_sec={j:.0} exclusive_baseline_events_per_sec={x:.0} \
+             exclusive_ratio={r:.3}"
         )),
     );
     persisted

@@ -133,7 +133,9 @@ async fn send_racing(shard: &ShardRef<Account>) -> [i64; 4] {
 #[actix_rt::test]
 async fn hibernated_entities_are_passivated_when_idle_long_enough() {
     let config = ShardConfig {
-        passivate_after: Duration::from_millis(150),
+        // Long enough that an entity whose last append and snapshot are slow (it refuses to
+        // hibernate meanwhile) still hibernates before it is passivated.
+        passivate_after: Duration::from_secs(1),
         ..hibernating(5)
     };
     let shard: ShardRef<Account> = Shard::start(journal(), config).unwrap();
@@ -250,7 +252,8 @@ async fn hibernated_entities_move_with_their_key_groups_and_keep_their_state() {
 async fn passivating_a_hibernated_entity_snapshots_exactly_when_its_policy_asks() {
     let journal = journal();
     let config = ShardConfig {
-        passivate_after: Duration::from_millis(100),
+        // As above: long enough to hibernate first on a slow machine.
+        passivate_after: Duration::from_secs(1),
         ..hibernating(5)
     };
     let shard: ShardRef<Tally> = Shard::start(journal.clone(), config).unwrap();
