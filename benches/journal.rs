@@ -570,24 +570,19 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
     // default.
     let reference = cfg.baseline_single_writer && cfg.exclusive_reference;
     let slot = |r: usize| {
-        let base = || {
-            baseline_persist(
-                rt,
-                cfg,
-                &dir.join(format!("baseline-log-{r}.redb")),
-                &format!("round {r}"),
-                cfg.baseline_single_writer,
-            )
+        // The baseline in the configured mode, or (`reference`) the ExclusiveWriter one.
+        let run = |reference: bool| {
+            let (file, label) = if reference {
+                ("baseline-exclusive-log", format!("round {r}, reference"))
+            } else {
+                ("baseline-log", format!("round {r}"))
+            };
+            let single_writer = cfg.baseline_single_writer && !reference;
+            let path = dir.join(format!("{file}-{r}.redb"));
+            baseline_persist(rt, cfg, &path, &label, single_writer)
         };
-        let exclusive = || {
-            baseline_persist(
-                rt,
-                cfg,
-                &dir.join(format!("baseline-exclusive-log-{r}.redb")),
-                &format!("round {r}, reference"),
-                false,
-            )
-        };
+        let base = || run(false);
+        let exclusive = || run(true);
         // Each mode runs first in every other slot, so both sit as near the journal runs.
         match (reference, r.is_multiple_of(2)) {
             (false, _) => (base(), None),
