@@ -581,19 +581,16 @@ fn scenario_persist(rt: &tokio::runtime::Runtime, cfg: &Config, dir: &Path) -> P
             let path = dir.join(format!("{file}-{r}.redb"));
             baseline_persist(rt, cfg, &path, &label, single_writer)
         };
-        let base = || run(false);
-        let exclusive = || run(true);
+        if !reference {
+            return (run(false), None);
+        }
         // Each mode runs first in every other slot, so both sit as near the journal runs.
-        match (reference, r.is_multiple_of(2)) {
-            (false, _) => (base(), None),
-            (true, true) => {
-                let b = base();
-                (b, Some(exclusive()))
-            }
-            (true, false) => {
-                let x = exclusive();
-                (base(), Some(x))
-            }
+        if r.is_multiple_of(2) {
+            let base = run(false);
+            (base, Some(run(true)))
+        } else {
+            let exclusive = run(true);
+            (run(false), Some(exclusive))
         }
     };
     let mut bases = vec![slot(0)];
