@@ -128,6 +128,8 @@ struct Config {
     rounds: usize,
     replay_passes: usize,
     max_chunk_bytes: Option<usize>,
+    fill_chunk_leaves: Option<bool>,
+    table_stats: bool,
     cache_bytes: usize,
 }
 
@@ -161,6 +163,8 @@ impl Config {
             rounds: env_or("STATELINE_BENCH_ROUNDS", 5usize).max(1),
             replay_passes: env_or("STATELINE_BENCH_REPLAY_PASSES", 5usize).max(1),
             max_chunk_bytes: env_opt("STATELINE_BENCH_MAX_CHUNK_BYTES"),
+            fill_chunk_leaves: env_opt::<u8>("STATELINE_BENCH_FILL_CHUNK_LEAVES").map(|v| v != 0),
+            table_stats: env_or("STATELINE_BENCH_TABLE_STATS", 0u8) != 0,
             cache_bytes: env_or("STATELINE_BENCH_CACHE_BYTES", 256usize << 20),
         }
     }
@@ -721,6 +725,9 @@ fn journal_round(rt: &tokio::runtime::Runtime, cfg: &Config, path: &Path) -> (Pe
     if let Some(n) = cfg.max_chunk_bytes {
         builder = builder.max_chunk_bytes(n);
     }
+    if let Some(f) = cfg.fill_chunk_leaves {
+        builder = builder.fill_chunk_leaves(f);
+    }
     let journal = builder.open(path).expect("open journal");
     let pids: Arc<Vec<PersistenceId>> = Arc::new(
         (0..cfg.ids)
@@ -997,5 +1004,50 @@ fn main() {
             scenario_replay(&cfg, dir.path(), &persisted);
         }
         drop(persisted);
+        if cfg.table_stats {
+            print_table_stats(&dir.path().join(format!("journal-{}.redb", cfg.rounds)));
+        }
     }
+}
+
+/// redb's storage stats of every table of a closed journal file (stderr): how full the
+/// pages holding each table are.
+fn print_table_stats(path: &Path) {
+    use redb::{ReadableTableMetadata, TableHandle};
+    let db = redb::Database::open(path).expect("open the journal file with redb");
+    let rtx = db.begin_read().expect("read transaction");
+    eprintln!("== redb tables of {}", path.display());
+    for handle in rtx.list_tables().expect("list tables") {
+        let name = handle.name().to_string();
+        let stats = if name.starts_with("stateline.log.") || name == "stateline.generations" {
+            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
+            rtx.open_table(def)
+                .and_then(|t| t.stats().map_err(Into::into))
+        } else if name == "stateline.meta" {
+            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
+            rtx.open_table(def)
+                .and_then(|t| t.stats().map_err(Into::into))
+        } else {
+            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
+            rtx.open_table(def)
+                .and_then(|t| t.stats().map_err(Into::into))
+        };
+        match stats {
+            Ok(st) => eprintln!(
+                "  {name}: {} leaf pages, {} branch pages, stored {:.1} MiB, metadata {:.1} MiB, \
+                 fragmented {:.1} MiB, height {}",
+                st.leaf_pages(),
+                st.branch_pages(),
+                mib(st.stored_bytes()),
+                mib(st.metadata_bytes()),
+                mib(st.fragmented_bytes()),
+                st.tree_height()
+            ),
+            Err(e) => eprintln!("  {name}: {e}"),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
 }

@@ -95,6 +95,11 @@ pub(crate) fn chunk_key(generation: u64, entity_key: &[u8], first_seq: u64) -> V
     k
 }
 
+/// Length of a [`chunk_key`] for `entity_key`.
+pub(crate) fn chunk_key_len(entity_key: &[u8]) -> usize {
+    8 + entity_key.len() + 1 + 8
+}
+
 /// `entity key ‖ NUL ‖ seq`.
 pub(crate) fn snapshot_key(entity_key: &[u8], seq: Seq) -> Vec<u8> {
     let mut k = Vec::with_capacity(entity_key.len() + 9);

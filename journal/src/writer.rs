@@ -224,6 +224,11 @@ pub(crate) struct Writer {
     segment_events: u64,
     pack_step_events: usize,
     max_chunk_bytes: usize,
+    /// Cut chunk rows where the chunks table's leaf is full (see [`pack::LeafFill`]).
+    fill_chunk_leaves: bool,
+    /// The leaf packing appends chunk rows to, and the one merging does.
+    pack_fill: pack::LeafFill,
+    merge_fill: pack::LeafFill,
     max_batch_events: usize,
     key_groups: u32,
     path: PathBuf,
@@ -258,6 +263,9 @@ impl Writer {
             segment_events: cfg.segment_events,
             pack_step_events: cfg.pack_step_events,
             max_chunk_bytes: cfg.max_chunk_bytes,
+            fill_chunk_leaves: cfg.fill_chunk_leaves,
+            pack_fill: pack::LeafFill::default(),
+            merge_fill: pack::LeafFill::default(),
             max_batch_events: cfg.max_batch_events,
             key_groups,
             path,

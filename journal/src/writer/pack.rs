@@ -56,6 +56,14 @@ impl Writer {
                 let cached = tail.entries.get(ek.as_slice());
                 buf.clear();
                 let mut current: Option<ChunkRef> = None;
+                let left = refs
+                    .iter()
+                    .filter(|r| r.seq > row.deleted_to)
+                    .map(|r| FRAME_HEADER_BYTES + r.bytes as usize)
+                    .sum();
+                let key_len = keys::chunk_key_len(&ek);
+                let fill = self.fill_chunk_leaves.then_some(&mut self.pack_fill);
+                let mut cuts = ChunkCuts::new(fill, self.max_chunk_bytes, key_len, left);
                 for r in &refs {
                     row.highest_seq = row.highest_seq.max(r.seq);
                     row.last_write_micros = row.last_write_micros.max(r.timestamp_micros);
@@ -77,15 +85,16 @@ impl Writer {
                             found.bytes()
                         }
                     };
-                    if let Some(c) = current.as_mut() {
-                        if buf.len() + 4 + v.len() > self.max_chunk_bytes {
+                    if cuts.cut_before(buf.len(), FRAME_HEADER_BYTES + v.len()) {
+                        if let Some(c) = current.take() {
                             let key = keys::chunk_key(seg.number, &ek, c.first_seq);
                             cursor.insert_before(key.as_slice(), buf.as_slice())?;
-                            row.chunks.push(*c);
+                            cuts.written(buf.len());
+                            row.chunks.push(c);
                             buf.clear();
-                            current = None;
                         }
                     }
+                    cuts.add(buf.len(), FRAME_HEADER_BYTES + v.len());
                     let c = current.get_or_insert(ChunkRef {
                         generation: seg.number,
                         first_seq: r.seq,
@@ -102,6 +111,7 @@ impl Writer {
                 if let Some(c) = current {
                     let key = keys::chunk_key(seg.number, &ek, c.first_seq);
                     cursor.insert_before(key.as_slice(), buf.as_slice())?;
+                    cuts.written(buf.len());
                     row.chunks.push(c);
                 }
                 entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
@@ -252,6 +262,14 @@ impl Writer {
             let mut merged: Vec<ChunkRef> = Vec::new();
             let mut buf: Vec<u8> = Vec::new();
             let mut current: Option<ChunkRef> = None;
+            // (Deleted events count too: a guess on the large side is harmless.)
+            let left = mine
+                .iter()
+                .map(|c| c.bytes as usize + FRAME_HEADER_BYTES * c.events as usize)
+                .sum();
+            let key_len = keys::chunk_key_len(&ek);
+            let fill = self.fill_chunk_leaves.then_some(&mut self.merge_fill);
+            let mut cuts = ChunkCuts::new(fill, self.max_chunk_bytes, key_len, left);
             for c in &mine {
                 let key = keys::chunk_key(c.generation, &ek, c.first_seq);
                 let Some(v) = chunks.get(key.as_slice())? else {
@@ -268,17 +286,19 @@ impl Writer {
                     let rec = codec::decode_event(frame)
                         .map_err(|e| JournalError::corrupted(format!("chunk {key:?}"), e))?;
                     if rec.seq.0 <= row.deleted_to {
+                        cuts.skipped(FRAME_HEADER_BYTES + frame.len());
                         continue;
                     }
-                    if let Some(cur) = current.as_mut() {
-                        if buf.len() + 4 + frame.len() > self.max_chunk_bytes {
+                    if cuts.cut_before(buf.len(), FRAME_HEADER_BYTES + frame.len()) {
+                        if let Some(cur) = current.take() {
                             let k = keys::chunk_key(m.target, &ek, cur.first_seq);
                             chunks.insert(k.as_slice(), buf.as_slice())?;
-                            merged.push(*cur);
+                            cuts.written(buf.len());
+                            merged.push(cur);
                             buf.clear();
-                            current = None;
                         }
                     }
+                    cuts.add(buf.len(), FRAME_HEADER_BYTES + frame.len());
                     let cur = current.get_or_insert(ChunkRef {
                         generation: m.target,
                         first_seq: rec.seq.0,
@@ -297,6 +317,7 @@ impl Writer {
             if let Some(cur) = current {
                 let k = keys::chunk_key(m.target, &ek, cur.first_seq);
                 chunks.insert(k.as_slice(), buf.as_slice())?;
+                cuts.written(buf.len());
                 merged.push(cur);
             }
             if !mine.is_empty() {
@@ -372,6 +393,112 @@ impl Writer {
 
 /// Generations merged at once.
 pub(super) const MERGE_FANIN: usize = 4;
+
+/// Bytes a frame adds to a chunk besides the stored event (its `u32` length).
+const FRAME_HEADER_BYTES: usize = 4;
+
+/// redb's leaf layout (redb 4.6, `RawLeafBuilder::required_bytes`): a leaf takes 4 header
+/// bytes plus, per entry with a variable-width key and value, two `u32` ends and the bytes
+/// themselves, and a leaf of more than one entry must fit one 4 KiB page. A leaf of one larger
+/// entry takes the next power-of-two number of pages.
+const LEAF_PAGE_BYTES: usize = 4096;
+const LEAF_HEADER_BYTES: usize = 4;
+const LEAF_ENTRY_BYTES: usize = 8;
+
+/// A chunk does not start in a leaf with less room than this when the rest of its entity does
+/// not fit there either (the leaf stays that much short, instead of the entity getting one
+/// more, tiny, chunk).
+const MIN_PIECE_BYTES: usize = 512;
+
+/// How full the chunks table's leaf at the writer's insertion point is, as redb counts it.
+///
+/// Chunk rows are appended in key order, and redb packs appended rows into 4 KiB leaves as long
+/// as they fit; a row that does not fit starts a new leaf. An entity's events of one segment
+/// (about 4.7 KB in the persist benchmark) would make a row too large to share a leaf, each in
+/// an 8 KiB page of its own: 42% of the chunk table's pages went unused. Cutting chunks where
+/// the leaf is full fills the pages instead. The model is a layout hint, not a fact: it starts
+/// empty on open, and rows written elsewhere (deletes, the other of packing and merging) are
+/// not counted; a wrong guess costs space, never correctness.
+#[derive(Debug, Default)]
+pub(super) struct LeafFill {
+    /// Bytes of the entries in the current leaf (without the leaf's header).
+    used: usize,
+}
+
+impl LeafFill {
+    /// Bytes a value can have to fit the current leaf after a key of `key_len` bytes.
+    fn room(&self, key_len: usize) -> usize {
+        LEAF_PAGE_BYTES.saturating_sub(LEAF_HEADER_BYTES + self.used + LEAF_ENTRY_BYTES + key_len)
+    }
+
+    /// Counts a row appended at the insertion point (in a new leaf when it does not fit).
+    fn push(&mut self, key_len: usize, value_len: usize) {
+        if value_len > self.room(key_len) {
+            self.used = 0;
+        }
+        self.used += LEAF_ENTRY_BYTES + key_len + value_len;
+    }
+}
+
+/// Where one entity's chunk rows end while its frames are copied: before `max_chunk_bytes`
+/// would be exceeded, and, when filling leaves, where the current leaf is full.
+struct ChunkCuts<'a> {
+    fill: Option<&'a mut LeafFill>,
+    max_bytes: usize,
+    key_len: usize,
+    /// Bytes (frames) of the entity not yet copied.
+    left: usize,
+}
+
+impl<'a> ChunkCuts<'a> {
+    fn new(fill: Option<&'a mut LeafFill>, max_bytes: usize, key_len: usize, left: usize) -> Self {
+        Self {
+            fill,
+            max_bytes,
+            key_len,
+            left,
+        }
+    }
+
+    /// Whether the chunk under way (`buf_len` bytes so far, 0 when none) must end before a
+    /// frame of `frame_len` bytes.
+    fn cut_before(&self, buf_len: usize, frame_len: usize) -> bool {
+        if buf_len == 0 {
+            return false;
+        }
+        let fill = self.fill.as_deref();
+        buf_len + frame_len > self.max_bytes
+            || fill.is_some_and(|f| buf_len + frame_len > f.room(self.key_len))
+    }
+
+    /// Counts a frame of `frame_len` bytes added to the chunk under way (`buf_len` bytes
+    /// before it; 0 starts a chunk).
+    fn add(&mut self, buf_len: usize, frame_len: usize) {
+        let left = self.left;
+        self.left = left.saturating_sub(frame_len);
+        let Some(fill) = self.fill.as_deref_mut() else {
+            return;
+        };
+        let room = fill.room(self.key_len);
+        // A new chunk stays in this leaf if its first frame fits, and either the entity's
+        // rest fits too or the piece that does is worth a chunk; otherwise it starts a leaf.
+        if buf_len == 0 && (frame_len > room || (left > room && room < MIN_PIECE_BYTES)) {
+            fill.used = 0;
+        }
+    }
+
+    /// Counts a frame of `frame_len` bytes that is not copied (a deleted event).
+    fn skipped(&mut self, frame_len: usize) {
+        self.left = self.left.saturating_sub(frame_len);
+    }
+
+    /// Counts a chunk row of `value_len` bytes written at the insertion point.
+    fn written(&mut self, value_len: usize) {
+        if let Some(fill) = self.fill.as_deref_mut() {
+            fill.push(self.key_len, value_len);
+        }
+    }
+}
 
 /// Generation → first offset, from the generations table.
 pub(crate) fn load_generations(db: &impl redb::ReadableDatabase) -> Result<BTreeMap<u64, u64>> {
