@@ -226,9 +226,8 @@ pub(crate) struct Writer {
     max_chunk_bytes: usize,
     /// Cut chunk rows where the chunks table's leaf is full (see [`pack::LeafFill`]).
     fill_chunk_leaves: bool,
-    /// The leaf packing appends chunk rows to, and the one merging does.
+    /// The leaf packing appends chunk rows to.
     pack_fill: pack::LeafFill,
-    merge_fill: pack::LeafFill,
     max_batch_events: usize,
     key_groups: u32,
     path: PathBuf,
@@ -265,7 +264,6 @@ impl Writer {
             max_chunk_bytes: cfg.max_chunk_bytes,
             fill_chunk_leaves: cfg.fill_chunk_leaves,
             pack_fill: pack::LeafFill::default(),
-            merge_fill: pack::LeafFill::default(),
             max_batch_events: cfg.max_batch_events,
             key_groups,
             path,

@@ -1,8 +1,9 @@
 //! Chunk rows cut to fill redb's leaves (`JournalBuilder::fill_chunk_leaves`): every event
 //! still reads back once and in order (per entity, from any seq, and in the changelog), also
 //! across reopens that switch the option, after deletes and through generation merges; the
-//! layout does waste less of the chunk table's pages; and a chunk missing from a run of one
-//! generation is a typed error.
+//! layout does waste less of the chunk table's pages, without cutting frames too large to fill
+//! a leaf one by one; and reading a run of one generation's chunks with one range scan reports
+//! a row the entity does not reference, or one it does that is missing, as corruption.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use stateline_journal::*;
 
 const CHUNKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stateline.chunks");
+const GENERATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("stateline.generations");
 
 /// Events per segment: small, so that a test packs several generations.
 const SEGMENT: u64 = 2_000;
@@ -35,7 +37,12 @@ fn payload(i: usize, seq: u64, len: usize) -> Vec<u8> {
 }
 
 fn open(path: &Path, fill: bool, merge: bool) -> Journal {
+    open_with(path, fill, merge, 64 << 20)
+}
+
+fn open_with(path: &Path, fill: bool, merge: bool, cache_bytes: usize) -> Journal {
     Journal::builder()
+        .pack_cache_bytes(cache_bytes)
         .segment_events(SEGMENT)
         .pack_step_events(300)
         .fill_chunk_leaves(fill)
@@ -130,9 +137,13 @@ async fn every_event_reads_back_once_and_in_order_whether_chunks_fill_leaves_or_
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let mut model = Model::new();
-    // Each reopen switches the option: a file holds chunks cut both ways.
-    for (round, fill) in [true, false, true].into_iter().enumerate() {
-        let j = open(&path, fill, false);
+    // Each reopen switches the option: a file holds chunks cut both ways. The last round packs
+    // without the event cache (every event read back from its log row).
+    for (round, (fill, cache)) in [(true, 64 << 20), (false, 64 << 20), (true, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let j = open_with(&path, fill, false, cache);
         check(&j, &model);
         write(&j, &mut model, 3 * SEGMENT + 123, round as u64).await;
         j.flush(true).await.unwrap();
@@ -160,6 +171,15 @@ async fn merged_generations_fill_leaves_and_read_back() {
     j.flush(true).await.unwrap();
     check(&j, &model);
     drop(j);
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let rtx = db.begin_read().unwrap();
+        let gens = rtx.open_table(GENERATIONS).unwrap().len().unwrap();
+        assert!(
+            gens < 8,
+            "eight or more packed segments, {gens} generations: nothing merged"
+        );
+    }
     let j = open(&path, true, true);
     check(&j, &model);
 }
@@ -175,12 +195,11 @@ fn chunk_table_stats(path: &Path) -> (u64, usize) {
     )
 }
 
-#[tokio::test]
-async fn filled_leaves_waste_less_of_the_chunk_table() {
-    // 10 entities × ~28 events × ~190 stored bytes: about 5 KB per entity and segment, just
-    // too large to share a 4 KiB leaf as one row.
-    let mut layouts = Vec::new();
-    for fill in [false, true] {
+/// Chunk table `(fragmented bytes, rows)` after 20 segments of 280 events over 10 entities
+/// (28 per entity and segment) of `payload_len`-byte payloads, without and with filling.
+async fn layouts(payload_len: usize) -> [(u64, usize); 2] {
+    let mut out = [(0, 0); 2];
+    for (slot, fill) in out.iter_mut().zip([false, true]) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.redb");
         let j = Journal::builder()
@@ -193,33 +212,101 @@ async fn filled_leaves_waste_less_of_the_chunk_table() {
         for n in 0..280 * 20 {
             let i = n % 10;
             seqs[i] += 1;
-            let bytes = payload(i, seqs[i], 100);
-            j.append(
-                &pid(i),
-                Seq(seqs[i]),
-                vec![NewEvent::new(Manifest::new("Put", 1), bytes)],
-            )
-            .await
-            .unwrap();
+            let bytes = payload(i, seqs[i], payload_len);
+            let ev = NewEvent::new(Manifest::new("Put", 1), bytes);
+            j.append(&pid(i), Seq(seqs[i]), vec![ev]).await.unwrap();
         }
         j.flush(true).await.unwrap();
         drop(j);
-        layouts.push(chunk_table_stats(&path));
+        *slot = chunk_table_stats(&path);
     }
-    let [(waste_one_row, rows_one), (waste_filled, rows_filled)] = layouts[..] else {
-        unreachable!()
-    };
-    // One row per entity and generation, each alone in an 8 KiB page, against rows cut to
-    // fill 4 KiB leaves.
+    out
+}
+
+#[tokio::test]
+async fn filled_leaves_waste_less_of_the_chunk_table() {
+    // ~190 stored bytes per event: about 5.3 KB per entity and segment, just too large to
+    // share a 4 KiB leaf as one row, so each row takes an 8 KiB page of its own.
+    let [(waste_one_row, rows_one), (waste_filled, rows_filled)] = layouts(100).await;
     assert!(rows_one >= 10 * 19 && rows_one % 10 == 0, "{rows_one} rows");
+    // Cut where leaves fill: two or three pieces per entity and generation, not one per frame.
     assert!(
-        rows_filled > rows_one,
-        "filled chunks are cut: {rows_filled} rows"
+        rows_filled > rows_one && rows_filled <= 3 * rows_one,
+        "{rows_filled} rows filled against {rows_one}"
     );
     assert!(
         waste_filled * 4 < waste_one_row,
         "fragmented bytes {waste_filled} filled against {waste_one_row} one row each"
     );
+}
+
+#[tokio::test]
+async fn frames_too_large_to_fill_a_leaf_are_not_cut_one_by_one() {
+    // Events of ~2.1 KB (two cannot share a leaf) and of ~6 KB (larger than a leaf): filling
+    // leaves would only cut every frame into a chunk of its own, so chunks grow as without it.
+    for payload_len in [2_000, 6_000] {
+        let [(_, rows_one), (_, rows_filled)] = layouts(payload_len).await;
+        assert_eq!(rows_filled, rows_one, "{payload_len}-byte payloads");
+    }
+}
+
+#[tokio::test]
+async fn a_stray_row_inside_a_run_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.redb");
+    let mut model = Model::new();
+    let j = open(&path, true, false);
+    write(&j, &mut model, 2 * SEGMENT + 10, 0).await;
+    j.flush(true).await.unwrap();
+    drop(j);
+    // A row keyed between entity 1's first two chunks of generation 0 (first seq + 1), which
+    // its entity row does not reference: no chunk of the entity's, so the run is damaged.
+    let db = redb::Database::open(&path).unwrap();
+    let [first, second] = entity_chunks(&db, "acc-0001");
+    let mut stray = first.clone();
+    let at = stray.len() - 8;
+    let seq = u64::from_be_bytes(stray[at..].try_into().unwrap()) + 1;
+    stray[at..].copy_from_slice(&seq.to_be_bytes());
+    assert!(
+        stray < second,
+        "entity 1's first chunk holds one event only"
+    );
+    let wtx = db.begin_write().unwrap();
+    wtx.open_table(CHUNKS)
+        .unwrap()
+        .insert(stray.as_slice(), &b"not a chunk"[..])
+        .unwrap();
+    wtx.commit().unwrap();
+    drop(db);
+    let j = open(&path, true, false);
+    let err = j
+        .events(&pid(1), Seq(1), Seq(u64::MAX), u64::MAX)
+        .unwrap()
+        .for_each_ref(|_| Ok::<(), JournalError>(()))
+        .unwrap_err();
+    assert!(matches!(err, JournalError::Corrupted { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("is not in the entity row"),
+        "{err}"
+    );
+    // Other entities read on.
+    assert_eq!(j.all_events(&pid(2)).unwrap().len(), model[&2].1.len());
+}
+
+/// Keys of the first two chunk rows of generation 0 of the entity with id `id`.
+fn entity_chunks(db: &redb::Database, id: &str) -> [Vec<u8>; 2] {
+    let rtx = db.begin_read().unwrap();
+    let t = rtx.open_table(CHUNKS).unwrap();
+    let mut rows = t
+        .iter()
+        .unwrap()
+        .map(|r| r.unwrap().0.value().to_vec())
+        .filter(|k| {
+            k.starts_with(&0u64.to_be_bytes()) && k.windows(id.len()).any(|w| w == id.as_bytes())
+        });
+    let first = rows.next().unwrap();
+    let second = rows.next().expect("two chunks in generation 0");
+    [first, second]
 }
 
 #[tokio::test]
@@ -234,20 +321,7 @@ async fn a_chunk_missing_from_a_run_is_a_typed_error() {
     drop(j);
     // Entity 1 (hot) has several chunk rows in generation 0: remove the second.
     let db = redb::Database::open(&path).unwrap();
-    let victim = {
-        let rtx = db.begin_read().unwrap();
-        let t = rtx.open_table(CHUNKS).unwrap();
-        let mut rows = t
-            .iter()
-            .unwrap()
-            .map(|r| r.unwrap().0.value().to_vec())
-            .filter(|k| {
-                k.starts_with(&0u64.to_be_bytes()) && k.windows(8).any(|w| w == b"acc-0001")
-            });
-        rows.next().unwrap();
-        rows.next()
-            .expect("entity 1 has two chunks in generation 0")
-    };
+    let [_, victim] = entity_chunks(&db, "acc-0001");
     let wtx = db.begin_write().unwrap();
     wtx.open_table(CHUNKS)
         .unwrap()
@@ -262,12 +336,20 @@ async fn a_chunk_missing_from_a_run_is_a_typed_error() {
         .collect::<Result<Vec<_>>>()
         .unwrap_err();
     assert!(matches!(err, JournalError::Corrupted { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("chunk of generation 0 missing"),
+        "{err}"
+    );
     let err = j
         .events(&pid(1), Seq(1), Seq(u64::MAX), u64::MAX)
         .unwrap()
         .for_each_ref(|_| Ok::<(), JournalError>(()))
         .unwrap_err();
     assert!(matches!(err, JournalError::Corrupted { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("chunk of generation 0 missing"),
+        "{err}"
+    );
     // Other entities read on.
     assert_eq!(j.all_events(&pid(2)).unwrap().len(), model[&2].1.len());
 }

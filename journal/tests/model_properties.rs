@@ -49,12 +49,9 @@ fn pid(who: usize) -> PersistenceId {
 /// reads and packing go to the log), and a few events' worth (both at once).
 const CACHE_BYTES: [usize; 3] = [64 << 20, 0, 300];
 
-/// Opened in turn with chunk rows cut to fill redb's leaves or not (a layout choice that may
-/// change between opens): with it, `max_chunk_bytes` is not the only cut.
-fn open(path: &Path, cache_bytes: usize, fill_chunk_leaves: bool) -> Journal {
+fn open(path: &Path, cache_bytes: usize) -> Journal {
     Journal::builder()
         .pack_cache_bytes(cache_bytes)
-        .fill_chunk_leaves(fill_chunk_leaves)
         .segment_events(7)
         .pack_step_events(3)
         .max_chunk_bytes(64)
@@ -155,7 +152,7 @@ fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.redb");
     let mut reopens = 0;
-    let mut j = open(&path, CACHE_BYTES[0], false);
+    let mut j = open(&path, CACHE_BYTES[0]);
     // Kept across the writer's reopens too.
     let follower = JournalReader::open_read_only(&path).unwrap();
     let mut models: HashMap<usize, Model> = HashMap::new();
@@ -223,11 +220,7 @@ fn run(ops: Vec<Op>) {
             Op::Reopen => {
                 drop(j);
                 reopens += 1;
-                j = open(
-                    &path,
-                    CACHE_BYTES[reopens % CACHE_BYTES.len()],
-                    reopens % 2 == 1,
-                );
+                j = open(&path, CACHE_BYTES[reopens % CACHE_BYTES.len()]);
             }
         }
         check(&j, &follower, &models);

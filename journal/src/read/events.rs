@@ -136,7 +136,7 @@ fn missing_chunk(check: &Checker, c: &ChunkRef) -> JournalError {
     check.corrupted(c.first_seq, detail)
 }
 
-/// Most bytes of chunk rows one range scan reads (and an owned iterator decodes ahead).
+/// Most bytes of chunk frames one range scan reads (for [`EventIter::for_each_ref`]).
 const CHUNK_RUN_BYTES: usize = 256 * 1024;
 
 /// Tail events per batch, and the bytes that end one early.
@@ -256,25 +256,28 @@ impl Checker {
 }
 
 impl EventIter {
-    /// Hands the events of the next chunks (a run of one generation), or of up to 256 tail
-    /// events, to `sink` (which
-    /// returns `false` to stop). `Ok(false)` once the stream has nothing left.
-    fn fill_with(&mut self, sink: &mut dyn FnMut(EventRef<'_>) -> bool) -> Result<bool> {
+    /// Hands the events of the next chunk (with `runs`, of the next run of chunks of one
+    /// generation), or of up to 256 tail events, to `sink` (which returns `false` to stop, for
+    /// good). `Ok(false)` once the stream has nothing left.
+    fn fill_with(
+        &mut self,
+        runs: bool,
+        sink: &mut dyn FnMut(EventRef<'_>) -> bool,
+    ) -> Result<bool> {
         if let Some(c) = self.chunks.pop_front() {
             let Some(table) = self.chunk_table.as_ref() else {
                 return Err(self.check.corrupted(c.first_seq, "chunk table missing"));
             };
             // An entity's chunks of one generation are neighbours in the table: a run of them
             // (up to `CHUNK_RUN_BYTES`) is read with one range scan instead of a lookup each.
-            let mut last = c;
-            let mut bytes = c.bytes as usize;
+            let frames = |c: &ChunkRef| c.bytes as usize + 4 * c.events as usize;
+            let mut bytes = frames(&c);
             let mut run = 1;
-            while let Some(n) = self.chunks.get(run - 1) {
-                if n.generation != c.generation || bytes + n.bytes as usize > CHUNK_RUN_BYTES {
+            while let Some(n) = self.chunks.get(run - 1).filter(|_| runs) {
+                if n.generation != c.generation || bytes + frames(n) > CHUNK_RUN_BYTES {
                     break;
                 }
-                bytes += n.bytes as usize;
-                last = *n;
+                bytes += frames(n);
                 run += 1;
             }
             let key = keys::chunk_key(c.generation, &self.ek, c.first_seq);
@@ -285,25 +288,32 @@ impl EventIter {
                 emit_chunk(&mut self.check, &c, v.value(), sink)?;
                 return Ok(true);
             }
-            let end = keys::chunk_key(c.generation, &self.ek, last.first_seq);
             let refs: Vec<ChunkRef> = std::iter::once(c)
                 .chain(self.chunks.drain(..run - 1))
                 .collect();
+            let end = refs.last().map_or(c.first_seq, |l| l.first_seq);
+            let end = keys::chunk_key(c.generation, &self.ek, end);
             let mut rows = table.range(key.as_slice()..=end.as_slice())?;
             for c in &refs {
                 let want = keys::chunk_key(c.generation, &self.ek, c.first_seq);
-                // (A row between two referenced ones is not this stream's: skipped.)
-                let v = loop {
-                    let Some(item) = rows.next() else {
-                        return Err(missing_chunk(&self.check, c));
-                    };
-                    let (k, v) = item?;
-                    match k.value().cmp(want.as_slice()) {
-                        std::cmp::Ordering::Less => continue,
-                        std::cmp::Ordering::Equal => break v,
-                        std::cmp::Ordering::Greater => return Err(missing_chunk(&self.check, c)),
-                    }
+                // Rows of the run's key range are exactly the referenced chunks: a row between
+                // them is no chunk of this entity's (as the changelog, which reads every row of
+                // a generation, would find too).
+                let Some(item) = rows.next() else {
+                    return Err(missing_chunk(&self.check, c));
                 };
+                let (k, v) = item?;
+                match k.value().cmp(want.as_slice()) {
+                    std::cmp::Ordering::Equal => {}
+                    std::cmp::Ordering::Greater => return Err(missing_chunk(&self.check, c)),
+                    std::cmp::Ordering::Less => {
+                        let detail = format!(
+                            "a chunk row of generation {} before seq {} is not in the entity row",
+                            c.generation, c.first_seq
+                        );
+                        return Err(self.check.corrupted(c.first_seq, detail));
+                    }
+                }
                 if !emit_chunk(&mut self.check, c, v.value(), sink)? {
                     break;
                 }
@@ -440,7 +450,7 @@ impl EventIter {
             // The journal's own work runs under `guard` (a panic inside redb on damaged bytes
             // is a typed error); a panic in `f` is the caller's and goes on unwinding.
             let filled = guard(&meta.path, || {
-                self.fill_with(&mut |ev| {
+                self.fill_with(true, &mut |ev| {
                     left -= 1;
                     match catch_unwind(AssertUnwindSafe(|| f(ev))) {
                         // Stop at the count, before decoding one event more.
@@ -487,7 +497,8 @@ impl Iterator for EventIter {
             let meta = self.meta.clone();
             let mut buffer = std::mem::take(&mut self.buffer);
             let filled = guard(&meta.path, || {
-                self.fill_with(&mut |ev| {
+                // One chunk at a time: what is decoded ahead stays one chunk's worth.
+                self.fill_with(false, &mut |ev| {
                     buffer.push_back(ev.to_record());
                     true
                 })

@@ -62,8 +62,12 @@ impl Writer {
                     .map(|r| FRAME_HEADER_BYTES + r.bytes as usize)
                     .sum();
                 let key_len = keys::chunk_key_len(&ek);
-                let fill = self.fill_chunk_leaves.then_some(&mut self.pack_fill);
-                let mut cuts = ChunkCuts::new(fill, self.max_chunk_bytes, key_len, left);
+                let mut cuts = ChunkCuts {
+                    fill: self.fill_chunk_leaves.then_some(&mut self.pack_fill),
+                    max_bytes: self.max_chunk_bytes,
+                    key_len,
+                    left,
+                };
                 for r in &refs {
                     row.highest_seq = row.highest_seq.max(r.seq);
                     row.last_write_micros = row.last_write_micros.max(r.timestamp_micros);
@@ -262,14 +266,14 @@ impl Writer {
             let mut merged: Vec<ChunkRef> = Vec::new();
             let mut buf: Vec<u8> = Vec::new();
             let mut current: Option<ChunkRef> = None;
-            // (Deleted events count too: a guess on the large side is harmless.)
-            let left = mine
-                .iter()
-                .map(|c| c.bytes as usize + FRAME_HEADER_BYTES * c.events as usize)
-                .sum();
-            let key_len = keys::chunk_key_len(&ek);
-            let fill = self.fill_chunk_leaves.then_some(&mut self.merge_fill);
-            let mut cuts = ChunkCuts::new(fill, self.max_chunk_bytes, key_len, left);
+            // Merged chunks are cut at `max_chunk_bytes` only, whether or not packing fills
+            // leaves: merging exists to keep an entity's chunks few.
+            let mut cuts = ChunkCuts {
+                fill: None,
+                max_bytes: self.max_chunk_bytes,
+                key_len: 0,
+                left: 0,
+            };
             for c in &mine {
                 let key = keys::chunk_key(c.generation, &ek, c.first_seq);
                 let Some(v) = chunks.get(key.as_slice())? else {
@@ -286,7 +290,6 @@ impl Writer {
                     let rec = codec::decode_event(frame)
                         .map_err(|e| JournalError::corrupted(format!("chunk {key:?}"), e))?;
                     if rec.seq.0 <= row.deleted_to {
-                        cuts.skipped(FRAME_HEADER_BYTES + frame.len());
                         continue;
                     }
                     if cuts.cut_before(buf.len(), FRAME_HEADER_BYTES + frame.len()) {
@@ -397,10 +400,10 @@ pub(super) const MERGE_FANIN: usize = 4;
 /// Bytes a frame adds to a chunk besides the stored event (its `u32` length).
 const FRAME_HEADER_BYTES: usize = 4;
 
-/// redb's leaf layout (redb 4.6, `RawLeafBuilder::required_bytes`): a leaf takes 4 header
-/// bytes plus, per entry with a variable-width key and value, two `u32` ends and the bytes
-/// themselves, and a leaf of more than one entry must fit one 4 KiB page. A leaf of one larger
-/// entry takes the next power-of-two number of pages.
+// redb's leaf layout (redb 4.6, `RawLeafBuilder::required_bytes`): a leaf takes 4 header
+// bytes plus, per entry with a variable-width key and value, two `u32` ends and the bytes
+// themselves, and a leaf of more than one entry must fit one 4 KiB page. A leaf of one larger
+// entry takes the next power-of-two number of pages.
 const LEAF_PAGE_BYTES: usize = 4096;
 const LEAF_HEADER_BYTES: usize = 4;
 const LEAF_ENTRY_BYTES: usize = 8;
@@ -410,15 +413,20 @@ const LEAF_ENTRY_BYTES: usize = 8;
 /// more, tiny, chunk).
 const MIN_PIECE_BYTES: usize = 512;
 
-/// How full the chunks table's leaf at the writer's insertion point is, as redb counts it.
+/// A chunk is cut where the leaf is full only if the leaf is then at least this full (in
+/// 4 KiB pages' eighths): a chunk of frames too large to fill a leaf well grows into a row
+/// of its own instead, as without filling.
+const MIN_FILL_EIGHTHS: usize = 6;
+
+/// How full the chunks table's leaf at packing's insertion point is, as redb counts it.
 ///
-/// Chunk rows are appended in key order, and redb packs appended rows into 4 KiB leaves as long
-/// as they fit; a row that does not fit starts a new leaf. An entity's events of one segment
-/// (about 4.7 KB in the persist benchmark) would make a row too large to share a leaf, each in
-/// an 8 KiB page of its own: 42% of the chunk table's pages went unused. Cutting chunks where
-/// the leaf is full fills the pages instead. The model is a layout hint, not a fact: it starts
-/// empty on open, and rows written elsewhere (deletes, the other of packing and merging) are
-/// not counted; a wrong guess costs space, never correctness.
+/// Chunk rows are appended in key order through a cursor, whose inserts redb packs greedily
+/// into 4 KiB leaves; a row that does not fit starts a new leaf. An entity's events of one
+/// segment (about 4.8 KB in the persist benchmark) would make a row too large to share a leaf,
+/// each in an 8 KiB page of its own. Cutting chunks where the leaf is full fills the pages
+/// instead. The model is a layout hint, not a fact: it starts empty on open, does not see rows
+/// written elsewhere (deletes, merges), nor redb's rebalancing of the last two leaves of a
+/// flush when the last is under a third full; a wrong guess costs space, never correctness.
 #[derive(Debug, Default)]
 pub(super) struct LeafFill {
     /// Bytes of the entries in the current leaf (without the leaf's header).
@@ -440,56 +448,53 @@ impl LeafFill {
     }
 }
 
-/// Where one entity's chunk rows end while its frames are copied: before `max_chunk_bytes`
-/// would be exceeded, and, when filling leaves, where the current leaf is full.
+/// Where one entity's chunk rows end while its frames are copied: before `max_bytes` would be
+/// exceeded, and, when filling leaves (`fill`), where the current leaf is full.
 struct ChunkCuts<'a> {
     fill: Option<&'a mut LeafFill>,
     max_bytes: usize,
+    /// Length of the entity's chunk keys.
     key_len: usize,
     /// Bytes (frames) of the entity not yet copied.
     left: usize,
 }
 
-impl<'a> ChunkCuts<'a> {
-    fn new(fill: Option<&'a mut LeafFill>, max_bytes: usize, key_len: usize, left: usize) -> Self {
-        Self {
-            fill,
-            max_bytes,
-            key_len,
-            left,
-        }
-    }
-
+impl ChunkCuts<'_> {
     /// Whether the chunk under way (`buf_len` bytes so far, 0 when none) must end before a
     /// frame of `frame_len` bytes.
     fn cut_before(&self, buf_len: usize, frame_len: usize) -> bool {
         if buf_len == 0 {
             return false;
         }
-        let fill = self.fill.as_deref();
-        buf_len + frame_len > self.max_bytes
-            || fill.is_some_and(|f| buf_len + frame_len > f.room(self.key_len))
+        if buf_len + frame_len > self.max_bytes {
+            return true;
+        }
+        let Some(fill) = self.fill.as_deref() else {
+            return false;
+        };
+        let room = fill.room(self.key_len);
+        // A chunk already past its leaf is a row of its own (it grows as without filling);
+        // otherwise it ends where the leaf is full, if the leaf is then full enough.
+        let leaf_after = LEAF_HEADER_BYTES + fill.used + LEAF_ENTRY_BYTES + self.key_len + buf_len;
+        buf_len <= room
+            && buf_len + frame_len > room
+            && leaf_after * 8 >= LEAF_PAGE_BYTES * MIN_FILL_EIGHTHS
     }
 
     /// Counts a frame of `frame_len` bytes added to the chunk under way (`buf_len` bytes
     /// before it; 0 starts a chunk).
     fn add(&mut self, buf_len: usize, frame_len: usize) {
-        let left = self.left;
-        self.left = left.saturating_sub(frame_len);
+        let left = self.left.min(self.max_bytes);
+        self.left = self.left.saturating_sub(frame_len);
         let Some(fill) = self.fill.as_deref_mut() else {
             return;
         };
         let room = fill.room(self.key_len);
-        // A new chunk stays in this leaf if its first frame fits, and either the entity's
-        // rest fits too or the piece that does is worth a chunk; otherwise it starts a leaf.
+        // A new chunk stays in this leaf if its first frame fits, and either the chunk fits
+        // too or the piece that does is worth a chunk; otherwise it starts a leaf.
         if buf_len == 0 && (frame_len > room || (left > room && room < MIN_PIECE_BYTES)) {
             fill.used = 0;
         }
-    }
-
-    /// Counts a frame of `frame_len` bytes that is not copied (a deleted event).
-    fn skipped(&mut self, frame_len: usize) {
-        self.left = self.left.saturating_sub(frame_len);
     }
 
     /// Counts a chunk row of `value_len` bytes written at the insertion point.
