@@ -29,7 +29,11 @@
 //! [0] (1: after the timed persist, a segment's worth of events of an extra entity seals the
 //! last segment, so replay reads only packed chunks), `STATELINE_BENCH_MERGE` [journal default]
 //! (1/0: merge packed generations or not), `STATELINE_BENCH_PACK_CACHE_BYTES` [journal
-//! default], `STATELINE_BENCH_MAX_CHUNK_BYTES` [journal default], `STATELINE_BENCH_CACHE_BYTES`
+//! default], `STATELINE_BENCH_MAX_CHUNK_BYTES` [journal default],
+//! `STATELINE_BENCH_FILL_CHUNK_LEAVES` [journal default, off] (1/0: cut chunk rows where redb's
+//! leaf is full, `JournalBuilder::fill_chunk_leaves`), `STATELINE_BENCH_TABLE_STATS` [0] (1:
+//! after the run, print redb's storage stats of every table of the last round's journal:
+//! pages, stored and fragmented bytes), `STATELINE_BENCH_CACHE_BYTES`
 //! [268435456, the journal's default] (redb page cache of the journal and of both baselines), `STATELINE_BENCH_ROUNDS` [5]
 //! (persist rounds, see below), `STATELINE_BENCH_REPLAY_PASSES` [5] (timed replay passes per
 //! side, journal and baseline alternating). With `RUST_LOG` set, the journal's tracing output goes to stderr.
@@ -1013,24 +1017,19 @@ fn main() {
 /// redb's storage stats of every table of a closed journal file (stderr): how full the
 /// pages holding each table are.
 fn print_table_stats(path: &Path) {
-    use redb::{ReadableTableMetadata, TableHandle};
+    use redb::TableHandle;
     let db = redb::Database::open(path).expect("open the journal file with redb");
     let rtx = db.begin_read().expect("read transaction");
     eprintln!("== redb tables of {}", path.display());
     for handle in rtx.list_tables().expect("list tables") {
         let name = handle.name().to_string();
+        // Tables are opened with their key types (redb checks them); values are bytes.
         let stats = if name.starts_with("stateline.log.") || name == "stateline.generations" {
-            let def: TableDefinition<u64, &[u8]> = TableDefinition::new(&name);
-            rtx.open_table(def)
-                .and_then(|t| t.stats().map_err(Into::into))
+            table_stats::<u64>(&rtx, &name)
         } else if name == "stateline.meta" {
-            let def: TableDefinition<&str, &[u8]> = TableDefinition::new(&name);
-            rtx.open_table(def)
-                .and_then(|t| t.stats().map_err(Into::into))
+            table_stats::<&str>(&rtx, &name)
         } else {
-            let def: TableDefinition<&[u8], &[u8]> = TableDefinition::new(&name);
-            rtx.open_table(def)
-                .and_then(|t| t.stats().map_err(Into::into))
+            table_stats::<&[u8]>(&rtx, &name)
         };
         match stats {
             Ok(st) => eprintln!(
@@ -1046,6 +1045,15 @@ fn print_table_stats(path: &Path) {
             Err(e) => eprintln!("  {name}: {e}"),
         }
     }
+}
+
+fn table_stats<K: redb::Key + 'static>(
+    rtx: &redb::ReadTransaction,
+    name: &str,
+) -> Result<redb::TableStats, redb::Error> {
+    use redb::ReadableTableMetadata;
+    let table = rtx.open_table(TableDefinition::<K, &[u8]>::new(name))?;
+    Ok(table.stats()?)
 }
 
 fn mib(bytes: u64) -> f64 {

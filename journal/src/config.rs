@@ -151,17 +151,19 @@ impl JournalBuilder {
         self
     }
 
-    /// Whether packing (and merging) cuts an entity's chunk rows where the chunks table's
-    /// current redb leaf (4 KiB) is full, so that chunk rows fill whole pages. Default `false`.
+    /// Whether packing cuts an entity's chunk rows where the chunks table's current redb leaf
+    /// (4 KiB) is full, so that chunk rows fill whole pages. Default `false`.
     ///
     /// A leaf of more than one row must fit one 4 KiB page, so a chunk row larger than about
     /// 4 KiB sits alone in a page rounded up to a power of two: with 10,000 entities per
-    /// 262,144-event segment (about 4.8 KB per entity and segment), 42% of the chunk table's
-    /// pages went unused. Filling cut that to 3% and the bytes written per event from about
-    /// 750 to 650 (`cargo bench --bench journal`, `STATELINE_BENCH_FILL_CHUNK_LEAVES=1`), for
-    /// about 4% more persist throughput; but such an entity's events of a segment then span
-    /// two leaves instead of one, and replay ran about 10% slower. Turn it on for journals
-    /// written much more than they are replayed. See the README's benchmark section.
+    /// 262,144-event segment (about 4.8 KB per entity and segment) 42% of the chunk table's
+    /// pages go unused. Filling leaves wastes 3% and writes ~650 bytes per event instead of
+    /// ~750, for a persist ratio about 0.05 higher in `cargo bench --bench journal`; but such an
+    /// entity's events of one segment then span two leaves instead of one, and the replay ratio
+    /// was about 0.1 lower. Worth it for journals written much more than they are replayed
+    /// (measured numbers in the README's benchmark section). Chunks too large to fill a leaf
+    /// well (events of more than about 1 KB) and merged generations are cut at
+    /// [`Self::max_chunk_bytes`] only. Files may mix chunks cut either way.
     pub fn fill_chunk_leaves(mut self, fill: bool) -> Self {
         self.fill_chunk_leaves = fill;
         self

@@ -250,67 +250,11 @@ async fn frames_too_large_to_fill_a_leaf_are_not_cut_one_by_one() {
     }
 }
 
-#[tokio::test]
-async fn a_stray_row_inside_a_run_is_a_typed_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.redb");
-    let mut model = Model::new();
-    let j = open(&path, true, false);
-    write(&j, &mut model, 2 * SEGMENT + 10, 0).await;
-    j.flush(true).await.unwrap();
-    drop(j);
-    // A row keyed between entity 1's first two chunks of generation 0 (first seq + 1), which
-    // its entity row does not reference: no chunk of the entity's, so the run is damaged.
-    let db = redb::Database::open(&path).unwrap();
-    let [first, second] = entity_chunks(&db, "acc-0001");
-    let mut stray = first.clone();
-    let at = stray.len() - 8;
-    let seq = u64::from_be_bytes(stray[at..].try_into().unwrap()) + 1;
-    stray[at..].copy_from_slice(&seq.to_be_bytes());
-    assert!(
-        stray < second,
-        "entity 1's first chunk holds one event only"
-    );
-    let wtx = db.begin_write().unwrap();
-    wtx.open_table(CHUNKS)
-        .unwrap()
-        .insert(stray.as_slice(), &b"not a chunk"[..])
-        .unwrap();
-    wtx.commit().unwrap();
-    drop(db);
-    let j = open(&path, true, false);
-    let err = j
-        .events(&pid(1), Seq(1), Seq(u64::MAX), u64::MAX)
-        .unwrap()
-        .for_each_ref(|_| Ok::<(), JournalError>(()))
-        .unwrap_err();
-    assert!(matches!(err, JournalError::Corrupted { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("is not in the entity row"),
-        "{err}"
-    );
-    // Other entities read on.
-    assert_eq!(j.all_events(&pid(2)).unwrap().len(), model[&2].1.len());
-}
-
-/// Keys of the first two chunk rows of generation 0 of the entity with id `id`.
-fn entity_chunks(db: &redb::Database, id: &str) -> [Vec<u8>; 2] {
-    let rtx = db.begin_read().unwrap();
-    let t = rtx.open_table(CHUNKS).unwrap();
-    let mut rows = t
-        .iter()
-        .unwrap()
-        .map(|r| r.unwrap().0.value().to_vec())
-        .filter(|k| {
-            k.starts_with(&0u64.to_be_bytes()) && k.windows(id.len()).any(|w| w == id.as_bytes())
-        });
-    let first = rows.next().unwrap();
-    let second = rows.next().expect("two chunks in generation 0");
-    [first, second]
-}
-
-#[tokio::test]
-async fn a_chunk_missing_from_a_run_is_a_typed_error() {
+/// A journal whose entity 1 has several chunks in generation 0, after `edit` changed its chunk
+/// table (given the keys of entity 1's first two chunks there) behind the journal's back.
+async fn entity_1_damaged(
+    edit: impl FnOnce(&mut redb::Table<&[u8], &[u8]>, [Vec<u8>; 2]),
+) -> (tempfile::TempDir, Journal, Model) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let mut model = Model::new();
@@ -319,37 +263,66 @@ async fn a_chunk_missing_from_a_run_is_a_typed_error() {
     j.flush(true).await.unwrap();
     check(&j, &model);
     drop(j);
-    // Entity 1 (hot) has several chunk rows in generation 0: remove the second.
     let db = redb::Database::open(&path).unwrap();
-    let [_, victim] = entity_chunks(&db, "acc-0001");
+    let keys = {
+        let rtx = db.begin_read().unwrap();
+        let t = rtx.open_table(CHUNKS).unwrap();
+        let id = b"acc-0001";
+        let mut rows = t
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().0.value().to_vec())
+            .filter(|k| k.starts_with(&0u64.to_be_bytes()) && k.windows(id.len()).any(|w| w == id));
+        let first = rows.next().unwrap();
+        [first, rows.next().expect("two chunks in generation 0")]
+    };
     let wtx = db.begin_write().unwrap();
-    wtx.open_table(CHUNKS)
-        .unwrap()
-        .remove(victim.as_slice())
-        .unwrap();
+    edit(&mut wtx.open_table(CHUNKS).unwrap(), keys);
     wtx.commit().unwrap();
     drop(db);
     let j = open(&path, true, false);
-    let err = j
-        .events(&pid(1), Seq(1), Seq(u64::MAX), u64::MAX)
-        .unwrap()
-        .collect::<Result<Vec<_>>>()
-        .unwrap_err();
-    assert!(matches!(err, JournalError::Corrupted { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("chunk of generation 0 missing"),
-        "{err}"
-    );
-    let err = j
-        .events(&pid(1), Seq(1), Seq(u64::MAX), u64::MAX)
-        .unwrap()
-        .for_each_ref(|_| Ok::<(), JournalError>(()))
-        .unwrap_err();
-    assert!(matches!(err, JournalError::Corrupted { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("chunk of generation 0 missing"),
-        "{err}"
-    );
     // Other entities read on.
     assert_eq!(j.all_events(&pid(2)).unwrap().len(), model[&2].1.len());
+    (dir, j, model)
+}
+
+fn assert_corrupted(err: JournalError, says: &str) {
+    assert!(matches!(err, JournalError::Corrupted { .. }), "{err:?}");
+    assert!(err.to_string().contains(says), "{err}");
+}
+
+#[tokio::test]
+async fn a_chunk_missing_from_a_run_is_a_typed_error() {
+    let (_dir, j, _) = entity_1_damaged(|t, [_, second]| {
+        t.remove(second.as_slice()).unwrap();
+    })
+    .await;
+    let events = || j.events(&pid(1), Seq(1), Seq(u64::MAX), u64::MAX).unwrap();
+    let owned = events().collect::<Result<Vec<_>>>().unwrap_err();
+    assert_corrupted(owned, "chunk of generation 0 missing");
+    let in_place = events().for_each_ref(|_| Ok::<(), JournalError>(()));
+    assert_corrupted(in_place.unwrap_err(), "chunk of generation 0 missing");
+}
+
+#[tokio::test]
+async fn a_stray_row_inside_a_run_is_a_typed_error() {
+    // A row keyed between entity 1's first two chunks of generation 0 (first seq + 1), which
+    // its entity row does not reference: no chunk of the entity's, so the run is damaged.
+    let (_dir, j, _) = entity_1_damaged(|t, [first, second]| {
+        let mut stray = first;
+        let at = stray.len() - 8;
+        let seq = u64::from_be_bytes(stray[at..].try_into().unwrap()) + 1;
+        stray[at..].copy_from_slice(&seq.to_be_bytes());
+        assert!(
+            stray < second,
+            "entity 1's first chunk holds one event only"
+        );
+        t.insert(stray.as_slice(), &b"not a chunk"[..]).unwrap();
+    })
+    .await;
+    let in_place = j
+        .events(&pid(1), Seq(1), Seq(u64::MAX), u64::MAX)
+        .unwrap()
+        .for_each_ref(|_| Ok::<(), JournalError>(()));
+    assert_corrupted(in_place.unwrap_err(), "is not in the entity row");
 }
