@@ -157,13 +157,15 @@ impl JournalBuilder {
     /// A leaf of more than one row must fit one 4 KiB page, so a chunk row larger than about
     /// 4 KiB sits alone in a page rounded up to a power of two: with 10,000 entities per
     /// 262,144-event segment (about 4.8 KB per entity and segment) 42% of the chunk table's
-    /// pages go unused. Filling leaves wastes 3% and writes ~650 bytes per event instead of
-    /// ~750, for a persist ratio about 0.05 higher in `cargo bench --bench journal`; but such an
-    /// entity's events of one segment then span two leaves instead of one, and the replay ratio
-    /// was about 0.1 lower. Worth it for journals written much more than they are replayed
-    /// (measured numbers in the README's benchmark section). Chunks too large to fill a leaf
-    /// well (events of more than about 1 KB) and merged generations are cut at
-    /// [`Self::max_chunk_bytes`] only. Files may mix chunks cut either way.
+    /// pages go unused. Filling leaves wastes 3% and writes ~660 bytes per event instead of
+    /// ~750 (`cargo bench --bench journal`); the persist ratio gained ~0.03 in alternating
+    /// runs, less than the machine's noise between full runs, while such an entity's events of
+    /// one segment then span two leaves instead of one and the replay ratio was 0.06–0.09
+    /// lower. Consider it for journals written much more than they are replayed (numbers in the
+    /// README's benchmark section). A chunk is cut at a full leaf only once it holds two frames
+    /// (so events too large for two to share a leaf are never one per chunk); merged
+    /// generations are cut at [`Self::max_chunk_bytes`] only. Files may mix chunks cut either
+    /// way.
     pub fn fill_chunk_leaves(mut self, fill: bool) -> Self {
         self.fill_chunk_leaves = fill;
         self

@@ -161,7 +161,7 @@ async fn every_event_reads_back_once_and_in_order_whether_chunks_fill_leaves_or_
 }
 
 #[tokio::test]
-async fn merged_generations_fill_leaves_and_read_back() {
+async fn generations_packed_with_filled_leaves_merge_into_whole_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("j.redb");
     let mut model = Model::new();
@@ -178,6 +178,22 @@ async fn merged_generations_fill_leaves_and_read_back() {
         assert!(
             gens < 8,
             "eight or more packed segments, {gens} generations: nothing merged"
+        );
+        // Every packed generation has been merged here. Packed with filled leaves, the hot
+        // entity 1 had a dozen or more leaf-sized chunks per generation; merged, it has a few
+        // chunks of up to `max_chunk_bytes` per generation: merging does not fill.
+        let t = rtx.open_table(CHUNKS).unwrap();
+        let mut per_generation: BTreeMap<u64, usize> = BTreeMap::new();
+        for row in t.iter().unwrap() {
+            let key = row.unwrap().0.value().to_vec();
+            if key.windows(8).any(|w| w == b"acc-0001") {
+                let g = u64::from_be_bytes(key[..8].try_into().unwrap());
+                *per_generation.entry(g).or_default() += 1;
+            }
+        }
+        assert!(
+            !per_generation.is_empty() && per_generation.values().all(|&n| n <= 4),
+            "entity 1's chunks per generation: {per_generation:?}"
         );
     }
     let j = open(&path, true, true);
@@ -242,9 +258,10 @@ async fn filled_leaves_waste_less_of_the_chunk_table() {
 
 #[tokio::test]
 async fn frames_too_large_to_fill_a_leaf_are_not_cut_one_by_one() {
-    // Events of ~2.1 KB (two cannot share a leaf) and of ~6 KB (larger than a leaf): filling
-    // leaves would only cut every frame into a chunk of its own, so chunks grow as without it.
-    for payload_len in [2_000, 6_000] {
+    // Events of ~2.1 KB and ~3.1 KB (two cannot share a leaf; one fills one well enough) and
+    // of ~6 KB (larger than a leaf): filling leaves would only cut every frame into a chunk of
+    // its own, so chunks grow as without it.
+    for payload_len in [2_000, 3_000, 6_000] {
         let [(_, rows_one), (_, rows_filled)] = layouts(payload_len).await;
         assert_eq!(rows_filled, rows_one, "{payload_len}-byte payloads");
     }

@@ -67,6 +67,7 @@ impl Writer {
                     max_bytes: self.max_chunk_bytes,
                     key_len,
                     left,
+                    frames: 0,
                 };
                 for r in &refs {
                     row.highest_seq = row.highest_seq.max(r.seq);
@@ -273,6 +274,7 @@ impl Writer {
                 max_bytes: self.max_chunk_bytes,
                 key_len: 0,
                 left: 0,
+                frames: 0,
             };
             for c in &mine {
                 let key = keys::chunk_key(c.generation, &ek, c.first_seq);
@@ -413,9 +415,9 @@ const LEAF_ENTRY_BYTES: usize = 8;
 /// more, tiny, chunk).
 const MIN_PIECE_BYTES: usize = 512;
 
-/// A chunk is cut where the leaf is full only if the leaf is then at least this full (in
-/// 4 KiB pages' eighths): a chunk of frames too large to fill a leaf well grows into a row
-/// of its own instead, as without filling.
+/// A chunk is cut where the leaf is full only if it holds at least two frames and the leaf is
+/// then at least this full (in eighths of a page); otherwise it grows into a row of its own, as
+/// without filling. So frames too large for two to share a leaf are never one per chunk.
 const MIN_FILL_EIGHTHS: usize = 6;
 
 /// How full the chunks table's leaf at packing's insertion point is, as redb counts it.
@@ -457,6 +459,8 @@ struct ChunkCuts<'a> {
     key_len: usize,
     /// Bytes (frames) of the entity not yet copied.
     left: usize,
+    /// Frames in the chunk under way.
+    frames: usize,
 }
 
 impl ChunkCuts<'_> {
@@ -474,9 +478,11 @@ impl ChunkCuts<'_> {
         };
         let room = fill.room(self.key_len);
         // A chunk already past its leaf is a row of its own (it grows as without filling);
-        // otherwise it ends where the leaf is full, if the leaf is then full enough.
+        // otherwise it ends where the leaf is full, if it holds two frames and the leaf is
+        // then full enough.
         let leaf_after = LEAF_HEADER_BYTES + fill.used + LEAF_ENTRY_BYTES + self.key_len + buf_len;
-        buf_len <= room
+        self.frames >= 2
+            && buf_len <= room
             && buf_len + frame_len > room
             && leaf_after * 8 >= LEAF_PAGE_BYTES * MIN_FILL_EIGHTHS
     }
@@ -486,6 +492,7 @@ impl ChunkCuts<'_> {
     fn add(&mut self, buf_len: usize, frame_len: usize) {
         let left = self.left.min(self.max_bytes);
         self.left = self.left.saturating_sub(frame_len);
+        self.frames = if buf_len == 0 { 1 } else { self.frames + 1 };
         let Some(fill) = self.fill.as_deref_mut() else {
             return;
         };
