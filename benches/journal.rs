@@ -477,7 +477,7 @@ fn cpu_note(writer: Option<f64>, process: Option<f64>, events: u64) -> String {
 }
 
 fn file_mib(path: &Path) -> f64 {
-    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64)
+    std::fs::metadata(path).map_or(0.0, |m| mib(m.len()))
 }
 
 struct Persisted {

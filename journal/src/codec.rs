@@ -621,6 +621,9 @@ pub(crate) fn leading_u32(bytes: &[u8]) -> Option<u32> {
     rmp::decode::read_int::<u32, _>(&mut body).ok()
 }
 
+/// Bytes a frame adds to a chunk or log row besides its stored event (the `u32` length).
+pub(crate) const FRAME_HEADER_BYTES: usize = 4;
+
 /// Appends one stored event (already sealed) to a chunk as a `u32 LE length` frame.
 pub(crate) fn push_frame(chunk: &mut Vec<u8>, stored_event: &[u8]) {
     chunk.extend_from_slice(&(stored_event.len() as u32).to_le_bytes());

@@ -87,7 +87,7 @@ pub(crate) fn key_group_start(kg: u32) -> Vec<u8> {
 
 /// `generation ‖ entity key ‖ NUL ‖ first seq`.
 pub(crate) fn chunk_key(generation: u64, entity_key: &[u8], first_seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + entity_key.len() + 1 + 8);
+    let mut k = Vec::with_capacity(chunk_key_len(entity_key));
     k.extend_from_slice(&generation.to_be_bytes());
     k.extend_from_slice(entity_key);
     k.push(0);

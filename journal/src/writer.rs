@@ -224,10 +224,9 @@ pub(crate) struct Writer {
     segment_events: u64,
     pack_step_events: usize,
     max_chunk_bytes: usize,
-    /// Cut chunk rows where the chunks table's leaf is full (see [`pack::LeafFill`]).
-    fill_chunk_leaves: bool,
-    /// The leaf packing appends chunk rows to.
-    pack_fill: pack::LeafFill,
+    /// The leaf packing appends chunk rows to, when it cuts them where the leaf is full
+    /// (`fill_chunk_leaves`; see [`pack::LeafFill`]).
+    pack_fill: Option<pack::LeafFill>,
     max_batch_events: usize,
     key_groups: u32,
     path: PathBuf,
@@ -262,8 +261,7 @@ impl Writer {
             segment_events: cfg.segment_events,
             pack_step_events: cfg.pack_step_events,
             max_chunk_bytes: cfg.max_chunk_bytes,
-            fill_chunk_leaves: cfg.fill_chunk_leaves,
-            pack_fill: pack::LeafFill::default(),
+            pack_fill: cfg.fill_chunk_leaves.then(pack::LeafFill::default),
             max_batch_events: cfg.max_batch_events,
             key_groups,
             path,

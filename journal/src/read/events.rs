@@ -270,7 +270,8 @@ impl EventIter {
             };
             // An entity's chunks of one generation are neighbours in the table: a run of them
             // (up to `CHUNK_RUN_BYTES`) is read with one range scan instead of a lookup each.
-            let frames = |c: &ChunkRef| c.bytes as usize + 4 * c.events as usize;
+            let frames =
+                |c: &ChunkRef| c.bytes as usize + codec::FRAME_HEADER_BYTES * c.events as usize;
             let mut bytes = frames(&c);
             let mut run = 1;
             while let Some(n) = self.chunks.get(run - 1).filter(|_| runs) {

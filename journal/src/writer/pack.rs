@@ -9,7 +9,7 @@ use redb::{ReadableTable, Table};
 use tracing::debug;
 
 use super::{encode_row, load_row, Effects, Writer};
-use crate::codec;
+use crate::codec::{self, FRAME_HEADER_BYTES};
 use crate::error::{JournalError, Result};
 use crate::keys;
 use crate::log;
@@ -63,7 +63,7 @@ impl Writer {
                     .sum();
                 let key_len = keys::chunk_key_len(&ek);
                 let mut cuts = ChunkCuts {
-                    fill: self.fill_chunk_leaves.then_some(&mut self.pack_fill),
+                    fill: self.pack_fill.as_mut(),
                     max_bytes: self.max_chunk_bytes,
                     key_len,
                     left,
@@ -398,9 +398,6 @@ impl Writer {
 
 /// Generations merged at once.
 pub(super) const MERGE_FANIN: usize = 4;
-
-/// Bytes a frame adds to a chunk besides the stored event (its `u32` length).
-const FRAME_HEADER_BYTES: usize = 4;
 
 // redb's leaf layout (redb 4.6, `RawLeafBuilder::required_bytes`): a leaf takes 4 header
 // bytes plus, per entry with a variable-width key and value, two `u32` ends and the bytes
