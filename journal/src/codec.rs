@@ -41,6 +41,11 @@ struct SnapshotEnvelope<'a> {
 
 const CRC_LEN: usize = 4;
 
+mod compact;
+#[cfg(feature = "fuzzing")]
+pub(crate) use compact::compact_chunk_sealed;
+pub(crate) use compact::{is_compact, ChunkEvent, CompactEvents, CompactWriter};
+
 /// The CRC-32 (IEEE) of the concatenation of `parts`. `crc32fast::Hasher::new` detects the
 /// CPU's features on every call, which costs as much as checksumming a small event; a clone of
 /// one made once does not.
@@ -532,6 +537,84 @@ pub(crate) fn event_fields<'a>(
         version: env.version,
         payload: env.payload,
     }))
+}
+
+/// The fields of a stored event as a compact chunk keeps them (the persistence id left out),
+/// checking its checksum unless the bytes are `trusted` (sealed by this process's writer, or
+/// checked when read from disk before).
+///
+/// # Errors
+/// [`CodecError`] when the checksum does not match or the envelope does not decode.
+pub(crate) fn chunk_event(bytes: &[u8], trusted: bool) -> Result<ChunkEvent<'_>, CodecError> {
+    let body = if trusted && bytes.len() >= CRC_LEN {
+        &bytes[CRC_LEN..]
+    } else {
+        unseal(bytes)?
+    };
+    let env = match parse_event_envelope(body) {
+        Some(env) => env,
+        None => decode(body)?,
+    };
+    check_seq_and_offset(env.seq, env.offset)?;
+    let event_id = env
+        .event_id
+        .try_into()
+        .map_err(|_| CodecError::Invalid("event id is not 16 bytes".into()))?;
+    Ok(ChunkEvent {
+        seq: env.seq,
+        offset: env.offset,
+        event_id,
+        timestamp_micros: env.timestamp_micros,
+        manifest: env.manifest,
+        version: env.version,
+        payload: env.payload,
+    })
+}
+
+/// The owned record of `pid`'s event `e` (from a compact chunk).
+pub(crate) fn chunk_record(
+    pid: &PersistenceId,
+    e: &ChunkEvent<'_>,
+) -> Result<EventRecord, CodecError> {
+    Ok(EventRecord {
+        persistence_id: pid.clone(),
+        seq: Seq(e.seq),
+        offset: Offset(e.offset),
+        event_id: Uuid::from_bytes(e.event_id),
+        timestamp: from_micros(e.timestamp_micros)?,
+        manifest: Manifest::new(e.manifest, e.version),
+        payload: e.payload.to_vec(),
+    })
+}
+
+/// The events of a chunk row of either encoding (frames of stored events, or compact), their
+/// checksums checked.
+pub(crate) enum ChunkEvents<'a> {
+    Frames(Frames<'a>),
+    Compact(CompactEvents<'a>),
+}
+
+impl<'a> ChunkEvents<'a> {
+    /// # Errors
+    /// [`CodecError`] when a compact chunk's checksum does not match.
+    pub(crate) fn new(chunk: &'a [u8]) -> Result<Self, CodecError> {
+        if is_compact(chunk) {
+            CompactEvents::new(chunk).map(Self::Compact)
+        } else {
+            Ok(Self::Frames(Frames::new(chunk)))
+        }
+    }
+}
+
+impl<'a> Iterator for ChunkEvents<'a> {
+    type Item = Result<ChunkEvent<'a>, CodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::Frames(f) => Some(f.next()?.and_then(|frame| chunk_event(frame, false))),
+            Self::Compact(c) => c.next(),
+        }
+    }
 }
 
 /// Encodes one snapshot record into its stored form.

@@ -155,14 +155,16 @@ impl JournalBuilder {
     /// (4 KiB) is full, so that chunk rows fill whole pages. Default `false`.
     ///
     /// A leaf of more than one row must fit one 4 KiB page, so a chunk row larger than about
-    /// 4 KiB sits alone in a page rounded up to a power of two: with 10,000 entities per
-    /// 262,144-event segment (about 4.8 KB per entity and segment) 42% of the chunk table's
-    /// pages go unused. Filling leaves wastes 3% and writes ~660 bytes per event instead of
-    /// ~750 (`cargo bench --bench journal`); the persist ratio gained ~0.03 in alternating
-    /// runs, less than the machine's noise between full runs, while such an entity's events of
-    /// one segment then span two leaves instead of one and the replay ratio was 0.06–0.09
-    /// lower. Consider it for journals written much more than they are replayed (numbers in the
-    /// README's benchmark section). A chunk is cut at a full leaf only once it holds two frames
+    /// 4 KiB sits alone in a page rounded up to a power of two. Measured with chunks of frames
+    /// (format 2; compact chunks are ~30% smaller): with 10,000 entities per 262,144-event
+    /// segment (about 4.8 KB per entity and segment) 42% of the chunk table's pages went
+    /// unused. Filling leaves wasted 3% and wrote ~660 bytes per event instead of ~750
+    /// (`cargo bench --bench journal`); the persist ratio gained ~0.03 in alternating runs, less
+    /// than the machine's noise between full runs, while such an entity's events of one
+    /// segment then spanned two leaves instead of one and the replay ratio was 0.06–0.09 lower.
+    /// Consider it for journals whose entities have 4–8 KB of events per segment and that are
+    /// written much more than they are replayed. A chunk is cut at a full leaf only once it
+    /// holds two events
     /// (so events too large for two to share a leaf are never one per chunk); merged
     /// generations are cut at [`Self::max_chunk_bytes`] only. Files may mix chunks cut either
     /// way.

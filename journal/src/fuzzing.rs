@@ -109,6 +109,25 @@ pub fn chunk_of<'a>(stored_events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8
     chunk
 }
 
+/// The events of a compact chunk row (format 3) encoded again by the writer's encoder, one
+/// chunk for all of them: reading the result gives the same events.
+///
+/// # Errors
+/// [`CodecError`] for bytes that are not a compact chunk whose events all decode.
+pub fn compact_chunk_reencoded(chunk: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let mut w = codec::CompactWriter::default();
+    for e in codec::CompactEvents::new(chunk)? {
+        w.push(&e?);
+    }
+    Ok(w.finish().to_vec())
+}
+
+/// A compact chunk row holding `body` behind its header and a valid checksum (so that fuzzing
+/// reaches the event decoder).
+pub fn compact_chunk_sealed(body: &[u8]) -> Vec<u8> {
+    codec::compact_chunk_sealed(body)
+}
+
 /// An entity key: its key group and persistence id.
 ///
 /// # Errors

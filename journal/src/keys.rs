@@ -95,6 +95,11 @@ pub(crate) fn chunk_key(generation: u64, entity_key: &[u8], first_seq: u64) -> V
     k
 }
 
+/// The entity key inside a [`chunk_key`] (`None` when the key is too short to hold one).
+pub(crate) fn chunk_key_entity(chunk_key: &[u8]) -> Option<&[u8]> {
+    chunk_key.get(8..chunk_key.len().checked_sub(9)?)
+}
+
 /// Length of a [`chunk_key`] for `entity_key`.
 pub(crate) fn chunk_key_len(entity_key: &[u8]) -> usize {
     8 + entity_key.len() + 1 + 8

@@ -259,7 +259,7 @@ mod tests {
         assert!(matches!(r, Err(JournalError::Corrupted { .. })));
     }
 
-    /// The G9 fixture (`tests/format_v1_keeps_opening.rs`) really holds what those tests rely
+    /// The G9 fixture (`tests/older_formats_keep_opening.rs`) really holds what those tests rely
     /// on: packed generations and a format-1 segment with events in it.
     #[test]
     fn the_format_1_fixture_has_an_unpacked_segment_of_one_row_per_event() {

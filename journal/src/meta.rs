@@ -7,9 +7,10 @@ use crate::error::CodecError;
 
 /// On-disk format version this build writes. Older versions keep opening (G9); newer ones are
 /// refused with [`crate::JournalError::UnsupportedFormat`]. Version 2 groups the events of a
-/// commit into log rows (see `FORMAT.md`); a version-1 journal opened for writing is marked
-/// version 2 before its first new segment is written.
-pub const FORMAT_VERSION: u32 = 2;
+/// commit into log rows (see `FORMAT.md`); version 3 packs chunk rows in the compact encoding
+/// (an older journal's chunks of frames keep being read). An older journal opened for writing
+/// is marked with this version before anything new is written.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Written once when the journal is created, checked on every open.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -241,9 +241,9 @@ async fn layouts(payload_len: usize) -> [(u64, usize); 2] {
 
 #[tokio::test]
 async fn filled_leaves_waste_less_of_the_chunk_table() {
-    // ~190 stored bytes per event: about 5.3 KB per entity and segment, just too large to
-    // share a 4 KiB leaf as one row, so each row takes an 8 KiB page of its own.
-    let [(waste_one_row, rows_one), (waste_filled, rows_filled)] = layouts(100).await;
+    // ~190 bytes per event in a compact chunk: about 5.3 KB per entity and segment, just too
+    // large to share a 4 KiB leaf as one row, so each row takes an 8 KiB page of its own.
+    let [(waste_one_row, rows_one), (waste_filled, rows_filled)] = layouts(160).await;
     assert!(rows_one >= 10 * 19 && rows_one % 10 == 0, "{rows_one} rows");
     // Cut where leaves fill: two or three pieces per entity and generation, not one per frame.
     assert!(

@@ -234,13 +234,15 @@ fn visiting_in_place_yields_what_the_iterator_yields_and_stops_at_an_error() {
     assert_eq!(seen, 12);
 }
 
-/// Packs one entity's 6 events into one chunk and damages the 4th event's bytes in it (through
-/// redb, so the file itself stays sound): only the journal's checksum can tell.
-fn one_chunk_with_a_damaged_fourth_event() -> (Fixture, PersistenceId) {
-    let f = fixture_with(Journal::builder().segment_events(6));
+/// Packs one entity's 6 events into two chunks (seqs 1-3 in generation 0, 4-6 in generation 1)
+/// and damages the second chunk's last byte (through redb, so the file itself stays sound):
+/// only the journal's checksum can tell.
+fn a_damaged_chunk_from_the_fourth_event() -> (Fixture, PersistenceId) {
+    let f = fixture_with(Journal::builder().segment_events(3));
     let a = pid("a");
-    f.j.append_blocking(&a, Seq(1), evs(6, "e")).unwrap();
-    // A second segment's append seals the first, which the flush then packs.
+    f.j.append_blocking(&a, Seq(1), evs(3, "e")).unwrap();
+    f.j.append_blocking(&a, Seq(4), evs(3, "e")).unwrap();
+    // A third segment's append seals the second, which the flush then packs.
     f.j.append_blocking(&pid("b"), Seq(1), evs(1, "b")).unwrap();
     f.j.flush_blocking(true).unwrap();
     let Fixture { _dir, path, j } = f;
@@ -253,17 +255,14 @@ fn one_chunk_with_a_damaged_fourth_event() -> (Fixture, PersistenceId) {
         {
             let mut t = w.open_table(CHUNKS).unwrap();
             let (key, mut row) = {
-                let mut it = redb::ReadableTable::range::<&[u8]>(&t, ..).unwrap();
-                let (k, v) = it.next().unwrap().unwrap();
+                let it = redb::ReadableTable::range::<&[u8]>(&t, ..).unwrap();
+                let mut rows = it.map(|r| r.unwrap());
+                let (k, v) = rows
+                    .find(|(k, _)| k.value().starts_with(&1u64.to_be_bytes()))
+                    .expect("a chunk of generation 1");
                 (k.value().to_vec(), v.value().to_vec())
             };
-            // Frames: `len u32 LE ‖ stored event`; flip the last byte of the fourth.
-            let mut at = 0;
-            for _ in 0..4 {
-                let len = u32::from_le_bytes(row[at..at + 4].try_into().unwrap()) as usize;
-                at += 4 + len;
-            }
-            row[at - 1] ^= 0x5a;
+            *row.last_mut().unwrap() ^= 0x5a;
             t.insert(key.as_slice(), row.as_slice()).unwrap();
         }
         w.commit().unwrap();
@@ -274,7 +273,7 @@ fn one_chunk_with_a_damaged_fourth_event() -> (Fixture, PersistenceId) {
 
 #[test]
 fn visiting_in_place_stops_at_the_count_and_after_an_iterator_error() {
-    let (f, a) = one_chunk_with_a_damaged_fourth_event();
+    let (f, a) = a_damaged_chunk_from_the_fourth_event();
     // The count is reached before the damaged event is decoded.
     let mut seen = Vec::new();
     f.j.events(&a, Seq(1), Seq(u64::MAX), 3)
@@ -298,6 +297,8 @@ fn visiting_in_place_stops_at_the_count_and_after_an_iterator_error() {
     assert_eq!(seen, vec![1, 2, 3]);
     // Once the iterator has reported the error, nothing more is visited.
     let mut it = f.j.events(&a, Seq(1), Seq(u64::MAX), u64::MAX).unwrap();
+    let before: Vec<u64> = it.by_ref().take(3).map(|e| e.unwrap().seq.0).collect();
+    assert_eq!(before, vec![1, 2, 3]);
     assert!(matches!(
         it.next(),
         Some(Err(JournalError::Corrupted { .. }))

@@ -215,6 +215,7 @@ fn envelope_corpus_through_the_decoders() {
             let _ = fuzzing::decode_state(&value);
             let _ = fuzzing::decode_generation_row(&value);
             let _ = fuzzing::chunk_frames(&value).count();
+            let _ = fuzzing::compact_chunk_reencoded(&value);
             let _ = fuzzing::parse_entity_key(rest);
             let _ = fuzzing::snapshot_key_seq(rest);
         }

@@ -141,10 +141,11 @@ impl ChangelogIter {
             if let Some(chunks) = self.chunks.as_ref() {
                 for item in chunks.range(&lo[..]..&hi[..])? {
                     let (k, v) = item?;
-                    for frame in codec::Frames::new(v.value()) {
-                        let rec = frame.and_then(codec::decode_event).map_err(|e| {
-                            JournalError::corrupted(format!("chunk {:?}", k.value()), e)
-                        })?;
+                    let corrupted =
+                        |e| JournalError::corrupted(format!("chunk {:?}", k.value()), e);
+                    let records = chunk_records(k.value(), v.value()).map_err(corrupted)?;
+                    for rec in records {
+                        let rec = rec.map_err(corrupted)?;
                         if rec.offset.0 < gen.first_offset || rec.offset.0 >= gen.end_offset {
                             return Err(JournalError::corrupted(
                                 format!("chunk {:?}", k.value()),
@@ -270,4 +271,27 @@ impl Iterator for ChangelogIter {
             }
         }
     }
+}
+
+/// The records of chunk row `key → value`, of either encoding (a compact chunk's persistence id
+/// is its key's).
+fn chunk_records<'a>(
+    key: &[u8],
+    value: &'a [u8],
+) -> std::result::Result<
+    Box<dyn Iterator<Item = std::result::Result<EventRecord, String>> + 'a>,
+    String,
+> {
+    if !codec::is_compact(value) {
+        let frames = codec::Frames::new(value)
+            .map(|f| f.and_then(codec::decode_event).map_err(|e| e.to_string()));
+        return Ok(Box::new(frames));
+    }
+    let ek = keys::chunk_key_entity(key).ok_or("chunk key too short")?;
+    let pid = keys::parse_entity_key(ek).map_err(|e| e.to_string())?.1;
+    let events = codec::CompactEvents::new(value).map_err(|e| e.to_string())?;
+    Ok(Box::new(events.map(move |e| {
+        e.and_then(|e| codec::chunk_record(&pid, &e))
+            .map_err(|e| e.to_string())
+    })))
 }

@@ -121,6 +121,18 @@ fn emit_chunk(
     sink: &mut dyn FnMut(EventRef<'_>) -> bool,
 ) -> Result<bool> {
     let what = || format!("chunk {}", c.generation);
+    if codec::is_compact(bytes) {
+        let corrupted =
+            |check: &Checker, e| check.corrupted(c.first_seq, format!("{}: {e}", what()));
+        let events = codec::CompactEvents::new(bytes).map_err(|e| corrupted(check, e))?;
+        for e in events {
+            let e = e.map_err(|e| corrupted(check, e))?;
+            if !check.emit_compact(&e, &what, sink)? {
+                return Ok(false);
+            }
+        }
+        return Ok(true);
+    }
     for frame in codec::Frames::new(bytes) {
         let frame = frame
             .map_err(|e| check.corrupted(c.first_seq, format!("chunk {}: {e}", c.generation)))?;
@@ -231,6 +243,35 @@ impl Checker {
             timestamp: f.timestamp,
             manifest: &self.manifest,
             payload: f.payload,
+        }))
+    }
+
+    /// [`Self::emit`] for an event of a compact chunk (whose checksum was checked): its
+    /// persistence id is the chunk's.
+    fn emit_compact(
+        &mut self,
+        e: &codec::ChunkEvent<'_>,
+        what: &dyn Fn() -> String,
+        sink: &mut dyn FnMut(EventRef<'_>) -> bool,
+    ) -> Result<bool> {
+        if !self.in_order(e.seq)? {
+            return Ok(true);
+        }
+        let timestamp = (self.dates.at(e.timestamp_micros))
+            .map_err(|err| self.corrupted(e.seq, format!("{}: {err}", what())))?;
+        if self.manifest.type_name != e.manifest {
+            self.manifest = Manifest::new(e.manifest, e.version);
+        } else if self.manifest.version != e.version {
+            self.manifest.version = e.version;
+        }
+        Ok(sink(EventRef {
+            persistence_id: &self.pid,
+            seq: Seq(e.seq),
+            offset: Offset(e.offset),
+            event_id: uuid::Uuid::from_bytes(e.event_id),
+            timestamp,
+            manifest: &self.manifest,
+            payload: e.payload,
         }))
     }
 

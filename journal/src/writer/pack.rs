@@ -9,7 +9,7 @@ use redb::{ReadableTable, Table};
 use tracing::debug;
 
 use super::{encode_row, load_row, Effects, Writer};
-use crate::codec::{self, FRAME_HEADER_BYTES};
+use crate::codec::{self, ChunkEvent, CompactWriter, FRAME_HEADER_BYTES};
 use crate::error::{JournalError, Result};
 use crate::keys;
 use crate::log;
@@ -47,27 +47,37 @@ impl Writer {
             let next_gen = (seg.number + 1).to_be_bytes();
             let mut cursor = chunks.upper_bound_mut(Bound::Excluded(&next_gen[..]))?;
             // One chunk buffer for the whole step, reused per entity.
-            let mut buf: Vec<u8> = Vec::new();
+            let mut writer = CompactWriter::default();
             while budget > 0 {
                 let Some((ek, refs)) = plan.pop_first() else {
                     break;
                 };
                 let mut row = load_row(&ek, entities)?;
                 let cached = tail.entries.get(ek.as_slice());
-                buf.clear();
-                let mut current: Option<ChunkRef> = None;
                 let left = refs
                     .iter()
                     .filter(|r| r.seq > row.deleted_to)
                     .map(|r| FRAME_HEADER_BYTES + r.bytes as usize)
                     .sum();
                 let key_len = keys::chunk_key_len(&ek);
-                let mut cuts = ChunkCuts {
-                    fill: self.pack_fill.as_mut(),
-                    max_bytes: self.max_chunk_bytes,
-                    key_len,
-                    left,
-                    frames: 0,
+                let mut chunk = ChunkBuilder {
+                    cuts: ChunkCuts {
+                        fill: self.pack_fill.as_mut(),
+                        max_bytes: self.max_chunk_bytes,
+                        key_len,
+                        left,
+                        frames: 0,
+                    },
+                    writer: &mut writer,
+                    generation: seg.number,
+                    current: None,
+                };
+                let mut made: Vec<ChunkRef> = Vec::new();
+                let mut emit = |c: &ChunkRef, bytes: &[u8]| -> Result<()> {
+                    let key = keys::chunk_key(seg.number, &ek, c.first_seq);
+                    cursor.insert_before(key.as_slice(), bytes)?;
+                    made.push(*c);
+                    Ok(())
                 };
                 for r in &refs {
                     row.highest_seq = row.highest_seq.max(r.seq);
@@ -76,49 +86,30 @@ impl Writer {
                         continue;
                     }
                     let found;
-                    let v: &[u8] = match cached.and_then(|c| c.cached(r)) {
-                        Some(b) => b,
+                    let loc = || format!("{name}/{}", r.offset);
+                    // Cached bytes were sealed by this writer or checked when the tail was
+                    // rebuilt; bytes read back from the log are checked here, before their
+                    // checksum is dropped.
+                    let (v, trusted): (&[u8], bool) = match cached.and_then(|c| c.cached(r)) {
+                        Some(b) => (b, true),
                         None => {
                             found = log::get(&log, seg.number, seg.rows, r.offset)?.ok_or_else(
-                                || {
-                                    JournalError::corrupted(
-                                        format!("{name}/{}", r.offset),
-                                        "event missing from log",
-                                    )
-                                },
+                                || JournalError::corrupted(loc(), "event missing from log"),
                             )?;
-                            found.bytes()
+                            (found.bytes(), false)
                         }
                     };
-                    if cuts.cut_before(buf.len(), FRAME_HEADER_BYTES + v.len()) {
-                        if let Some(c) = current.take() {
-                            let key = keys::chunk_key(seg.number, &ek, c.first_seq);
-                            cursor.insert_before(key.as_slice(), buf.as_slice())?;
-                            cuts.written(buf.len());
-                            row.chunks.push(c);
-                            buf.clear();
-                        }
+                    let e = codec::chunk_event(v, trusted)
+                        .map_err(|e| JournalError::corrupted(loc(), e))?;
+                    if (e.seq, e.offset) != (r.seq, r.offset) {
+                        let detail = format!("record is seq {} at offset {}", e.seq, e.offset);
+                        return Err(JournalError::corrupted(loc(), detail));
                     }
-                    cuts.add(buf.len(), FRAME_HEADER_BYTES + v.len());
-                    let c = current.get_or_insert(ChunkRef {
-                        generation: seg.number,
-                        first_seq: r.seq,
-                        last_seq: r.seq,
-                        events: 0,
-                        bytes: 0,
-                    });
-                    c.last_seq = r.seq;
-                    c.events += 1;
+                    chunk.push(&e, FRAME_HEADER_BYTES + v.len(), &mut emit)?;
                     self.state.pack_events += 1;
-                    c.bytes += v.len() as u32;
-                    codec::push_frame(&mut buf, v);
                 }
-                if let Some(c) = current {
-                    let key = keys::chunk_key(seg.number, &ek, c.first_seq);
-                    cursor.insert_before(key.as_slice(), buf.as_slice())?;
-                    cuts.written(buf.len());
-                    row.chunks.push(c);
-                }
+                chunk.finish(&mut emit)?;
+                row.chunks.extend(made);
                 entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
                 budget = budget.saturating_sub(refs.len());
                 fx.packed += refs.len();
@@ -255,6 +246,7 @@ impl Writer {
             None => self.build_merge_plan(chunks, &m)?,
         };
         let mut written = 0u64;
+        let mut writer = CompactWriter::default();
         while budget > 0 {
             let Some(ek) = plan.pop_first() else {
                 break;
@@ -264,18 +256,8 @@ impl Writer {
                 .chunks
                 .iter()
                 .partition(|c| m.sources.contains(&c.generation));
-            let mut merged: Vec<ChunkRef> = Vec::new();
-            let mut buf: Vec<u8> = Vec::new();
-            let mut current: Option<ChunkRef> = None;
-            // Merged chunks are cut at `max_chunk_bytes` only, whether or not packing fills
-            // leaves: merging exists to keep an entity's chunks few.
-            let mut cuts = ChunkCuts {
-                fill: None,
-                max_bytes: self.max_chunk_bytes,
-                key_len: 0,
-                left: 0,
-                frames: 0,
-            };
+            // The sources are read first: the target's rows go into the same table.
+            let mut sources: Vec<(Vec<u8>, Vec<u8>, u32)> = Vec::with_capacity(mine.len());
             for c in &mine {
                 let key = keys::chunk_key(c.generation, &ek, c.first_seq);
                 let Some(v) = chunks.get(key.as_slice())? else {
@@ -286,45 +268,42 @@ impl Writer {
                 };
                 let bytes = v.value().to_vec();
                 drop(v);
-                for frame in codec::Frames::new(&bytes) {
-                    let frame =
-                        frame.map_err(|e| JournalError::corrupted(format!("chunk {key:?}"), e))?;
-                    let rec = codec::decode_event(frame)
-                        .map_err(|e| JournalError::corrupted(format!("chunk {key:?}"), e))?;
-                    if rec.seq.0 <= row.deleted_to {
+                sources.push((key, bytes, c.events));
+            }
+            let mut merged: Vec<ChunkRef> = Vec::new();
+            // Merged chunks are cut at `max_chunk_bytes` only, whether or not packing fills
+            // leaves: merging exists to keep an entity's chunks few.
+            let mut chunk = ChunkBuilder {
+                cuts: ChunkCuts {
+                    fill: None,
+                    max_bytes: self.max_chunk_bytes,
+                    key_len: 0,
+                    left: 0,
+                    frames: 0,
+                },
+                writer: &mut writer,
+                generation: m.target,
+                current: None,
+            };
+            let mut emit = |c: &ChunkRef, bytes: &[u8]| -> Result<()> {
+                let k = keys::chunk_key(m.target, &ek, c.first_seq);
+                chunks.insert(k.as_slice(), bytes)?;
+                merged.push(*c);
+                Ok(())
+            };
+            for (key, bytes, events) in &sources {
+                let corrupted = |e| JournalError::corrupted(format!("chunk {key:?}"), e);
+                for e in codec::ChunkEvents::new(bytes).map_err(corrupted)? {
+                    let e = e.map_err(corrupted)?;
+                    if e.seq <= row.deleted_to {
                         continue;
                     }
-                    if cuts.cut_before(buf.len(), FRAME_HEADER_BYTES + frame.len()) {
-                        if let Some(cur) = current.take() {
-                            let k = keys::chunk_key(m.target, &ek, cur.first_seq);
-                            chunks.insert(k.as_slice(), buf.as_slice())?;
-                            cuts.written(buf.len());
-                            merged.push(cur);
-                            buf.clear();
-                        }
-                    }
-                    cuts.add(buf.len(), FRAME_HEADER_BYTES + frame.len());
-                    let cur = current.get_or_insert(ChunkRef {
-                        generation: m.target,
-                        first_seq: rec.seq.0,
-                        last_seq: rec.seq.0,
-                        events: 0,
-                        bytes: 0,
-                    });
-                    cur.last_seq = rec.seq.0;
-                    cur.events += 1;
-                    cur.bytes += frame.len() as u32;
-                    codec::push_frame(&mut buf, frame);
+                    chunk.push(&e, 0, &mut emit)?;
                     written += 1;
                 }
-                budget = budget.saturating_sub(c.events as usize);
+                budget = budget.saturating_sub(*events as usize);
             }
-            if let Some(cur) = current {
-                let k = keys::chunk_key(m.target, &ek, cur.first_seq);
-                chunks.insert(k.as_slice(), buf.as_slice())?;
-                cuts.written(buf.len());
-                merged.push(cur);
-            }
+            chunk.finish(&mut emit)?;
             if !mine.is_empty() {
                 let mut all = merged;
                 all.extend(rest);
@@ -444,6 +423,65 @@ impl LeafFill {
             self.used = 0;
         }
         self.used += LEAF_ENTRY_BYTES + key_len + value_len;
+    }
+}
+
+/// One entity's compact chunk rows of one generation, built event by event and cut where
+/// [`ChunkCuts`] says; each finished row goes to `emit(chunk ref, row bytes)`.
+struct ChunkBuilder<'a, 'f> {
+    cuts: ChunkCuts<'f>,
+    writer: &'a mut CompactWriter,
+    generation: u64,
+    current: Option<ChunkRef>,
+}
+
+impl ChunkBuilder<'_, '_> {
+    /// Adds `e` (`source_len`: the bytes it took where it came from, for the estimate of what
+    /// is left).
+    fn push(
+        &mut self,
+        e: &ChunkEvent<'_>,
+        source_len: usize,
+        emit: &mut dyn FnMut(&ChunkRef, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let before = self.writer.len();
+        let mut added = self.writer.push(e);
+        let mut before_len = before;
+        if self.cuts.cut_before(before, added) {
+            self.writer.undo();
+            self.finish(emit)?;
+            // Encoded again as a chunk's first event.
+            added = self.writer.push(e);
+            before_len = 0;
+        }
+        self.cuts.add(before_len, added);
+        self.cuts.left = self
+            .cuts
+            .left
+            .saturating_sub(source_len.saturating_sub(added));
+        let c = self.current.get_or_insert(ChunkRef {
+            generation: self.generation,
+            first_seq: e.seq,
+            last_seq: e.seq,
+            events: 0,
+            bytes: 0,
+        });
+        c.last_seq = e.seq;
+        c.events += 1;
+        c.bytes = c
+            .bytes
+            .saturating_add(u32::try_from(added).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
+    /// Ends the chunk under way, if any.
+    fn finish(&mut self, emit: &mut dyn FnMut(&ChunkRef, &[u8]) -> Result<()>) -> Result<()> {
+        if let Some(c) = self.current.take() {
+            let bytes = self.writer.finish();
+            emit(&c, bytes)?;
+            self.cuts.written(bytes.len());
+        }
+        Ok(())
     }
 }
 

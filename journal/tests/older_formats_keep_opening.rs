@@ -1,12 +1,16 @@
-//! G9: a journal written in format 1 (one log row per event) by an earlier build keeps opening,
-//! reading and taking appends; opened for writing it becomes format 2 (log rows), and its
-//! format-1 segment is packed like any other.
+//! G9: journals written by earlier builds keep opening, reading and taking appends.
+//! - Format 1 (one log row per event, chunks of frames): `tests/fixtures/format-v1.redb`,
+//!   written by the build before format 2.
+//! - Format 2 (log rows, chunks of frames): `tests/fixtures/format-v2.redb`, written by the
+//!   build before format 3.
 //!
-//! The fixture `tests/fixtures/format-v1.redb` was written by the build before format 2 with
-//! the program beside it (`format-v1.rs.txt`): 12 entities `acct|a{i}` with `20 + 3i` events
-//! each (payload: the string `e{i}-{seq}`), appended interleaved in segments of 64 events, so
-//! 6 segments are packed and the last 51 events sit in a format-1 log segment; then a snapshot
-//! of `a0` at seq 10, `delete_events_to(a1, 5)` and `delete_entity(a2)`.
+//! Opened for writing, either becomes format 3: its old segment is packed like any other, new
+//! chunks are compact, and merges read old chunks into compact ones. Both fixtures were written
+//! by the same program (`format-v1.rs.txt`, `format-v2.rs.txt`): 12 entities `acct|a{i}` with
+//! `20 + 3i` events each (payload: the string `e{i}-{seq}`), appended interleaved in segments
+//! of 64 events, so 6 segments are packed and the last events sit in an unpacked log
+//! segment; then a snapshot of `a0` at seq 10, `delete_events_to(a1, 5)` and
+//! `delete_entity(a2)`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,11 +29,13 @@ fn payload(i: usize, seq: u64) -> Vec<u8> {
     rmp_serde::to_vec_named(&format!("e{i}-{seq}")).unwrap()
 }
 
-/// A copy of the fixture in a fresh directory (opening for writing changes the file).
-fn copy_of_fixture() -> (tempfile::TempDir, PathBuf) {
+/// A copy of the fixture of format `version` in a fresh directory (opening for writing changes
+/// the file).
+fn copy_of_fixture(version: u32) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v1.redb");
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format-v1.redb");
+    let path = dir.path().join("old.redb");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/format-v{version}.redb"));
     std::fs::copy(src, &path).unwrap();
     (dir, path)
 }
@@ -88,11 +94,10 @@ fn fixture_highest() -> Vec<u64> {
     (0..ENTITIES).map(|i| 20 + 3 * i as u64).collect()
 }
 
-#[test]
-fn a_format_1_journal_reads_the_same_read_only() {
-    let (_dir, path) = copy_of_fixture();
+fn reads_the_same_read_only(version: u32) {
+    let (_dir, path) = copy_of_fixture(version);
     let r = JournalReader::open_read_only(&path).unwrap();
-    assert_eq!(r.info().format_version, 1);
+    assert_eq!(r.info().format_version, version);
     assert_eq!(r.committed_offset(), Offset(FIXTURE_EVENTS));
     check_events(&r, &fixture_highest());
     check_changelog(&r, &fixture_highest(), FIXTURE_EVENTS);
@@ -103,26 +108,60 @@ fn a_format_1_journal_reads_the_same_read_only() {
             .unwrap()
             .info()
             .format_version,
-        1
+        version
     );
 }
 
 #[test]
-fn a_format_1_journal_takes_appends_packs_its_old_segment_and_becomes_format_2() {
-    let (_dir, path) = copy_of_fixture();
+fn a_format_1_journal_reads_the_same_read_only() {
+    reads_the_same_read_only(1);
+}
+
+#[test]
+fn a_format_2_journal_reads_the_same_read_only() {
+    reads_the_same_read_only(2);
+}
+
+/// `(compact chunk rows, chunk rows of frames)` of a closed journal file.
+fn chunk_encodings(path: &std::path::Path) -> (usize, usize) {
+    const CHUNKS: redb::TableDefinition<&[u8], &[u8]> =
+        redb::TableDefinition::new("stateline.chunks");
+    use redb::{ReadableDatabase, ReadableTable};
+    let db = redb::ReadOnlyDatabase::open(path).unwrap();
+    let rtx = db.begin_read().unwrap();
+    let t = rtx.open_table(CHUNKS).unwrap();
+    let compact = t
+        .iter()
+        .unwrap()
+        .filter(|r| r.as_ref().unwrap().1.value().starts_with(&[0; 4]))
+        .count();
+    let all = t.iter().unwrap().count();
+    (compact, all - compact)
+}
+
+/// Opens the fixture of format `version` for writing (merging generations or not), appends
+/// enough to pack several segments, and checks everything reads the same before and after.
+fn takes_appends_and_becomes_format_3(version: u32, merge: bool) {
+    let (_dir, path) = copy_of_fixture(version);
+    assert_eq!(
+        chunk_encodings(&path).0,
+        0,
+        "the fixture has no compact chunks"
+    );
     let mut highest = fixture_highest();
     {
         let j = Journal::builder()
             .segment_events(64)
             .pack_step_events(16)
+            .merge_generations(merge)
             .open(&path)
             .unwrap();
         assert_eq!(j.info().format_version, FORMAT_VERSION);
-        assert_eq!(FORMAT_VERSION, 2);
-        // Before any append: the format-1 tail reads as before.
+        assert_eq!(FORMAT_VERSION, 3);
+        // Before any append: the old tail reads as before.
         check_events(&j.reader(), &highest);
         // Appends in batches of 1..=3 to every entity but the deleted one, enough to fill and
-        // pack several format-2 segments after the old one.
+        // pack several segments after the old one.
         for round in 0..20u64 {
             for (i, h) in highest.iter_mut().enumerate() {
                 if i == 2 {
@@ -136,8 +175,8 @@ fn a_format_1_journal_takes_appends_packs_its_old_segment_and_becomes_format_2()
                 *h += n;
             }
             if round == 3 {
-                // Mid-way: old packed chunks, the old format-1 segment (maybe half packed)
-                // and new log rows all read together.
+                // Mid-way: old packed chunks, the old segment (maybe half packed), new
+                // compact chunks and new log rows all read together.
                 check_events(&j.reader(), &highest);
             }
         }
@@ -147,9 +186,18 @@ fn a_format_1_journal_takes_appends_packs_its_old_segment_and_becomes_format_2()
     }
     let appended: u64 = highest.iter().sum::<u64>() - fixture_highest().iter().sum::<u64>();
     let last = FIXTURE_EVENTS + appended;
+    // New packs are compact; without merging, the old chunks of frames stay as they are, and
+    // merging rewrites them all (the old generations are the oldest tier).
+    let (compact, frames) = chunk_encodings(&path);
+    assert!(compact > 0, "{compact} compact chunks");
+    if merge {
+        assert_eq!(frames, 0, "chunks of frames left after merging");
+    } else {
+        assert!(frames > 0, "{frames} chunks of frames");
+    }
     // Reopened: the tail of log rows is rebuilt; everything reads the same.
     let j = Journal::open(&path).unwrap();
-    assert_eq!(j.info().format_version, 2);
+    assert_eq!(j.info().format_version, 3);
     assert_eq!(j.reader().committed_offset(), Offset(last));
     check_events(&j.reader(), &highest);
     check_changelog(&j.reader(), &highest, last);
@@ -158,4 +206,21 @@ fn a_format_1_journal_takes_appends_packs_its_old_segment_and_becomes_format_2()
     check_events(&r, &highest);
     let report = r.verify(&mut |_, _| {}).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn a_format_1_journal_takes_appends_packs_its_old_segment_and_becomes_format_3() {
+    takes_appends_and_becomes_format_3(1, false);
+}
+
+#[test]
+fn a_format_2_journal_takes_appends_packs_its_old_segment_and_becomes_format_3() {
+    takes_appends_and_becomes_format_3(2, false);
+}
+
+#[test]
+fn old_chunks_of_frames_merge_into_compact_chunks() {
+    for version in [1, 2] {
+        takes_appends_and_becomes_format_3(version, true);
+    }
 }
