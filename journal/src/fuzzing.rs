@@ -110,7 +110,8 @@ pub fn chunk_of<'a>(stored_events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8
 }
 
 /// The events of a compact chunk row (format 3) encoded again by the writer's encoder, one
-/// chunk for all of them: reading the result gives the same events.
+/// chunk for all of them: reading the result gives the same events. A chunk of no events
+/// (which the writer never writes) gives the header alone, which reads as no events.
 ///
 /// # Errors
 /// [`CodecError`] for bytes that are not a compact chunk whose events all decode.
@@ -118,6 +119,9 @@ pub fn compact_chunk_reencoded(chunk: &[u8]) -> Result<Vec<u8>, CodecError> {
     let mut w = codec::CompactWriter::default();
     for e in codec::CompactEvents::new(chunk)? {
         w.push(&e?);
+    }
+    if w.len() == 0 {
+        return Ok(codec::compact_chunk_sealed(&[]));
     }
     Ok(w.finish().to_vec())
 }
