@@ -742,6 +742,7 @@ fn journal_round(rt: &tokio::runtime::Runtime, cfg: &Config, path: &Path) -> (Pe
     // A round trip to the writer thread, so that it has named itself before we look it up.
     rt.block_on(journal.flush(false)).expect("journal flush");
     let writer0 = threads_cpu_secs("stateline-journ");
+    let applier0 = threads_cpu_secs("stateline-appli");
     let proc0 = process_cpu_secs();
     let written0 = written_bytes();
     let (elapsed, hist, highest) = rt.block_on(run_appenders(cfg, move |i, seq, bytes| {
@@ -783,6 +784,9 @@ fn journal_round(rt: &tokio::runtime::Runtime, cfg: &Config, path: &Path) -> (Pe
     let writer_cpu = threads_cpu_secs("stateline-journ")
         .zip(writer0)
         .map(|(b, a)| b - a);
+    let applier_cpu = threads_cpu_secs("stateline-appli")
+        .zip(applier0)
+        .map(|(b, a)| b - a);
     let process_cpu = process_cpu_secs().zip(proc0).map(|(b, a)| b - a);
     let (p50, p99, p999) = (
         ms(hist.value_at_quantile(0.5)),
@@ -791,12 +795,16 @@ fn journal_round(rt: &tokio::runtime::Runtime, cfg: &Config, path: &Path) -> (Pe
     );
     eprintln!(
         "  journal: {:.2} s, {eps:.0} events/s, ack p50 {p50:.2} ms p99 {p99:.2} ms p99.9 \
-         {p999:.2} ms max {:.2} ms; flush(pack) afterwards {:.2} s; {} (incl. flush); {}; \
-         file {:.0} MiB",
+         {p999:.2} ms max {:.2} ms; flush(pack) afterwards {:.2} s; {}, applier CPU {} \
+         (incl. flush); {}; file {:.0} MiB",
         elapsed.as_secs_f64(),
         ms(hist.max()),
         flush.as_secs_f64(),
         cpu_note(writer_cpu, process_cpu, cfg.events),
+        applier_cpu.map_or("n/a".to_string(), |s| format!(
+            "{s:.2} s ({:.2} µs/event)",
+            s * 1e6 / cfg.events as f64
+        )),
         written_note(written0, cfg.events),
         file_mib(path),
     );

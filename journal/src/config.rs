@@ -64,6 +64,9 @@ pub struct JournalBuilder {
     pub(crate) cache_bytes: usize,
     pub(crate) create: bool,
     pub(crate) verify_on_open: bool,
+    /// Holds the applier thread (tests of a tail that lags the commits).
+    #[cfg(test)]
+    pub(crate) applier_gate: Option<std::sync::Arc<crate::writer::apply::Gate>>,
 }
 
 impl Default for JournalBuilder {
@@ -84,6 +87,8 @@ impl Default for JournalBuilder {
             cache_bytes: 256 << 20,
             create: true,
             verify_on_open: true,
+            #[cfg(test)]
+            applier_gate: None,
         }
     }
 }

@@ -240,7 +240,7 @@ impl Journal {
             gen_index,
             &cfg,
             path.to_path_buf(),
-        );
+        )?;
         let handle = std::thread::Builder::new()
             .name("stateline-journal-writer".into())
             .spawn(move || writer.run())

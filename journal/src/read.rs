@@ -230,7 +230,7 @@ impl JournalReader {
 
     /// A read transaction and the last offset whose tail ref a view in it may use. With the
     /// writer in this process, that is the committed offset read before the transaction began
-    /// (the writer publishes it only after the commit's events are in the tail). Without it,
+    /// (the applier publishes it only after the commit's events are in the tail). Without it,
     /// the tail first catches up with what the transaction sees, so a reader opened on a live
     /// journal follows its later commits.
     fn txn_and_end(&self) -> Result<(ReadTransaction, u64)> {
@@ -262,8 +262,8 @@ impl JournalReader {
     /// transaction and a stream never ends short of the view's highest seq because a pack
     /// dropped bytes the view counted on.
     ///
-    /// A transaction can also see a commit whose events are not in the tail yet (the writer
-    /// updates memory right after committing): when the row's highest seq (which a snapshot
+    /// A transaction can also see commits whose events are not in the tail yet (the applier
+    /// updates memory after the writer commits, a few commits behind at most): when the row's highest seq (which a snapshot
     /// or delete in the same commit raises) is beyond everything the view holds, the view is
     /// taken again after a moment, so that the stream does not end short of it. After
     /// [`VIEW_ATTEMPTS`] (or at once for a reader without the writer) the view stands as it

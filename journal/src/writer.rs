@@ -1,7 +1,9 @@
 //! The group-commit writer: one thread drains every queued request into one redb write
 //! transaction, appends events in offset order to the current log segment, and packs sealed
-//! segments into per-entity chunk rows in bounded steps inside the same transactions. Replies
-//! go out only after the commit is durable. See `FORMAT.md` for the crash argument.
+//! segments into per-entity chunk rows in bounded steps inside the same transactions. Each
+//! committed transaction then goes to the applier thread ([`apply`]), which puts its events in
+//! the tail index and only then sends its replies, while this thread goes on to the next
+//! transaction. See `FORMAT.md` for the crash argument.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -14,7 +16,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, Table};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, info};
+use tracing::{debug, error};
 use uuid::Uuid;
 
 use crate::codec;
@@ -30,6 +32,7 @@ use crate::store::Store;
 use crate::tail::{EntityKey, FastMap, Shared, TailRef, NOT_CACHED};
 use hashbrown::hash_map::RawEntryMut;
 
+pub(crate) mod apply;
 mod pack;
 pub(crate) use pack::load_generations;
 
@@ -230,6 +233,8 @@ pub(crate) struct Writer {
     max_batch_events: usize,
     key_groups: u32,
     path: PathBuf,
+    /// Applies committed transactions to the tail and sends their replies.
+    applier: apply::Applier,
 }
 
 impl Writer {
@@ -243,9 +248,14 @@ impl Writer {
         gen_index: BTreeMap<u64, u64>,
         cfg: &JournalBuilder,
         path: PathBuf,
-    ) -> Self {
+    ) -> Result<Self> {
         let key_groups = shared.key_groups;
-        Self {
+        #[cfg(test)]
+        let gate = cfg.applier_gate.clone();
+        #[cfg(not(test))]
+        let gate = ();
+        let applier = apply::Applier::start(shared.clone(), gate)?;
+        Ok(Self {
             db,
             shared,
             rx,
@@ -265,7 +275,8 @@ impl Writer {
             max_batch_events: cfg.max_batch_events,
             key_groups,
             path,
-        }
+            applier,
+        })
     }
 
     fn pack_pending(&self) -> bool {
@@ -328,16 +339,13 @@ impl Writer {
             )),
         };
         match result {
-            Ok(mut fx) => {
-                self.apply(&mut fx);
-                for d in done {
-                    d.send();
-                }
-                if !self.pack_pending() && !self.merge_pending() {
-                    for w in self.pack_waiters.drain(..) {
-                        drop(w.send(Ok(())));
-                    }
-                }
+            Ok(fx) => {
+                let committed = (fx.appended > 0).then(|| self.state.next_offset.saturating_sub(1));
+                let waiters = if !self.pack_pending() && !self.merge_pending() {
+                    std::mem::take(&mut self.pack_waiters)
+                } else {
+                    Vec::new()
+                };
                 debug!(
                     requests,
                     events = fx.appended,
@@ -345,6 +353,8 @@ impl Writer {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "group commit"
                 );
+                // The tail and the replies are the applier's, while this thread goes on.
+                self.applier.committed(fx, committed, done, waiters);
             }
             Err(e) => {
                 // G8: the outcome is unknown; refuse everything until the journal is reopened.
@@ -352,42 +362,9 @@ impl Writer {
                 self.state = state_before;
                 let msg = e.to_string();
                 error!(error = %msg, path = %self.path.display(), "journal write failed; poisoned");
-                for d in done {
-                    d.fail(&msg);
-                }
-                for w in self.pack_waiters.drain(..) {
-                    drop(w.send(Err(JournalError::Io(msg.clone()))));
-                }
+                let waiters = std::mem::take(&mut self.pack_waiters);
+                self.applier.failed(msg, done, waiters);
             }
-        }
-    }
-
-    fn apply(&mut self, fx: &mut Effects) {
-        {
-            let mut tail = self.shared.tail.write().unwrap_or_else(|p| p.into_inner());
-            // The appended events' bytes, in offset order from the first.
-            let bytes = &fx.appended_bytes;
-            let base = bytes.first().map_or(0, |(offset, _)| *offset);
-            for (ek, refs) in &fx.tail {
-                tail.extend(
-                    ek,
-                    refs.iter()
-                        .map(|r| (*r, bytes[(r.offset - base) as usize].1.as_slice())),
-                );
-            }
-            if let Some(seg) = fx.packed_segment {
-                // Readers that saw the old entity rows retry when the version moves (read.rs).
-                self.shared.pack_version.fetch_add(1, Ordering::SeqCst);
-                tail.drop_segment(seg);
-            }
-        }
-        if fx.appended > 0 {
-            self.shared
-                .committed
-                .send_replace(self.state.next_offset.saturating_sub(1));
-        }
-        if let Some(seg) = fx.packed_segment {
-            info!(segment = seg, "log segment packed into chunks");
         }
     }
 

@@ -354,6 +354,9 @@ impl Writer {
 
     /// The entities of `segment` still to pack, in key order, from the tail index.
     fn build_plan(&self, segment: u64) -> BTreeMap<Vec<u8>, Vec<TailRef>> {
+        // The segment's last events may have been committed by a transaction the applier
+        // has not brought into the tail yet.
+        self.applier.wait_applied();
         let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
         let cursor = self.state.pack_cursor.as_deref();
         let mut plan = BTreeMap::new();
