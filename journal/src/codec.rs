@@ -545,7 +545,11 @@ pub(crate) fn event_fields<'a>(
 ///
 /// # Errors
 /// [`CodecError`] when the checksum does not match or the envelope does not decode.
-pub(crate) fn chunk_event(bytes: &[u8], trusted: bool) -> Result<ChunkEvent<'_>, CodecError> {
+pub(crate) fn chunk_event<'a>(
+    bytes: &'a [u8],
+    trusted: bool,
+    entity_key: &[u8],
+) -> Result<ChunkEvent<'a>, CodecError> {
     let body = if trusted && bytes.len() >= CRC_LEN {
         &bytes[CRC_LEN..]
     } else {
@@ -556,6 +560,14 @@ pub(crate) fn chunk_event(bytes: &[u8], trusted: bool) -> Result<ChunkEvent<'_>,
         None => decode(body)?,
     };
     check_seq_and_offset(env.seq, env.offset)?;
+    // The compact encoding keeps no persistence id: a frame of another entity must not
+    // become one of this entity's events.
+    if !names_entity(entity_key, env.entity_type, env.entity_id) {
+        return Err(CodecError::Invalid(format!(
+            "event of {}|{}, not of this entity",
+            env.entity_type, env.entity_id
+        )));
+    }
     let event_id = env
         .event_id
         .try_into()
@@ -590,18 +602,30 @@ pub(crate) fn chunk_record(
 /// The events of a chunk row of either encoding (frames of stored events, or compact), their
 /// checksums checked.
 pub(crate) enum ChunkEvents<'a> {
-    Frames(Frames<'a>),
+    /// Frames, each checked to be of the entity whose key this is.
+    Frames(Frames<'a>, &'a [u8]),
     Compact(CompactEvents<'a>),
+}
+
+/// Whether `entity_key` (key group, type, `0`, id) is the key of `entity_type|entity_id`.
+fn names_entity(entity_key: &[u8], entity_type: &str, entity_id: &str) -> bool {
+    let (t, i) = (entity_type.as_bytes(), entity_id.as_bytes());
+    entity_key.get(4..).is_some_and(|rest| {
+        rest.len() == t.len() + 1 + i.len()
+            && rest.starts_with(t)
+            && rest[t.len()] == 0
+            && rest.ends_with(i)
+    })
 }
 
 impl<'a> ChunkEvents<'a> {
     /// # Errors
     /// [`CodecError`] when a compact chunk's checksum does not match.
-    pub(crate) fn new(chunk: &'a [u8]) -> Result<Self, CodecError> {
+    pub(crate) fn new(chunk: &'a [u8], entity_key: &'a [u8]) -> Result<Self, CodecError> {
         if is_compact(chunk) {
             CompactEvents::new(chunk).map(Self::Compact)
         } else {
-            Ok(Self::Frames(Frames::new(chunk)))
+            Ok(Self::Frames(Frames::new(chunk), entity_key))
         }
     }
 }
@@ -611,7 +635,7 @@ impl<'a> Iterator for ChunkEvents<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Self::Frames(f) => Some(f.next()?.and_then(|frame| chunk_event(frame, false))),
+            Self::Frames(f, ek) => Some(f.next()?.and_then(|frame| chunk_event(frame, false, ek))),
             Self::Compact(c) => c.next(),
         }
     }
@@ -754,6 +778,59 @@ impl<'a> Iterator for Frames<'a> {
 #[cfg(test)]
 mod tests {
     use super::Headers;
+
+    /// A frame (chunks of formats 1 and 2) read as one entity's event must name that entity:
+    /// the compact encoding it may be merged into keeps no persistence id.
+    #[test]
+    fn a_frame_of_another_entity_is_no_event_of_this_one() {
+        use crate::ids::{PersistenceId, Seq};
+        use crate::keys::entity_key;
+        use crate::record::Manifest;
+        let pid = PersistenceId::parse("Account", "a").unwrap();
+        let event = |seq: u64, offset: u64| {
+            let id = uuid::Uuid::now_v7();
+            let e = super::encode_event_unsealed(
+                &pid,
+                seq,
+                &id,
+                Some(7),
+                &Manifest::new("Deposited", 1),
+                b"x",
+            );
+            e.seal(offset, 9).0
+        };
+        let mut chunk = Vec::new();
+        for (seq, offset) in [(1, 3), (2, 8)] {
+            let frame = event(seq, offset);
+            chunk.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            chunk.extend_from_slice(&frame);
+        }
+        let mine = entity_key(&pid, 16);
+        let seqs: Vec<u64> = super::ChunkEvents::new(&chunk, &mine)
+            .unwrap()
+            .map(|e| e.unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        for other in ["b", "", "aa"] {
+            let other = entity_key(
+                &PersistenceId::parse("Account", other).unwrap_or(pid.clone()),
+                16,
+            );
+            if other == mine {
+                continue;
+            }
+            let first = super::ChunkEvents::new(&chunk, &other)
+                .unwrap()
+                .next()
+                .unwrap();
+            assert!(first.is_err(), "read as {other:?}: {first:?}");
+        }
+        let frame = event(1, 3);
+        assert!(super::chunk_event(&frame, false, &mine).is_ok());
+        assert!(super::chunk_event(&frame, true, &mine[..mine.len() - 1]).is_err());
+        assert!(super::chunk_event(&frame, false, &[]).is_err());
+        let _ = Seq(1);
+    }
 
     /// Every integer width and sign, and every str/bin/array header size, read as rmp reads
     /// them (`None` where rmp errs: out of range, wrong type, truncated).

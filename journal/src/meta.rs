@@ -81,6 +81,8 @@ pub(crate) struct ChunkRef {
     pub first_seq: u64,
     pub last_seq: u64,
     pub events: u32,
+    /// Bytes the chunk row's value takes: its events as they are stored in it (compact
+    /// encoding, header included; frames in chunks of formats 1 and 2).
     pub bytes: u32,
 }
 

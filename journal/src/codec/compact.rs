@@ -56,6 +56,17 @@ struct Prev {
     manifest: Option<(String, u32)>,
 }
 
+/// What [`CompactWriter::undo`] restores: the buffer's length and the previous event's
+/// fields, and its manifest only if the push replaced it (no copy of the name per event).
+#[derive(Debug)]
+struct Undo {
+    len: usize,
+    seq: u64,
+    offset: u64,
+    timestamp_micros: i64,
+    manifest: Option<Option<(String, u32)>>,
+}
+
 /// Builds one compact chunk at a time in a buffer it reuses.
 #[derive(Debug, Default)]
 pub(crate) struct CompactWriter {
@@ -63,7 +74,7 @@ pub(crate) struct CompactWriter {
     prev: Prev,
     events: usize,
     /// State before the last [`Self::push`], for [`Self::undo`].
-    undo: Option<(usize, Prev)>,
+    undo: Option<Undo>,
 }
 
 impl CompactWriter {
@@ -76,16 +87,27 @@ impl CompactWriter {
         }
     }
 
-    /// Appends `e` (its seq and offset above the last event's); returns the bytes it added.
+    /// Appends `e` (its seq and offset above the last event's: callers check, since a chunk
+    /// out of order does not decode); returns the bytes it added to the chunk, the header's
+    /// included for the first event.
     pub(crate) fn push(&mut self, e: &ChunkEvent<'_>) -> usize {
         use rmp::encode as w;
-        if self.events == 0 {
+        let header = if self.events == 0 {
             self.buf.clear();
             self.buf.extend_from_slice(&COMPACT_MAGIC);
             self.buf.extend_from_slice(&[0; CRC_LEN]);
-        }
+            HEAD_BYTES
+        } else {
+            0
+        };
         let before = self.buf.len();
-        self.undo = Some((before, self.prev.clone()));
+        let mut undo = Undo {
+            len: before,
+            seq: self.prev.seq,
+            offset: self.prev.offset,
+            timestamp_micros: self.prev.timestamp_micros,
+            manifest: None,
+        };
         let mut out = rmp::encode::ByteBuf::from_vec(std::mem::take(&mut self.buf));
         // Writing to a ByteBuf cannot fail: its error type is uninhabited.
         let Ok(_) = w::write_uint(&mut out, e.seq.wrapping_sub(self.prev.seq));
@@ -103,22 +125,32 @@ impl CompactWriter {
         } else {
             let Ok(()) = w::write_str(&mut out, e.manifest);
             let Ok(_) = w::write_uint(&mut out, u64::from(e.version));
-            self.prev.manifest = Some((e.manifest.to_owned(), e.version));
+            let old = self
+                .prev
+                .manifest
+                .replace((e.manifest.to_owned(), e.version));
+            undo.manifest = Some(old);
         }
+        self.undo = Some(undo);
         let Ok(()) = w::write_bin(&mut out, e.payload);
         self.buf = out.into_vec();
         self.prev.seq = e.seq;
         self.prev.offset = e.offset;
         self.prev.timestamp_micros = e.timestamp_micros;
         self.events += 1;
-        self.buf.len() - before
+        header + self.buf.len() - before
     }
 
     /// Takes back the last [`Self::push`] (once).
     pub(crate) fn undo(&mut self) {
-        if let Some((len, prev)) = self.undo.take() {
-            self.buf.truncate(len);
-            self.prev = prev;
+        if let Some(u) = self.undo.take() {
+            self.buf.truncate(u.len);
+            self.prev.seq = u.seq;
+            self.prev.offset = u.offset;
+            self.prev.timestamp_micros = u.timestamp_micros;
+            if let Some(m) = u.manifest {
+                self.prev.manifest = m;
+            }
             self.events -= 1;
         }
     }
@@ -265,7 +297,9 @@ mod tests {
         assert_eq!(sizes[1], 1 + 3 + 1 + 18 + 1 + 4);
         let chunk = w.finish().to_vec();
         assert!(is_compact(&chunk));
-        assert_eq!(chunk.len(), HEAD_BYTES + sizes.iter().sum::<usize>());
+        // The first push counts the header.
+        assert_eq!(chunk.len(), sizes.iter().sum::<usize>());
+        assert!(sizes[0] > HEAD_BYTES);
         let back: Vec<ChunkEvent<'_>> = CompactEvents::new(&chunk)
             .unwrap()
             .collect::<Result<_, _>>()

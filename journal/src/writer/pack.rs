@@ -71,6 +71,7 @@ impl Writer {
                     writer: &mut writer,
                     generation: seg.number,
                     current: None,
+                    last: (0, 0),
                 };
                 let mut made: Vec<ChunkRef> = Vec::new();
                 let mut emit = |c: &ChunkRef, bytes: &[u8]| -> Result<()> {
@@ -99,7 +100,7 @@ impl Writer {
                             (found.bytes(), false)
                         }
                     };
-                    let e = codec::chunk_event(v, trusted)
+                    let e = codec::chunk_event(v, trusted, &ek)
                         .map_err(|e| JournalError::corrupted(loc(), e))?;
                     if (e.seq, e.offset) != (r.seq, r.offset) {
                         let detail = format!("record is seq {} at offset {}", e.seq, e.offset);
@@ -284,6 +285,7 @@ impl Writer {
                 writer: &mut writer,
                 generation: m.target,
                 current: None,
+                last: (0, 0),
             };
             let mut emit = |c: &ChunkRef, bytes: &[u8]| -> Result<()> {
                 let k = keys::chunk_key(m.target, &ek, c.first_seq);
@@ -293,7 +295,7 @@ impl Writer {
             };
             for (key, bytes, events) in &sources {
                 let corrupted = |e| JournalError::corrupted(format!("chunk {key:?}"), e);
-                for e in codec::ChunkEvents::new(bytes).map_err(corrupted)? {
+                for e in codec::ChunkEvents::new(bytes, &ek).map_err(corrupted)? {
                     let e = e.map_err(corrupted)?;
                     if e.seq <= row.deleted_to {
                         continue;
@@ -436,6 +438,9 @@ struct ChunkBuilder<'a, 'f> {
     writer: &'a mut CompactWriter,
     generation: u64,
     current: Option<ChunkRef>,
+    /// Seq and offset of the entity's last event pushed (0, 0 before the first): both must
+    /// rise, or the compact chunk could not be decoded.
+    last: (u64, u64),
 }
 
 impl ChunkBuilder<'_, '_> {
@@ -447,6 +452,17 @@ impl ChunkBuilder<'_, '_> {
         source_len: usize,
         emit: &mut dyn FnMut(&ChunkRef, &[u8]) -> Result<()>,
     ) -> Result<()> {
+        if e.seq <= self.last.0 || e.offset <= self.last.1 {
+            let (seq, offset) = self.last;
+            return Err(JournalError::corrupted(
+                format!("generation {} seq {}", self.generation, e.seq),
+                format!(
+                    "event at offset {} after seq {seq} at offset {offset} (out of order)",
+                    e.offset
+                ),
+            ));
+        }
+        self.last = (e.seq, e.offset);
         let before = self.writer.len();
         let mut added = self.writer.push(e);
         let mut before_len = before;
@@ -535,7 +551,7 @@ impl ChunkCuts<'_> {
             return;
         };
         let room = fill.room(self.key_len);
-        // A new chunk stays in this leaf if its first frame fits, and either the chunk fits
+        // A new chunk stays in this leaf if its first event fits, and either the chunk fits
         // too or the piece that does is worth a chunk; otherwise it starts a leaf.
         if buf_len == 0 && (frame_len > room || (left > room && room < MIN_PIECE_BYTES)) {
             fill.used = 0;
@@ -562,4 +578,74 @@ pub(crate) fn load_generations(db: &impl redb::ReadableDatabase) -> Result<BTree
         out.insert(row.generation, k.value());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, offset: u64) -> ChunkEvent<'static> {
+        ChunkEvent {
+            seq,
+            offset,
+            event_id: [1; 16],
+            timestamp_micros: 5,
+            manifest: "Deposited",
+            version: 1,
+            payload: b"xyz",
+        }
+    }
+
+    fn builder(writer: &mut CompactWriter) -> ChunkBuilder<'_, '_> {
+        ChunkBuilder {
+            cuts: ChunkCuts {
+                fill: None,
+                max_bytes: 1 << 20,
+                key_len: 0,
+                left: 0,
+                frames: 0,
+            },
+            writer,
+            generation: 3,
+            current: None,
+            last: (0, 0),
+        }
+    }
+
+    /// A compact chunk stores deltas that must be positive: events whose seq or offset does
+    /// not rise (a damaged older chunk whose frames pass their checksums) are refused before
+    /// anything is written, instead of making a chunk no reader can decode.
+    #[test]
+    fn events_out_of_order_are_refused() {
+        let mut emitted = Vec::new();
+        let mut emit = |c: &ChunkRef, bytes: &[u8]| -> Result<()> {
+            emitted.push((*c, bytes.to_vec()));
+            Ok(())
+        };
+        let mut writer = CompactWriter::default();
+        let mut b = builder(&mut writer);
+        b.push(&event(1, 4), 0, &mut emit).unwrap();
+        b.push(&event(2, 9), 0, &mut emit).unwrap();
+        for (seq, offset) in [(2, 10), (1, 12), (3, 9), (3, 2), (0, 20)] {
+            let err = b.push(&event(seq, offset), 0, &mut emit).unwrap_err();
+            assert!(matches!(err, JournalError::Corrupted { .. }), "{err:?}");
+        }
+        b.push(&event(3, 10), 0, &mut emit).unwrap();
+        b.finish(&mut emit).unwrap();
+        for (seq, offset) in [(0, 1), (1, 0)] {
+            let mut writer = CompactWriter::default();
+            let mut b = builder(&mut writer);
+            assert!(b.push(&event(seq, offset), 0, &mut emit).is_err());
+        }
+        let [(c, bytes)] = emitted.as_slice() else {
+            panic!("one chunk expected: {emitted:?}");
+        };
+        assert_eq!((c.first_seq, c.last_seq, c.events), (1, 3, 3));
+        assert_eq!(c.bytes as usize, bytes.len(), "bytes is the row's length");
+        let seqs: Vec<u64> = codec::CompactEvents::new(bytes)
+            .unwrap()
+            .map(|e| e.unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
 }
