@@ -207,6 +207,31 @@ impl Tail {
         });
     }
 
+    /// Takes out every ref with offset `from` or above (the events of a transaction that was
+    /// put in the tail before its commit, and then failed), with their cached bytes.
+    pub(crate) fn unwind_from(&mut self, from: u64) {
+        let budget = &mut self.budget;
+        self.entries.retain(|_, e| {
+            while let Some(r) = e.refs.last().copied().filter(|r| r.offset >= from) {
+                e.refs.pop();
+                if r.cached != NOT_CACHED {
+                    // Its bytes were the last ones added to the segment's buffer.
+                    if let Some((_, b)) = e.buffers.iter_mut().find(|(s, _)| *s == r.segment) {
+                        b.truncate(r.cached as usize);
+                    }
+                }
+            }
+            e.buffers.retain_mut(|(_, b)| {
+                let keep = !b.is_empty();
+                if !keep {
+                    budget.give_spare(std::mem::take(b));
+                }
+                keep
+            });
+            !e.refs.is_empty()
+        });
+    }
+
     /// Segments numbered below this are packed (none of their refs is here).
     pub(crate) fn floor(&self) -> u64 {
         self.floor
@@ -389,6 +414,39 @@ mod tests {
         let e = t.entries.get(key)?;
         let r = e.refs.iter().find(|r| r.seq == seq)?;
         e.cached(r).map(<[u8]>::to_vec)
+    }
+
+    /// A transaction put in the tail before its commit and then failed leaves no trace: its
+    /// refs and cached bytes go, everything before it stays as it was.
+    #[test]
+    fn unwinding_takes_out_a_failed_transaction_only() {
+        let mut t = Tail::new(1 << 20);
+        let at = |seq: u64, offset: u64| TailRef {
+            offset,
+            ..r(seq, 1, 2)
+        };
+        t.extend(b"a", [(at(1, 1), &b"a1"[..]), (at(2, 2), &b"a2"[..])]);
+        t.extend(b"b", [(at(1, 3), &b"b1"[..])]);
+        // The failed transaction: offsets 4.., one entity new.
+        t.extend(b"a", [(at(3, 4), &b"a3"[..])]);
+        t.extend(b"b", [(at(2, 5), &b"b2"[..])]);
+        t.extend(b"c", [(at(1, 6), &b"c1"[..])]);
+        t.unwind_from(4);
+        let seqs = |k: &[u8]| -> Vec<u64> {
+            t.entries
+                .get(k)
+                .map_or_else(Vec::new, |e| e.refs.iter().map(|r| r.seq).collect())
+        };
+        assert_eq!(seqs(b"a"), [1, 2]);
+        assert_eq!(seqs(b"b"), [1]);
+        assert!(!t.entries.contains_key(&b"c"[..]));
+        assert_eq!(cached(&t, b"a", 2).as_deref(), Some(&b"a2"[..]));
+        assert_eq!(cached(&t, b"b", 1).as_deref(), Some(&b"b1"[..]));
+        // The buffers end where the kept events end: the next append lands right after them.
+        t.extend(b"a", [(at(3, 7), &b"A3"[..])]);
+        assert_eq!(cached(&t, b"a", 3).as_deref(), Some(&b"A3"[..]));
+        assert_eq!(cached(&t, b"a", 1).as_deref(), Some(&b"a1"[..]));
+        assert_eq!(t.len(), 4);
     }
 
     #[test]

@@ -363,7 +363,8 @@ impl Writer {
                 let msg = e.to_string();
                 error!(error = %msg, path = %self.path.display(), "journal write failed; poisoned");
                 let waiters = std::mem::take(&mut self.pack_waiters);
-                self.applier.failed(msg, done, waiters);
+                self.applier
+                    .failed(self.state.next_offset, msg, done, waiters);
             }
         }
     }
@@ -493,6 +494,12 @@ impl Writer {
                 codec::encode_meta(&self.state).map_err(|e| JournalError::Io(e.to_string()))?;
             meta.insert(keys::META_STATE, state.as_slice())?;
         }
+        // The applier puts the events in the tail while redb writes and syncs; they become
+        // visible when it publishes the committed offset after the commit (`commit`).
+        self.applier.prepared(
+            std::mem::take(&mut fx.tail),
+            std::mem::take(&mut fx.appended_bytes),
+        );
         txn.commit()?;
         Ok(fx)
     }

@@ -13,18 +13,27 @@ use std::thread::JoinHandle;
 
 use tracing::info;
 
-use super::{Done, Effects, Reply};
+use super::{Done, Effects, Reply, TailRefs};
 use crate::error::{JournalError, Result};
-use crate::tail::Shared;
+use crate::tail::{EntityKey, Shared};
 
-/// Committed transactions handed over and not yet applied, at most: the writer waits when the
-/// applier is this far behind (a reader holding the tail, say), so the tail lags by a bounded
-/// number of commits and their bytes are held once.
-const MAX_BEHIND: usize = 4;
+/// Messages handed over and not yet taken, at most (two per transaction that appends): the
+/// writer waits when the applier is this far behind (a reader holding the tail, say), so the
+/// tail lags by a bounded number of commits and their bytes are held once.
+const MAX_BEHIND: usize = 8;
 
-/// One finished transaction (or a request to wait), in commit order.
+/// What the applier does, in the writer's order.
 enum Applied {
-    /// A committed transaction: its effects go into the tail, then its replies go out.
+    /// A transaction about to commit: its appended events go into the tail, not yet published
+    /// (readers keep only refs at or below the committed offset), so that this work overlaps
+    /// the commit's I/O.
+    Prepared {
+        tail: Vec<(EntityKey, TailRefs)>,
+        /// Stored bytes of the events, ascending offset.
+        bytes: Vec<(u64, Vec<u8>)>,
+    },
+    /// A committed transaction: a packed segment leaves the tail, the committed offset is
+    /// published, then its replies go out.
     Committed {
         fx: Effects,
         /// The highest committed offset, when the transaction appended.
@@ -33,8 +42,10 @@ enum Applied {
         /// `flush(pack: true)` callers whose packing is complete with this transaction.
         waiters: Vec<Reply<()>>,
     },
-    /// A failed transaction: writes are of unknown outcome, refusals stay refusals.
+    /// A failed transaction: what it put in the tail (offsets from `unwind_from`) is taken out;
+    /// writes are of unknown outcome, refusals stay refusals.
     Failed {
+        unwind_from: u64,
         msg: String,
         done: Vec<Done>,
         waiters: Vec<Reply<()>>,
@@ -105,6 +116,13 @@ impl Applier {
         })
     }
 
+    /// Hands over the appended events of a transaction about to commit.
+    pub(super) fn prepared(&self, tail: Vec<(EntityKey, TailRefs)>, bytes: Vec<(u64, Vec<u8>)>) {
+        if !tail.is_empty() {
+            self.send(Applied::Prepared { tail, bytes });
+        }
+    }
+
     /// Hands over a committed transaction.
     pub(super) fn committed(
         &self,
@@ -121,9 +139,20 @@ impl Applier {
         });
     }
 
-    /// Hands over a failed transaction's replies.
-    pub(super) fn failed(&self, msg: String, done: Vec<Done>, waiters: Vec<Reply<()>>) {
-        self.send(Applied::Failed { msg, done, waiters });
+    /// Hands over a failed transaction's replies; `unwind_from` is its first offset.
+    pub(super) fn failed(
+        &self,
+        unwind_from: u64,
+        msg: String,
+        done: Vec<Done>,
+        waiters: Vec<Reply<()>>,
+    ) {
+        self.send(Applied::Failed {
+            unwind_from,
+            msg,
+            done,
+            waiters,
+        });
     }
 
     /// Returns once every transaction handed over so far is in the tail (the writer reads the
@@ -157,16 +186,21 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Applied>, gate: &GateRef) {
     let _ = gate;
     while let Ok(a) = rx.recv() {
         match a {
+            Applied::Prepared { tail, bytes } => {
+                #[cfg(test)]
+                if let Some(g) = gate {
+                    g.pass();
+                }
+                extend(shared, &tail, &bytes);
+                // The bytes are freed here, off the writer thread.
+                drop((tail, bytes));
+            }
             Applied::Committed {
                 fx,
                 committed,
                 done,
                 waiters,
             } => {
-                #[cfg(test)]
-                if let Some(g) = gate {
-                    g.pass();
-                }
                 apply(shared, &fx, committed);
                 for d in done {
                     d.send();
@@ -174,10 +208,18 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Applied>, gate: &GateRef) {
                 for w in waiters {
                     drop(w.send(Ok(())));
                 }
-                // The bytes are freed here, off the writer thread.
-                drop(fx);
             }
-            Applied::Failed { msg, done, waiters } => {
+            Applied::Failed {
+                unwind_from,
+                msg,
+                done,
+                waiters,
+            } => {
+                shared
+                    .tail
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwind_from(unwind_from);
                 for d in done {
                     d.fail(&msg);
                 }
@@ -190,25 +232,28 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Applied>, gate: &GateRef) {
     }
 }
 
-/// Brings the tail up to date with one committed transaction, then publishes its offset.
+/// Adds a transaction's appended events to the tail (before its commit: not yet visible).
+fn extend(shared: &Shared, refs: &[(EntityKey, TailRefs)], bytes: &[(u64, Vec<u8>)]) {
+    let mut tail = shared.tail.write().unwrap_or_else(|p| p.into_inner());
+    // The appended events' bytes, in offset order from the first.
+    let base = bytes.first().map_or(0, |(offset, _)| *offset);
+    for (ek, refs) in refs {
+        tail.extend(
+            ek,
+            refs.iter()
+                .map(|r| (*r, bytes[(r.offset - base) as usize].1.as_slice())),
+        );
+    }
+}
+
+/// Brings the tail up to date with one committed transaction (its events are in it already),
+/// then publishes its offset.
 fn apply(shared: &Shared, fx: &Effects, committed: Option<u64>) {
-    {
+    if let Some(seg) = fx.packed_segment {
         let mut tail = shared.tail.write().unwrap_or_else(|p| p.into_inner());
-        // The appended events' bytes, in offset order from the first.
-        let bytes = &fx.appended_bytes;
-        let base = bytes.first().map_or(0, |(offset, _)| *offset);
-        for (ek, refs) in &fx.tail {
-            tail.extend(
-                ek,
-                refs.iter()
-                    .map(|r| (*r, bytes[(r.offset - base) as usize].1.as_slice())),
-            );
-        }
-        if let Some(seg) = fx.packed_segment {
-            // Readers that saw the old entity rows retry when the version moves (read.rs).
-            shared.pack_version.fetch_add(1, Ordering::SeqCst);
-            tail.drop_segment(seg);
-        }
+        // Readers that saw the old entity rows retry when the version moves (read.rs).
+        shared.pack_version.fetch_add(1, Ordering::SeqCst);
+        tail.drop_segment(seg);
     }
     if let Some(offset) = committed {
         shared.committed.send_replace(offset);
@@ -231,6 +276,36 @@ mod tests {
 
     fn seqs(j: &Journal, pid: &PersistenceId) -> Vec<u64> {
         j.all_events(pid).unwrap().iter().map(|e| e.seq.0).collect()
+    }
+
+    /// The applier puts a transaction's events in the tail while it commits: when the commit
+    /// fails, they are taken out again before the failure is reported, and were never
+    /// visible to readers.
+    #[test]
+    fn a_failed_commit_leaves_nothing_in_the_tail() {
+        let storage = crate::FaultyStorage::new();
+        let j = Journal::builder()
+            .open_with_backend(storage.clone(), "mem")
+            .unwrap();
+        let pid = PersistenceId::parse("Account", "a").unwrap();
+        let other = PersistenceId::parse("Account", "b").unwrap();
+        j.append_blocking(&pid, Seq(1), vec![event(1), event(2)])
+            .unwrap();
+        storage.fail_now(true);
+        let err = j.append_blocking(&pid, Seq(3), vec![event(3)]).unwrap_err();
+        assert!(matches!(err, crate::JournalError::Io(_)), "{err}");
+        let err = j
+            .append_blocking(&other, Seq(1), vec![event(1)])
+            .unwrap_err();
+        assert!(matches!(err, crate::JournalError::Poisoned), "{err}");
+        let tail = j.shared().tail.read().unwrap();
+        let ek = crate::keys::entity_key(&pid, j.key_groups());
+        let refs: Vec<u64> = tail.entries[&ek[..]].refs.iter().map(|r| r.seq).collect();
+        assert_eq!(refs, [1, 2]);
+        assert_eq!(tail.len(), 2);
+        drop(tail);
+        assert_eq!(seqs(&j, &pid), [1, 2]);
+        assert_eq!(j.highest_seq(&pid).unwrap(), Seq(2));
     }
 
     /// Packing a segment plans from the tail, so it must wait until the tail holds every event
