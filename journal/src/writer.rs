@@ -374,11 +374,16 @@ impl Writer {
         if self.durability == Durability::None {
             txn.set_durability(redb::Durability::None)?;
         }
+        let (appends, events) = batch
+            .iter()
+            .filter(|r| matches!(r, Request::Append { .. }))
+            .fold((0, 0), |(a, e), r| (a + 1, e + r.weight()));
         let mut fx = Effects {
             now_micros: Utc::now().timestamp_micros().max(0),
+            tail: Vec::with_capacity(appends),
             ..Effects::default()
         };
-        let needs_segment = batch.iter().any(|r| matches!(r, Request::Append { .. }));
+        let needs_segment = appends > 0;
         if needs_segment {
             self.rotate_if_full();
         }
@@ -386,7 +391,7 @@ impl Writer {
             let mut entities = txn.open_table(keys::ENTITIES)?;
             let mut snapshots = txn.open_table(keys::SNAPSHOTS)?;
             let mut chunks = txn.open_table(keys::CHUNKS)?;
-            let mut inserts: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut inserts: Vec<(u64, Vec<u8>)> = Vec::with_capacity(events);
             let segment = self.state.segments.last().map(|s| s.number);
             for req in batch {
                 match req {
