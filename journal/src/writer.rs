@@ -160,15 +160,16 @@ impl Done {
     }
 }
 
-fn fail_request(req: Request, err: impl Fn() -> JournalError) {
+/// The reply `err` to `req`, as a [`Done`] (a refusal: it stays one whatever happens).
+fn refusal(req: Request, err: JournalError) -> Done {
     match req {
-        Request::Append { reply, .. } => drop(reply.send(Err(err()))),
-        Request::SaveSnapshot { reply, .. } => drop(reply.send(Err(err()))),
-        Request::DeleteEventsTo { reply, .. } => drop(reply.send(Err(err()))),
-        Request::DeleteSnapshots { reply, .. } => drop(reply.send(Err(err()))),
-        Request::DeleteEntity { reply, .. } => drop(reply.send(Err(err()))),
-        Request::Flush { reply, .. } => drop(reply.send(Err(err()))),
-        Request::ImportFloor { reply, .. } => drop(reply.send(Err(err()))),
+        Request::Append { reply, .. } => Done::Ack(reply, Err(err)),
+        Request::SaveSnapshot { reply, .. }
+        | Request::DeleteEntity { reply, .. }
+        | Request::Flush { reply, .. }
+        | Request::ImportFloor { reply, .. } => Done::Unit(reply, Err(err)),
+        Request::DeleteEventsTo { reply, .. } => Done::Seq(reply, Err(err)),
+        Request::DeleteSnapshots { reply, .. } => Done::Count(reply, Err(err)),
     }
 }
 
@@ -311,12 +312,13 @@ impl Writer {
                 }
             }
             if self.shared.is_poisoned() {
-                for r in batch {
-                    fail_request(r, || JournalError::Poisoned);
-                }
-                for w in self.pack_waiters.drain(..) {
-                    drop(w.send(Err(JournalError::Poisoned)));
-                }
+                // Through the applier, so that they come after the replies of earlier commits.
+                let done = batch
+                    .into_iter()
+                    .map(|r| refusal(r, JournalError::Poisoned))
+                    .collect();
+                let waiters = std::mem::take(&mut self.pack_waiters);
+                self.applier.refused(done, waiters);
                 continue;
             }
             self.commit(batch);

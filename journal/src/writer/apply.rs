@@ -1,9 +1,11 @@
-//! The applier: a second thread that brings the tail index up to date with each committed
-//! transaction and then sends its replies, in commit order, while the writer thread goes on to
-//! the next transaction. Taking this work off the writer overlaps it with the next commit's
-//! I/O; a reply still goes out only after its transaction is durable and its events are in the
-//! tail, so a caller reads its own writes.
+//! The applier: a second thread that brings the tail index up to date with each transaction
+//! and then sends its replies, in commit order, while the writer thread goes on to the next
+//! transaction. Taking this work off the writer overlaps it with the commit's I/O; a reply
+//! still goes out only after its transaction is durable and its events are in the tail, so a
+//! caller reads its own writes. An applier that fails poisons the journal (G8): the writer
+//! must not pack from a tail that stopped.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use tracing::info;
+use tracing::{error, info};
 
 use super::{Done, Effects, Reply, TailRefs};
 use crate::error::{JournalError, Result};
@@ -50,28 +52,47 @@ enum Applied {
         done: Vec<Done>,
         waiters: Vec<Reply<()>>,
     },
-    /// Answered once everything handed over before it is applied.
-    Barrier(mpsc::SyncSender<()>),
+    /// Refusals of a poisoned journal (and its `flush(pack: true)` callers): after the
+    /// replies of the commits before them.
+    Refused {
+        done: Vec<Done>,
+        waiters: Vec<Reply<()>>,
+    },
+    /// Answered once everything handed over before it is applied: `true` if the applier
+    /// still keeps the tail.
+    Barrier(mpsc::SyncSender<bool>),
 }
 
-/// Holds the applier before each committed transaction while closed: tests make the tail lag
-/// the commits by as much as they need.
+/// Where a [`Gate`] holds the applier.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Before a transaction's events go into the tail.
+    Prepared,
+    /// After that, and after the commit, before the committed offset is published.
+    Committed,
+}
+
+/// Holds the applier at one [`Stage`] of every transaction that appends while closed there:
+/// tests make the tail lag the commits, or run ahead of what is published, as they need.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
-    /// Closed, and how many transactions wait at it.
-    state: Mutex<(bool, usize)>,
+    /// Where it is closed, how many transactions wait at it, how many reached `Prepared`.
+    state: Mutex<(Option<Stage>, usize, usize)>,
     cv: Condvar,
+    /// Makes the applier panic at the next transaction's `Prepared`.
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
 impl Gate {
-    pub(crate) fn close(&self) {
-        self.state.lock().unwrap().0 = true;
+    pub(crate) fn close_at(&self, stage: Stage) {
+        self.state.lock().unwrap().0 = Some(stage);
     }
 
     pub(crate) fn open(&self) {
-        self.state.lock().unwrap().0 = false;
+        self.state.lock().unwrap().0 = None;
         self.cv.notify_all();
     }
 
@@ -80,10 +101,26 @@ impl Gate {
         self.state.lock().unwrap().1
     }
 
-    fn pass(&self) {
+    /// Transactions whose events reached the applier before their commit.
+    pub(crate) fn prepared(&self) -> usize {
+        self.state.lock().unwrap().2
+    }
+
+    /// Makes the applier fail (panic) at the next transaction that appends.
+    pub(crate) fn panic_next(&self) {
+        self.panic_next.store(true, Ordering::SeqCst);
+    }
+
+    fn pass(&self, stage: Stage) {
+        if stage == Stage::Prepared && self.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("injected applier failure");
+        }
         let mut s = self.state.lock().unwrap();
+        if stage == Stage::Prepared {
+            s.2 += 1;
+        }
         s.1 += 1;
-        while s.0 {
+        while s.0 == Some(stage) {
             s = self.cv.wait(s).unwrap();
         }
         s.1 -= 1;
@@ -100,19 +137,22 @@ pub(crate) type GateRef = ();
 pub(super) struct Applier {
     tx: Option<mpsc::SyncSender<Applied>>,
     handle: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl Applier {
     /// Starts the applier thread for the journal whose state `shared` is.
     pub(super) fn start(shared: Arc<Shared>, gate: GateRef) -> Result<Self> {
         let (tx, rx) = mpsc::sync_channel(MAX_BEHIND);
+        let theirs = shared.clone();
         let handle = std::thread::Builder::new()
             .name("stateline-applier".into())
-            .spawn(move || run(&shared, &rx, &gate))
+            .spawn(move || run(&theirs, &rx, &gate))
             .map_err(|e| JournalError::Io(format!("cannot start applier thread: {e}")))?;
         Ok(Self {
             tx: Some(tx),
             handle: Some(handle),
+            shared,
         })
     }
 
@@ -155,19 +195,34 @@ impl Applier {
         });
     }
 
+    /// Hands over refusals of a poisoned journal.
+    pub(super) fn refused(&self, done: Vec<Done>, waiters: Vec<Reply<()>>) {
+        self.send(Applied::Refused { done, waiters });
+    }
+
     /// Returns once every transaction handed over so far is in the tail (the writer reads the
     /// tail to plan packing a segment, which must see all of the segment's events).
-    pub(super) fn wait_applied(&self) {
+    ///
+    /// # Errors
+    /// [`JournalError::Io`] if the applier failed: the tail stopped, and planning from it
+    /// would drop the events committed since from the packed segment.
+    pub(super) fn wait_applied(&self) -> Result<()> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(Applied::Barrier(tx));
-        // An applier that is gone has nothing left to apply.
-        let _ = rx.recv();
+        match rx.recv() {
+            Ok(true) => Ok(()),
+            _ => Err(JournalError::Io(
+                "the journal's applier thread failed; the tail index stopped".into(),
+            )),
+        }
     }
 
     fn send(&self, a: Applied) {
-        if let Some(tx) = &self.tx {
-            // Only a panicked applier hangs up; its callers then see the journal closed.
-            let _ = tx.send(a);
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(a).is_ok());
+        if !sent {
+            // The applier is gone (it poisons the journal when it fails, this makes sure):
+            // the message's callers see their reply dropped, as `Poisoned`.
+            self.shared.poisoned.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -183,52 +238,102 @@ impl Drop for Applier {
 }
 
 fn run(shared: &Shared, rx: &mpsc::Receiver<Applied>, gate: &GateRef) {
-    let _ = gate;
+    // Set when handling a message panicked: the tail may be half updated, so nothing more is
+    // added to it or published, and every later reply is a failure.
+    let mut failed = false;
     while let Ok(a) = rx.recv() {
-        match a {
-            Applied::Prepared { tail, bytes } => {
-                #[cfg(test)]
-                if let Some(g) = gate {
-                    g.pass();
-                }
-                extend(shared, &tail, &bytes);
-                // The bytes are freed here, off the writer thread.
-                drop((tail, bytes));
-            }
-            Applied::Committed {
-                fx,
-                committed,
-                done,
-                waiters,
-            } => {
-                apply(shared, &fx, committed);
-                for d in done {
-                    d.send();
-                }
-                for w in waiters {
-                    drop(w.send(Ok(())));
-                }
-            }
-            Applied::Failed {
-                unwind_from,
-                msg,
-                done,
-                waiters,
-            } => {
-                shared
-                    .tail
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .unwind_from(unwind_from);
-                for d in done {
-                    d.fail(&msg);
-                }
-                for w in waiters {
-                    drop(w.send(Err(JournalError::Io(msg.clone()))));
-                }
-            }
-            Applied::Barrier(tx) => drop(tx.send(())),
+        if failed {
+            refuse(a);
+            continue;
         }
+        if catch_unwind(AssertUnwindSafe(|| handle(shared, a, gate))).is_err() {
+            failed = true;
+            shared.poisoned.store(true, Ordering::SeqCst);
+            error!("journal applier failed; poisoned");
+        }
+    }
+}
+
+fn handle(shared: &Shared, a: Applied, gate: &GateRef) {
+    let _ = gate;
+    match a {
+        Applied::Prepared { tail, bytes } => {
+            #[cfg(test)]
+            if let Some(g) = gate {
+                g.pass(Stage::Prepared);
+            }
+            extend(shared, &tail, &bytes);
+            // The bytes are freed here, off the writer thread.
+            drop((tail, bytes));
+        }
+        Applied::Committed {
+            fx,
+            committed,
+            done,
+            waiters,
+        } => {
+            #[cfg(test)]
+            if let Some(g) = gate.as_ref().filter(|_| committed.is_some()) {
+                g.pass(Stage::Committed);
+            }
+            apply(shared, &fx, committed);
+            for d in done {
+                d.send();
+            }
+            for w in waiters {
+                drop(w.send(Ok(())));
+            }
+        }
+        Applied::Failed {
+            unwind_from,
+            msg,
+            done,
+            waiters,
+        } => {
+            shared
+                .tail
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwind_from(unwind_from);
+            for d in done {
+                d.fail(&msg);
+            }
+            for w in waiters {
+                drop(w.send(Err(JournalError::Io(msg.clone()))));
+            }
+        }
+        Applied::Refused { done, waiters } => {
+            for d in done {
+                d.send();
+            }
+            for w in waiters {
+                drop(w.send(Err(JournalError::Poisoned)));
+            }
+        }
+        Applied::Barrier(tx) => drop(tx.send(true)),
+    }
+}
+
+/// A message for an applier that failed: its writes' outcome is unknown to their callers.
+fn refuse(a: Applied) {
+    let msg = "the journal's applier thread failed";
+    match a {
+        Applied::Prepared { .. } => {}
+        Applied::Committed { done, waiters, .. } | Applied::Failed { done, waiters, .. } => {
+            for d in done {
+                d.fail(msg);
+            }
+            for w in waiters {
+                drop(w.send(Err(JournalError::Poisoned)));
+            }
+        }
+        Applied::Refused { done, waiters } => {
+            done.into_iter().for_each(Done::send);
+            for w in waiters {
+                drop(w.send(Err(JournalError::Poisoned)));
+            }
+        }
+        Applied::Barrier(tx) => drop(tx.send(false)),
     }
 }
 
@@ -278,22 +383,39 @@ mod tests {
         j.all_events(pid).unwrap().iter().map(|e| e.seq.0).collect()
     }
 
+    fn gated() -> (Arc<Gate>, crate::JournalBuilder) {
+        let gate = Arc::new(Gate::default());
+        let mut builder = Journal::builder();
+        builder.applier_gate = Some(gate.clone());
+        (gate, builder)
+    }
+
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The applier puts a transaction's events in the tail while it commits: when the commit
-    /// fails, they are taken out again before the failure is reported, and were never
-    /// visible to readers.
+    /// fails, they are taken out again before the failure is reported.
     #[test]
     fn a_failed_commit_leaves_nothing_in_the_tail() {
         let storage = crate::FaultyStorage::new();
-        let j = Journal::builder()
-            .open_with_backend(storage.clone(), "mem")
-            .unwrap();
+        let (gate, builder) = gated();
+        let j = builder.open_with_backend(storage.clone(), "mem").unwrap();
         let pid = PersistenceId::parse("Account", "a").unwrap();
         let other = PersistenceId::parse("Account", "b").unwrap();
         j.append_blocking(&pid, Seq(1), vec![event(1), event(2)])
             .unwrap();
+        let prepared = gate.prepared();
         storage.fail_now(true);
         let err = j.append_blocking(&pid, Seq(3), vec![event(3)]).unwrap_err();
         assert!(matches!(err, crate::JournalError::Io(_)), "{err}");
+        // The failing transaction's events did reach the tail (the commit, not the
+        // transaction before it, failed), so they were taken out again.
+        assert_eq!(gate.prepared(), prepared + 1);
         let err = j
             .append_blocking(&other, Seq(1), vec![event(1)])
             .unwrap_err();
@@ -308,40 +430,97 @@ mod tests {
         assert_eq!(j.highest_seq(&pid).unwrap(), Seq(2));
     }
 
+    /// Events in the tail but not yet published (their transaction committing, or committed
+    /// and not yet acknowledged) are invisible to every read.
+    #[test]
+    fn events_in_the_tail_are_invisible_until_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, builder) = gated();
+        let j = builder.open(dir.path().join("j.redb")).unwrap();
+        let pid = PersistenceId::parse("Account", "a").unwrap();
+        j.append_blocking(&pid, Seq(1), (1..=3).map(event).collect())
+            .unwrap();
+        gate.close_at(Stage::Committed);
+        let fourth = {
+            let (j, pid) = (j.clone(), pid.clone());
+            std::thread::spawn(move || j.append_blocking(&pid, Seq(4), vec![event(4)]))
+        };
+        wait_for("the fourth event is committed", || gate.waiting() == 1);
+        let ek = crate::keys::entity_key(&pid, j.key_groups());
+        let in_tail = j.shared().tail.read().unwrap().entries[&ek[..]].refs.len();
+        assert_eq!(in_tail, 4, "the fourth event is in the tail");
+        assert_eq!(seqs(&j, &pid), [1, 2, 3]);
+        assert_eq!(j.highest_seq(&pid).unwrap(), Seq(3));
+        let listed = j.entities(None).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].highest_seq, Seq(3));
+        assert_eq!(j.committed_offset().0, 3);
+        gate.open();
+        assert_eq!(fourth.join().unwrap().unwrap().last_seq, Seq(4));
+        // Acknowledged: visible at once.
+        assert_eq!(seqs(&j, &pid), [1, 2, 3, 4]);
+        assert_eq!(j.highest_seq(&pid).unwrap(), Seq(4));
+    }
+
+    /// An applier that fails poisons the journal (G8): the transaction it was handling gets
+    /// an I/O error (committed, as it happens), later requests `Poisoned`, and reopening finds
+    /// every event committed, without a gap.
+    #[test]
+    fn a_failed_applier_poisons_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.redb");
+        let (gate, builder) = gated();
+        let j = builder.segment_events(2).open(&path).unwrap();
+        let pid = PersistenceId::parse("Account", "a").unwrap();
+        j.append_blocking(&pid, Seq(1), vec![event(1)]).unwrap();
+        gate.panic_next();
+        let err = j.append_blocking(&pid, Seq(2), vec![event(2)]).unwrap_err();
+        assert!(matches!(err, crate::JournalError::Io(_)), "{err}");
+        for seq in [2, 3] {
+            let err = j
+                .append_blocking(&pid, Seq(seq), vec![event(seq)])
+                .unwrap_err();
+            assert!(matches!(err, crate::JournalError::Poisoned), "{err}");
+        }
+        let err = j.flush_blocking(true).unwrap_err();
+        assert!(matches!(err, crate::JournalError::Poisoned), "{err}");
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(seqs(&j, &pid), [1, 2]);
+        j.append_blocking(&pid, Seq(3), vec![event(3)]).unwrap();
+        j.flush_blocking(true).unwrap();
+        assert_eq!(seqs(&j, &pid), [1, 2, 3]);
+    }
+
     /// Packing a segment plans from the tail, so it must wait until the tail holds every event
     /// committed to the segment: here the event that fills it is committed but still held
     /// before the tail when the next append opens a second segment and packing starts.
     #[test]
     fn packing_waits_until_the_tail_holds_the_whole_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let gate = Arc::new(Gate::default());
-        let mut builder = Journal::builder().segment_events(4);
-        builder.applier_gate = Some(gate.clone());
+        let (gate, builder) = gated();
         let path = dir.path().join("j.redb");
-        let j = builder.open(&path).unwrap();
+        let j = builder.segment_events(4).open(&path).unwrap();
         let pid = PersistenceId::parse("Account", "a").unwrap();
         j.append_blocking(&pid, Seq(1), (1..=3).map(event).collect())
             .unwrap();
-        gate.close();
+        gate.close_at(Stage::Prepared);
         let append = |seq: u64| {
             let (j, pid) = (j.clone(), pid.clone());
             std::thread::spawn(move || j.append_blocking(&pid, Seq(seq), vec![event(seq)]))
         };
         let fourth = append(4);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while gate.waiting() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the fourth event never committed"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // Committed but not in the tail nor acknowledged: readers see the journal as before.
+        wait_for("the fourth event reaches the applier", || {
+            gate.waiting() == 1
+        });
+        // Its transaction commits while its events wait to enter the tail; nothing of it is
+        // published: readers see the journal as before.
         assert_eq!(seqs(&j, &pid), [1, 2, 3]);
         assert_eq!(j.highest_seq(&pid).unwrap(), Seq(3));
         // Segment 1 is full: this append opens segment 2, and packing segment 1 begins in
         // the same transaction. Without waiting for the tail it would pack events 1-3 only
-        // and drop the segment, event 4 with it.
+        // and drop the segment, event 4 with it. (The pause gives a writer that did not wait
+        // the time to get that far.)
         let fifth = append(5);
         std::thread::sleep(Duration::from_millis(300));
         gate.open();

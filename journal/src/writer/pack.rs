@@ -33,16 +33,16 @@ impl Writer {
         let seg = self.state.segments[0].clone();
         let plan = match self.plan.take() {
             Some(p) => p,
-            None => self.build_plan(seg.number),
+            None => self.build_plan(seg.number)?,
         };
         let mut plan = plan;
         let name = keys::segment_table_name(seg.number);
         {
             let log = txn.open_table(keys::segment_table(&name))?;
             // Every event to pack was committed by an earlier transaction, so the cache has
-            // it unless it was over budget.
+            // it unless it was over budget. The tail is read one entity at a time: the applier
+            // (whose write lock new readers would queue behind) is not held up for a step.
             let shared = self.shared.clone();
-            let tail = shared.tail.read().unwrap_or_else(|p| p.into_inner());
             // At the end of this generation's key range (a merge target, newer, may follow it).
             let next_gen = (seg.number + 1).to_be_bytes();
             let mut cursor = chunks.upper_bound_mut(Bound::Excluded(&next_gen[..]))?;
@@ -53,6 +53,9 @@ impl Writer {
                     break;
                 };
                 let mut row = load_row(&ek, entities)?;
+                // A sealed segment's refs and cached bytes change only when it is dropped,
+                // after its packing is complete.
+                let tail = shared.tail.read().unwrap_or_else(|p| p.into_inner());
                 let cached = tail.entries.get(ek.as_slice());
                 let left = refs
                     .iter()
@@ -110,6 +113,7 @@ impl Writer {
                     self.state.pack_events += 1;
                 }
                 chunk.finish(&mut emit)?;
+                drop(tail);
                 row.chunks.extend(made);
                 entities.insert(ek.as_slice(), encode_row(&ek, &row)?.as_slice())?;
                 budget = budget.saturating_sub(refs.len());
@@ -355,10 +359,10 @@ impl Writer {
     }
 
     /// The entities of `segment` still to pack, in key order, from the tail index.
-    fn build_plan(&self, segment: u64) -> BTreeMap<Vec<u8>, Vec<TailRef>> {
+    fn build_plan(&self, segment: u64) -> Result<BTreeMap<Vec<u8>, Vec<TailRef>>> {
         // The segment's last events may have been committed by a transaction the applier
         // has not brought into the tail yet.
-        self.applier.wait_applied();
+        self.applier.wait_applied()?;
         let tail = self.shared.tail.read().unwrap_or_else(|p| p.into_inner());
         let cursor = self.state.pack_cursor.as_deref();
         let mut plan = BTreeMap::new();
@@ -376,7 +380,7 @@ impl Writer {
                 plan.insert(ek.to_vec(), mine);
             }
         }
-        plan
+        Ok(plan)
     }
 }
 
