@@ -289,7 +289,15 @@ impl Writer {
         loop {
             let mut batch = Vec::new();
             let mut weight = 0;
-            if (self.pack_pending() || self.merge_pending()) && !self.shared.is_poisoned() {
+            // Read once: a failing applier can poison the journal at any moment, and a
+            // writer about to block must not keep `flush(pack: true)` callers waiting (no
+            // request reaches a poisoned writer to wake it).
+            let poisoned = self.shared.is_poisoned();
+            if poisoned && !self.pack_waiters.is_empty() {
+                let waiters = std::mem::take(&mut self.pack_waiters);
+                self.applier.refused(Vec::new(), waiters);
+            }
+            if (self.pack_pending() || self.merge_pending()) && !poisoned {
                 match self.rx.try_recv() {
                     Ok(r) => batch.push(r),
                     Err(mpsc::error::TryRecvError::Empty) => {}

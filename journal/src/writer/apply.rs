@@ -74,56 +74,73 @@ pub(crate) enum Stage {
 }
 
 /// Holds the applier at one [`Stage`] of every transaction that appends while closed there:
-/// tests make the tail lag the commits, or run ahead of what is published, as they need.
+/// tests make the tail lag the commits, or run ahead of what is published, as they need. It
+/// can also make the applier fail (panic) at the next message of a stage.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
-    /// Where it is closed, how many transactions wait at it, how many reached `Prepared`.
-    state: Mutex<(Option<Stage>, usize, usize)>,
+    state: Mutex<GateState>,
     cv: Condvar,
-    /// Makes the applier panic at the next transaction's `Prepared`.
-    panic_next: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct GateState {
+    closed_at: Option<Stage>,
+    /// Transactions waiting at the gate.
+    waiting: usize,
+    /// Transactions whose events reached the applier before their commit.
+    prepared: usize,
+    panic_at: Option<Stage>,
 }
 
 #[cfg(test)]
 impl Gate {
     pub(crate) fn close_at(&self, stage: Stage) {
-        self.state.lock().unwrap().0 = Some(stage);
+        self.state.lock().unwrap().closed_at = Some(stage);
     }
 
     pub(crate) fn open(&self) {
-        self.state.lock().unwrap().0 = None;
+        self.state.lock().unwrap().closed_at = None;
         self.cv.notify_all();
     }
 
     /// Transactions waiting at the gate.
     pub(crate) fn waiting(&self) -> usize {
-        self.state.lock().unwrap().1
+        self.state.lock().unwrap().waiting
     }
 
     /// Transactions whose events reached the applier before their commit.
     pub(crate) fn prepared(&self) -> usize {
-        self.state.lock().unwrap().2
+        self.state.lock().unwrap().prepared
     }
 
-    /// Makes the applier fail (panic) at the next transaction that appends.
-    pub(crate) fn panic_next(&self) {
-        self.panic_next.store(true, Ordering::SeqCst);
+    /// Makes the applier panic at the next message of `stage` (any `Committed`, also of a
+    /// transaction that only packed).
+    pub(crate) fn panic_at(&self, stage: Stage) {
+        self.state.lock().unwrap().panic_at = Some(stage);
+    }
+
+    /// Panics if asked to at `stage`.
+    fn check(&self, stage: Stage) {
+        let mut s = self.state.lock().unwrap();
+        if s.panic_at == Some(stage) {
+            s.panic_at = None;
+            drop(s);
+            panic!("injected applier failure");
+        }
     }
 
     fn pass(&self, stage: Stage) {
-        if stage == Stage::Prepared && self.panic_next.swap(false, Ordering::SeqCst) {
-            panic!("injected applier failure");
-        }
         let mut s = self.state.lock().unwrap();
         if stage == Stage::Prepared {
-            s.2 += 1;
+            s.prepared += 1;
         }
-        s.1 += 1;
-        while s.0 == Some(stage) {
+        s.waiting += 1;
+        while s.closed_at == Some(stage) {
             s = self.cv.wait(s).unwrap();
         }
-        s.1 -= 1;
+        s.waiting -= 1;
     }
 }
 
@@ -238,102 +255,145 @@ impl Drop for Applier {
 }
 
 fn run(shared: &Shared, rx: &mpsc::Receiver<Applied>, gate: &GateRef) {
-    // Set when handling a message panicked: the tail may be half updated, so nothing more is
-    // added to it or published, and every later reply is a failure.
+    // Set when a message's work panicked: the tail may be half updated, so nothing more is
+    // added to it or published, and every later transaction's replies are failures.
     let mut failed = false;
     while let Ok(a) = rx.recv() {
-        if failed {
-            refuse(a);
-            continue;
-        }
-        if catch_unwind(AssertUnwindSafe(|| handle(shared, a, gate))).is_err() {
+        // The replies are taken out first, so that a panic in the work cannot drop them.
+        let (work, replies) = split(a);
+        if !failed && catch_unwind(AssertUnwindSafe(|| work.run(shared, gate))).is_err() {
             failed = true;
             shared.poisoned.store(true, Ordering::SeqCst);
             error!("journal applier failed; poisoned");
         }
+        replies.send(failed);
     }
 }
 
-fn handle(shared: &Shared, a: Applied, gate: &GateRef) {
-    let _ = gate;
+/// What the applier does to the tail for one message.
+enum Work {
+    Prepared {
+        tail: Vec<(EntityKey, TailRefs)>,
+        bytes: Vec<(u64, Vec<u8>)>,
+    },
+    Committed {
+        fx: Effects,
+        committed: Option<u64>,
+    },
+    Unwind(u64),
+    Nothing,
+}
+
+/// The replies one message carries, sent after its work.
+enum Replies {
+    Committed {
+        done: Vec<Done>,
+        waiters: Vec<Reply<()>>,
+    },
+    Failed {
+        msg: String,
+        done: Vec<Done>,
+        waiters: Vec<Reply<()>>,
+    },
+    Refused {
+        done: Vec<Done>,
+        waiters: Vec<Reply<()>>,
+    },
+    Barrier(mpsc::SyncSender<bool>),
+    Nothing,
+}
+
+fn split(a: Applied) -> (Work, Replies) {
     match a {
-        Applied::Prepared { tail, bytes } => {
-            #[cfg(test)]
-            if let Some(g) = gate {
-                g.pass(Stage::Prepared);
-            }
-            extend(shared, &tail, &bytes);
-            // The bytes are freed here, off the writer thread.
-            drop((tail, bytes));
-        }
+        Applied::Prepared { tail, bytes } => (Work::Prepared { tail, bytes }, Replies::Nothing),
         Applied::Committed {
             fx,
             committed,
             done,
             waiters,
-        } => {
-            #[cfg(test)]
-            if let Some(g) = gate.as_ref().filter(|_| committed.is_some()) {
-                g.pass(Stage::Committed);
-            }
-            apply(shared, &fx, committed);
-            for d in done {
-                d.send();
-            }
-            for w in waiters {
-                drop(w.send(Ok(())));
-            }
-        }
+        } => (
+            Work::Committed { fx, committed },
+            Replies::Committed { done, waiters },
+        ),
         Applied::Failed {
             unwind_from,
             msg,
             done,
             waiters,
-        } => {
-            shared
-                .tail
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwind_from(unwind_from);
-            for d in done {
-                d.fail(&msg);
-            }
-            for w in waiters {
-                drop(w.send(Err(JournalError::Io(msg.clone()))));
-            }
-        }
-        Applied::Refused { done, waiters } => {
-            for d in done {
-                d.send();
-            }
-            for w in waiters {
-                drop(w.send(Err(JournalError::Poisoned)));
-            }
-        }
-        Applied::Barrier(tx) => drop(tx.send(true)),
+        } => (
+            Work::Unwind(unwind_from),
+            Replies::Failed { msg, done, waiters },
+        ),
+        Applied::Refused { done, waiters } => (Work::Nothing, Replies::Refused { done, waiters }),
+        Applied::Barrier(tx) => (Work::Nothing, Replies::Barrier(tx)),
     }
 }
 
-/// A message for an applier that failed: its writes' outcome is unknown to their callers.
-fn refuse(a: Applied) {
-    let msg = "the journal's applier thread failed";
-    match a {
-        Applied::Prepared { .. } => {}
-        Applied::Committed { done, waiters, .. } | Applied::Failed { done, waiters, .. } => {
+impl Work {
+    fn run(self, shared: &Shared, gate: &GateRef) {
+        let _ = gate;
+        match self {
+            Work::Prepared { tail, bytes } => {
+                #[cfg(test)]
+                if let Some(g) = gate {
+                    g.check(Stage::Prepared);
+                    g.pass(Stage::Prepared);
+                }
+                extend(shared, &tail, &bytes);
+                // The bytes are freed here, off the writer thread.
+                drop((tail, bytes));
+            }
+            Work::Committed { fx, committed } => {
+                #[cfg(test)]
+                if let Some(g) = gate {
+                    g.check(Stage::Committed);
+                    if committed.is_some() {
+                        g.pass(Stage::Committed);
+                    }
+                }
+                apply(shared, &fx, committed);
+            }
+            Work::Unwind(from) => shared
+                .tail
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwind_from(from),
+            Work::Nothing => {}
+        }
+    }
+}
+
+impl Replies {
+    /// Sends the replies; once the applier has `failed`, a committed transaction's outcome is
+    /// unknown to its callers (it was not published), as after a failed commit.
+    fn send(self, failed: bool) {
+        const APPLIER_FAILED: &str = "the journal's applier thread failed";
+        let fail = |msg: &str, done: Vec<Done>, waiters: Vec<Reply<()>>| {
             for d in done {
                 d.fail(msg);
             }
             for w in waiters {
-                drop(w.send(Err(JournalError::Poisoned)));
+                drop(w.send(Err(JournalError::Io(msg.to_string()))));
             }
-        }
-        Applied::Refused { done, waiters } => {
-            done.into_iter().for_each(Done::send);
-            for w in waiters {
-                drop(w.send(Err(JournalError::Poisoned)));
+        };
+        match self {
+            Replies::Committed { done, waiters } if failed => fail(APPLIER_FAILED, done, waiters),
+            Replies::Committed { done, waiters } => {
+                done.into_iter().for_each(Done::send);
+                for w in waiters {
+                    drop(w.send(Ok(())));
+                }
             }
+            Replies::Failed { msg, done, waiters } => fail(&msg, done, waiters),
+            Replies::Refused { done, waiters } => {
+                done.into_iter().for_each(Done::send);
+                for w in waiters {
+                    drop(w.send(Err(JournalError::Poisoned)));
+                }
+            }
+            Replies::Barrier(tx) => drop(tx.send(!failed)),
+            Replies::Nothing => {}
         }
-        Applied::Barrier(tx) => drop(tx.send(false)),
     }
 }
 
@@ -463,33 +523,79 @@ mod tests {
     }
 
     /// An applier that fails poisons the journal (G8): the transaction it was handling gets
-    /// an I/O error (committed, as it happens), later requests `Poisoned`, and reopening finds
-    /// every event committed, without a gap.
+    /// an I/O error (committed, as it happens: its outcome is unknown to the caller), later
+    /// requests `Poisoned`, and reopening finds every event committed, without a gap. At
+    /// either stage: before the events enter the tail, or while the replies wait for the
+    /// committed offset to be published.
     #[test]
     fn a_failed_applier_poisons_the_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.redb");
-        let (gate, builder) = gated();
-        let j = builder.segment_events(2).open(&path).unwrap();
-        let pid = PersistenceId::parse("Account", "a").unwrap();
-        j.append_blocking(&pid, Seq(1), vec![event(1)]).unwrap();
-        gate.panic_next();
-        let err = j.append_blocking(&pid, Seq(2), vec![event(2)]).unwrap_err();
-        assert!(matches!(err, crate::JournalError::Io(_)), "{err}");
-        for seq in [2, 3] {
-            let err = j
-                .append_blocking(&pid, Seq(seq), vec![event(seq)])
-                .unwrap_err();
+        for stage in [Stage::Prepared, Stage::Committed] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("j.redb");
+            let (gate, builder) = gated();
+            let j = builder.segment_events(2).open(&path).unwrap();
+            let pid = PersistenceId::parse("Account", "a").unwrap();
+            j.append_blocking(&pid, Seq(1), vec![event(1)]).unwrap();
+            gate.panic_at(stage);
+            let err = j.append_blocking(&pid, Seq(2), vec![event(2)]).unwrap_err();
+            assert!(
+                matches!(err, crate::JournalError::Io(_)),
+                "{stage:?}: {err}"
+            );
+            for seq in [2, 3] {
+                let err = j
+                    .append_blocking(&pid, Seq(seq), vec![event(seq)])
+                    .unwrap_err();
+                assert!(matches!(err, crate::JournalError::Poisoned), "{err}");
+            }
+            let err = j.flush_blocking(true).unwrap_err();
             assert!(matches!(err, crate::JournalError::Poisoned), "{err}");
+            drop(j);
+            let j = Journal::open(&path).unwrap();
+            assert_eq!(seqs(&j, &pid), [1, 2], "{stage:?}");
+            j.append_blocking(&pid, Seq(3), vec![event(3)]).unwrap();
+            j.flush_blocking(true).unwrap();
+            assert_eq!(seqs(&j, &pid), [1, 2, 3]);
         }
-        let err = j.flush_blocking(true).unwrap_err();
-        assert!(matches!(err, crate::JournalError::Poisoned), "{err}");
-        drop(j);
-        let j = Journal::open(&path).unwrap();
-        assert_eq!(seqs(&j, &pid), [1, 2]);
-        j.append_blocking(&pid, Seq(3), vec![event(3)]).unwrap();
-        j.flush_blocking(true).unwrap();
-        assert_eq!(seqs(&j, &pid), [1, 2, 3]);
+    }
+
+    /// A `flush(pack: true)` waiting for packing is answered when the applier fails during
+    /// the packing (no later request reaches a poisoned writer to wake it).
+    #[test]
+    fn a_pack_flush_is_answered_when_the_applier_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, builder) = gated();
+        let entities = 2_000u64;
+        let j = builder
+            .durability(crate::Durability::None)
+            .segment_events(entities)
+            .pack_step_events(1)
+            .open(dir.path().join("j.redb"))
+            .unwrap();
+        let pid = |i: u64| PersistenceId::parse("Account", &i.to_string()).unwrap();
+        for i in 0..=entities {
+            j.append_blocking(&pid(i), Seq(1), vec![event(i)]).unwrap();
+        }
+        // The first segment is sealed; packing it takes one commit per entity.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let flusher = {
+            let j = j.clone();
+            std::thread::spawn(move || tx.send(j.flush_blocking(true)).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        gate.panic_at(Stage::Committed);
+        let flushed = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the flush was never answered");
+        let err = flushed.expect_err("packing 2,000 entities one a commit outlasts 20 ms");
+        assert!(
+            matches!(
+                err,
+                crate::JournalError::Io(_) | crate::JournalError::Poisoned
+            ),
+            "{err}"
+        );
+        flusher.join().unwrap();
     }
 
     /// Packing a segment plans from the tail, so it must wait until the tail holds every event
