@@ -24,44 +24,9 @@ use crate::tail::{EntityKey, Shared};
 /// tail lags by a bounded number of commits and their bytes are held once.
 const MAX_BEHIND: usize = 8;
 
-/// What the applier does, in the writer's order.
-enum Applied {
-    /// A transaction about to commit: its appended events go into the tail, not yet published
-    /// (readers keep only refs at or below the committed offset), so that this work overlaps
-    /// the commit's I/O.
-    Prepared {
-        tail: Vec<(EntityKey, TailRefs)>,
-        /// Stored bytes of the events, ascending offset.
-        bytes: Vec<(u64, Vec<u8>)>,
-    },
-    /// A committed transaction: a packed segment leaves the tail, the committed offset is
-    /// published, then its replies go out.
-    Committed {
-        fx: Effects,
-        /// The highest committed offset, when the transaction appended.
-        committed: Option<u64>,
-        done: Vec<Done>,
-        /// `flush(pack: true)` callers whose packing is complete with this transaction.
-        waiters: Vec<Reply<()>>,
-    },
-    /// A failed transaction: what it put in the tail (offsets from `unwind_from`) is taken out;
-    /// writes are of unknown outcome, refusals stay refusals.
-    Failed {
-        unwind_from: u64,
-        msg: String,
-        done: Vec<Done>,
-        waiters: Vec<Reply<()>>,
-    },
-    /// Refusals of a poisoned journal (and its `flush(pack: true)` callers): after the
-    /// replies of the commits before them.
-    Refused {
-        done: Vec<Done>,
-        waiters: Vec<Reply<()>>,
-    },
-    /// Answered once everything handed over before it is applied: `true` if the applier
-    /// still keeps the tail.
-    Barrier(mpsc::SyncSender<bool>),
-}
+/// One handover, in the writer's order: what the applier does to the tail, then the replies
+/// it sends after that.
+type Handover = (Work, Replies);
 
 /// Where a [`Gate`] holds the applier.
 #[cfg(test)]
@@ -152,7 +117,7 @@ pub(crate) type GateRef = ();
 
 /// The writer's handle on the applier thread.
 pub(super) struct Applier {
-    tx: Option<mpsc::SyncSender<Applied>>,
+    tx: Option<mpsc::SyncSender<Handover>>,
     handle: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
@@ -176,7 +141,7 @@ impl Applier {
     /// Hands over the appended events of a transaction about to commit.
     pub(super) fn prepared(&self, tail: Vec<(EntityKey, TailRefs)>, bytes: Vec<(u64, Vec<u8>)>) {
         if !tail.is_empty() {
-            self.send(Applied::Prepared { tail, bytes });
+            self.send((Work::Prepared { tail, bytes }, Replies::Nothing));
         }
     }
 
@@ -188,12 +153,10 @@ impl Applier {
         done: Vec<Done>,
         waiters: Vec<Reply<()>>,
     ) {
-        self.send(Applied::Committed {
-            fx,
-            committed,
-            done,
-            waiters,
-        });
+        self.send((
+            Work::Committed { fx, committed },
+            Replies::Committed { done, waiters },
+        ));
     }
 
     /// Hands over a failed transaction's replies; `unwind_from` is its first offset.
@@ -204,17 +167,15 @@ impl Applier {
         done: Vec<Done>,
         waiters: Vec<Reply<()>>,
     ) {
-        self.send(Applied::Failed {
-            unwind_from,
-            msg,
-            done,
-            waiters,
-        });
+        self.send((
+            Work::Unwind(unwind_from),
+            Replies::Failed { msg, done, waiters },
+        ));
     }
 
     /// Hands over refusals of a poisoned journal.
     pub(super) fn refused(&self, done: Vec<Done>, waiters: Vec<Reply<()>>) {
-        self.send(Applied::Refused { done, waiters });
+        self.send((Work::Nothing, Replies::Refused { done, waiters }));
     }
 
     /// Returns once every transaction handed over so far is in the tail (the writer reads the
@@ -225,7 +186,7 @@ impl Applier {
     /// would drop the events committed since from the packed segment.
     pub(super) fn wait_applied(&self) -> Result<()> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.send(Applied::Barrier(tx));
+        self.send((Work::Nothing, Replies::Barrier(tx)));
         match rx.recv() {
             Ok(true) => Ok(()),
             _ => Err(JournalError::Io(
@@ -234,7 +195,7 @@ impl Applier {
         }
     }
 
-    fn send(&self, a: Applied) {
+    fn send(&self, a: Handover) {
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(a).is_ok());
         if !sent {
             // The applier is gone (it poisons the journal when it fails, this makes sure):
@@ -254,13 +215,12 @@ impl Drop for Applier {
     }
 }
 
-fn run(shared: &Shared, rx: &mpsc::Receiver<Applied>, gate: &GateRef) {
+fn run(shared: &Shared, rx: &mpsc::Receiver<Handover>, gate: &GateRef) {
     // Set when a message's work panicked: the tail may be half updated, so nothing more is
     // added to it or published, and every later transaction's replies are failures.
     let mut failed = false;
-    while let Ok(a) = rx.recv() {
-        // The replies are taken out first, so that a panic in the work cannot drop them.
-        let (work, replies) = split(a);
+    // The replies are apart from the work, so that a panic in the work cannot drop them.
+    while let Ok((work, replies)) = rx.recv() {
         if !failed && catch_unwind(AssertUnwindSafe(|| work.run(shared, gate))).is_err() {
             failed = true;
             shared.poisoned.store(true, Ordering::SeqCst);
@@ -270,63 +230,51 @@ fn run(shared: &Shared, rx: &mpsc::Receiver<Applied>, gate: &GateRef) {
     }
 }
 
-/// What the applier does to the tail for one message.
+/// What the applier does to the tail for one handover.
 enum Work {
+    /// A transaction about to commit: its appended events go into the tail, not yet published
+    /// (readers keep only refs at or below the committed offset), so that this work overlaps
+    /// the commit's I/O.
     Prepared {
         tail: Vec<(EntityKey, TailRefs)>,
+        /// Stored bytes of the events, ascending offset.
         bytes: Vec<(u64, Vec<u8>)>,
     },
+    /// A committed transaction: a packed segment leaves the tail, then the committed offset
+    /// (when it appended) is published.
     Committed {
         fx: Effects,
         committed: Option<u64>,
     },
+    /// A failed transaction: what it put in the tail (offsets from this one) is taken out.
     Unwind(u64),
     Nothing,
 }
 
-/// The replies one message carries, sent after its work.
+/// The replies one handover carries, sent after its work.
 enum Replies {
+    /// A committed transaction's; `waiters` are `flush(pack: true)` callers whose packing is
+    /// complete with it.
     Committed {
         done: Vec<Done>,
         waiters: Vec<Reply<()>>,
     },
+    /// A failed transaction's: writes are of unknown outcome, refusals stay refusals.
     Failed {
         msg: String,
         done: Vec<Done>,
         waiters: Vec<Reply<()>>,
     },
+    /// Refusals of a poisoned journal (and its `flush(pack: true)` callers): after the
+    /// replies of the commits before them.
     Refused {
         done: Vec<Done>,
         waiters: Vec<Reply<()>>,
     },
+    /// Answered once everything handed over before it is applied: `true` if the applier
+    /// still keeps the tail.
     Barrier(mpsc::SyncSender<bool>),
     Nothing,
-}
-
-fn split(a: Applied) -> (Work, Replies) {
-    match a {
-        Applied::Prepared { tail, bytes } => (Work::Prepared { tail, bytes }, Replies::Nothing),
-        Applied::Committed {
-            fx,
-            committed,
-            done,
-            waiters,
-        } => (
-            Work::Committed { fx, committed },
-            Replies::Committed { done, waiters },
-        ),
-        Applied::Failed {
-            unwind_from,
-            msg,
-            done,
-            waiters,
-        } => (
-            Work::Unwind(unwind_from),
-            Replies::Failed { msg, done, waiters },
-        ),
-        Applied::Refused { done, waiters } => (Work::Nothing, Replies::Refused { done, waiters }),
-        Applied::Barrier(tx) => (Work::Nothing, Replies::Barrier(tx)),
-    }
 }
 
 impl Work {
