@@ -783,7 +783,7 @@ mod tests {
     /// the compact encoding it may be merged into keeps no persistence id.
     #[test]
     fn a_frame_of_another_entity_is_no_event_of_this_one() {
-        use crate::ids::{PersistenceId, Seq};
+        use crate::ids::PersistenceId;
         use crate::keys::entity_key;
         use crate::record::Manifest;
         let pid = PersistenceId::parse("Account", "a").unwrap();
@@ -829,7 +829,6 @@ mod tests {
         assert!(super::chunk_event(&frame, false, &mine).is_ok());
         assert!(super::chunk_event(&frame, true, &mine[..mine.len() - 1]).is_err());
         assert!(super::chunk_event(&frame, false, &[]).is_err());
-        let _ = Seq(1);
     }
 
     /// Every integer width and sign, and every str/bin/array header size, read as rmp reads

@@ -364,7 +364,8 @@ impl Writer {
                     "group commit"
                 );
                 // The tail and the replies are the applier's, while this thread goes on.
-                self.applier.committed(fx, committed, done, waiters);
+                self.applier
+                    .committed(fx.packed_segment, committed, done, waiters);
             }
             Err(e) => {
                 // G8: the outcome is unknown; refuse everything until the journal is reopened.

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 
 use tracing::{error, info};
 
-use super::{Done, Effects, Reply, TailRefs};
+use super::{Done, Reply, TailRefs};
 use crate::error::{JournalError, Result};
 use crate::tail::{EntityKey, Shared};
 
@@ -145,16 +145,19 @@ impl Applier {
         }
     }
 
-    /// Hands over a committed transaction.
+    /// Hands over a committed transaction (its events went with [`Self::prepared`]).
     pub(super) fn committed(
         &self,
-        fx: Effects,
+        packed_segment: Option<u64>,
         committed: Option<u64>,
         done: Vec<Done>,
         waiters: Vec<Reply<()>>,
     ) {
         self.send((
-            Work::Committed { fx, committed },
+            Work::Committed {
+                packed_segment,
+                committed,
+            },
             Replies::Committed { done, waiters },
         ));
     }
@@ -243,7 +246,7 @@ enum Work {
     /// A committed transaction: a packed segment leaves the tail, then the committed offset
     /// (when it appended) is published.
     Committed {
-        fx: Effects,
+        packed_segment: Option<u64>,
         committed: Option<u64>,
     },
     /// A failed transaction: what it put in the tail (offsets from this one) is taken out.
@@ -291,7 +294,10 @@ impl Work {
                 // The bytes are freed here, off the writer thread.
                 drop((tail, bytes));
             }
-            Work::Committed { fx, committed } => {
+            Work::Committed {
+                packed_segment,
+                committed,
+            } => {
                 #[cfg(test)]
                 if let Some(g) = gate {
                     g.check(Stage::Committed);
@@ -299,7 +305,7 @@ impl Work {
                         g.pass(Stage::Committed);
                     }
                 }
-                apply(shared, &fx, committed);
+                apply(shared, packed_segment, committed);
             }
             Work::Unwind(from) => shared
                 .tail
@@ -361,8 +367,8 @@ fn extend(shared: &Shared, refs: &[(EntityKey, TailRefs)], bytes: &[(u64, Vec<u8
 
 /// Brings the tail up to date with one committed transaction (its events are in it already),
 /// then publishes its offset.
-fn apply(shared: &Shared, fx: &Effects, committed: Option<u64>) {
-    if let Some(seg) = fx.packed_segment {
+fn apply(shared: &Shared, packed_segment: Option<u64>, committed: Option<u64>) {
+    if let Some(seg) = packed_segment {
         let mut tail = shared.tail.write().unwrap_or_else(|p| p.into_inner());
         // Readers that saw the old entity rows retry when the version moves (read.rs).
         shared.pack_version.fetch_add(1, Ordering::SeqCst);
@@ -371,7 +377,7 @@ fn apply(shared: &Shared, fx: &Effects, committed: Option<u64>) {
     if let Some(offset) = committed {
         shared.committed.send_replace(offset);
     }
-    if let Some(seg) = fx.packed_segment {
+    if let Some(seg) = packed_segment {
         info!(segment = seg, "log segment packed into chunks");
     }
 }
